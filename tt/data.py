@@ -1,0 +1,182 @@
+"""Offline data: Minari data sets to transitions, rewards-to-go, tokens and training windows.
+
+A transition is `x_t = [s_t, a_t, r_t, R_t]` (T = O + A + 2 numbers) with
+`R_t = sum_{k>t} gamma^(k-t-1) r_k`. On a real termination the last reward is replaced by the
+termination penalty; a time-limit truncation keeps its reward and the steps after it are
+masked out of the loss instead of being trained as stop tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tt.discretize import Discretizer
+
+
+class DatasetNotFoundError(LookupError):
+    """Raised for a data set id that is neither local nor (when asked) downloadable."""
+
+
+def load_dataset(dataset_id: str, download: bool = False):
+    """Load a Minari data set by id; remote ids need `download=True`.
+
+    Built-in short names (`pendulum-medium`, see `tt data list`) resolve to their Minari ids.
+    """
+    import minari
+
+    from tt.envs import resolve_dataset_id
+
+    dataset_id = resolve_dataset_id(dataset_id)
+    local = minari.list_local_datasets()
+    if dataset_id in local:
+        return minari.load_dataset(dataset_id)
+    if download:
+        return minari.load_dataset(dataset_id, download=True)
+    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+    listing = ", ".join(sorted(local)) or "none"
+    raise DatasetNotFoundError(
+        f"unknown data set {dataset_id!r}: not found under {root} (local data sets: {listing}). "
+        "Make a built-in one with `tt data make NAME` or pass download=True / --download for a remote id."
+    )
+
+
+@dataclass
+class Trajectories:
+    """All real transitions of a data set, episodes laid end to end.
+
+    joined:      [n, T] float64, columns [obs, act, reward (penalized), value]
+    lengths:     [E] steps per episode
+    terminated:  [E] True when the episode ended by a real termination
+    returns:     [E] undiscounted episode returns of the environment rewards (no penalty)
+    """
+
+    joined: np.ndarray
+    lengths: np.ndarray
+    terminated: np.ndarray
+    returns: np.ndarray
+    observation_dim: int
+    action_dim: int
+
+    @property
+    def transition_dim(self) -> int:
+        return self.joined.shape[1]
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+
+def discounted_values(rewards: np.ndarray, lengths: np.ndarray, discount: float) -> np.ndarray:
+    """R_t = sum_{k>t} discount^(k-t-1) r_k within each episode (0 at the last step)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    step = np.arange(lengths.max())
+    inside = step[None, :] < lengths[:, None]  # [E, Lmax] padded episodes, one column per step
+    padded = np.zeros(inside.shape)
+    padded[inside] = rewards
+    values = np.zeros(inside.shape)
+    for t in range(inside.shape[1] - 2, -1, -1):
+        values[:, t] = padded[:, t + 1] + discount * values[:, t + 1]
+    return values[inside]
+
+
+def make_trajectories(
+    observations: list[np.ndarray],
+    actions: list[np.ndarray],
+    rewards: list[np.ndarray],
+    terminated: list[bool],
+    discount: float = 0.99,
+    termination_penalty: float | None = -100.0,
+) -> Trajectories:
+    """Episodes (per-step arrays, final observation excluded) to `Trajectories`."""
+    if not observations:
+        raise ValueError("no episodes")
+    lengths = np.array([len(r) for r in rewards], dtype=np.int64)
+    if (lengths == 0).any():
+        raise ValueError("empty episode in data")
+    obs = np.concatenate([np.asarray(o, dtype=np.float64).reshape(len(o), -1) for o in observations])
+    act = np.concatenate([np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in actions])
+    rew = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in rewards])
+    if not (len(obs) == len(act) == len(rew)):
+        raise ValueError(f"episode arrays disagree in length: obs {len(obs)}, act {len(act)}, rew {len(rew)}")
+    for name, arr in (("observations", obs), ("actions", act), ("rewards", rew)):
+        if not np.isfinite(arr).all():
+            bad = int(np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0, 0])
+            raise ValueError(f"NaN or infinite value in {name} at step {bad} of the data set")
+    term = np.asarray(terminated, dtype=bool)
+    ends = np.cumsum(lengths) - 1
+    returns = np.add.reduceat(rew, ends - lengths + 1)
+    if termination_penalty is not None:
+        rew = rew.copy()
+        rew[ends[term]] = termination_penalty
+    values = discounted_values(rew, lengths, discount)
+    joined = np.concatenate([obs, act, rew[:, None], values[:, None]], axis=1)
+    return Trajectories(joined, lengths, term, returns, obs.shape[1], act.shape[1])
+
+
+def trajectories_from_minari(dataset, discount: float = 0.99, termination_penalty: float | None = -100.0):
+    """Read every episode of a Minari data set (Box observation and action spaces)."""
+    import gymnasium as gym
+
+    for name, space in (("observation", dataset.observation_space), ("action", dataset.action_space)):
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"tt needs a Box {name} space, data set has {space}")
+    obs, act, rew, term = [], [], [], []
+    for episode in dataset.iterate_episodes():
+        n = len(episode.rewards)
+        obs.append(np.asarray(episode.observations)[:n])
+        act.append(np.asarray(episode.actions))
+        rew.append(np.asarray(episode.rewards))
+        term.append(bool(np.asarray(episode.terminations)[-1]))
+    return make_trajectories(obs, act, rew, term, discount, termination_penalty)
+
+
+class TokenWindows:
+    """Training windows of K transitions over one precomputed token array.
+
+    Every episode's tokens are followed by K-1 rows of stop tokens, so a window starting at any
+    step but the last is one contiguous slice. Rows after a termination are trained (the model
+    learns that episodes end); rows after a truncation carry loss mask 0.
+    Inputs are the flattened window minus its last token, targets minus its first.
+    """
+
+    def __init__(self, trajectories: Trajectories, discretizer: Discretizer, n_transitions: int = 10):
+        if discretizer.transition_dim != trajectories.transition_dim:
+            raise ValueError(
+                f"discretizer has {discretizer.transition_dim} dimensions, data {trajectories.transition_dim}"
+            )
+        self.K = n_transitions
+        self.T = trajectories.transition_dim
+        stop = discretizer.stop_token
+        real_tokens = discretizer.discretize(trajectories.joined)
+        rows, valid, starts = [], [], []
+        offset, cursor = 0, 0
+        for length, terminated in zip(trajectories.lengths, trajectories.terminated):
+            rows.append(real_tokens[cursor : cursor + length])
+            rows.append(np.full((self.K - 1, self.T), stop, dtype=np.int64))
+            valid.append(np.ones(length, dtype=bool))
+            valid.append(np.full(self.K - 1, bool(terminated)))
+            starts.append(offset + np.arange(length - 1))
+            offset += length + self.K - 1
+            cursor += length
+        self.tokens = torch.from_numpy(np.concatenate(rows))
+        self.row_valid = torch.from_numpy(np.concatenate(valid))
+        self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
+        self._offsets = torch.arange(self.K)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def block_size(self) -> int:
+        return self.K * self.T - 1
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows `index [B]` as (inputs [B, K*T-1], targets [B, K*T-1], loss mask [B, K*T-1])."""
+        rows = self.starts[index][:, None] + self._offsets
+        window = self.tokens[rows].reshape(len(index), -1)
+        mask = self.row_valid[rows][:, :, None].expand(-1, -1, self.T).reshape(len(index), -1)
+        return window[:, :-1], window[:, 1:], mask[:, 1:].float()

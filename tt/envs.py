@@ -1,0 +1,166 @@
+"""Built-in data sets: generated locally in seconds as real Minari data sets.
+
+Each task has a scripted expert; the variants are `expert` (the controller), `medium` (the
+controller with action noise and random actions mixed in) and `mixed` (medium episodes plus
+random-policy episodes). Generation is deterministic by seed. Reference scores (random and
+expert mean returns) are stored, so `minari.get_normalized_score` works.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def pendulum_expert(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
+    """Energy-pumping swing-up, PD balance near the top (Pendulum-v1: theta'' = 15 sin + 3 u)."""
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        cos, sin, omega = obs
+        if cos > 0.85:
+            u = -(12.0 * np.arctan2(sin, cos) + 2.5 * omega)
+        else:
+            energy = 0.5 * omega**2 + 15.0 * cos  # 15 = upright at rest
+            u = 2.0 * np.sign(omega * (15.0 - energy)) if abs(omega) > 1e-3 else 2.0
+        return np.clip(np.array([u]), -2.0, 2.0)
+
+    return act
+
+
+def inverted_pendulum_lqr(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
+    """Discrete LQR on the MuJoCo dynamics, linearized at upright by finite differences."""
+    sim = env.unwrapped
+    sim.reset(seed=0)
+    nq = sim.model.nq
+
+    def step_from(state: np.ndarray, u: float) -> np.ndarray:
+        sim.set_state(state[:nq], state[nq:])
+        sim.do_simulation(np.array([u]), sim.frame_skip)
+        return np.concatenate([sim.data.qpos, sim.data.qvel])
+
+    n, eps = 2 * nq, 1e-5
+    x0 = np.zeros(n)
+    f0 = step_from(x0, 0.0)
+    A = np.stack([(step_from(x0 + eps * np.eye(n)[i], 0.0) - f0) / eps for i in range(n)], axis=1)
+    B = ((step_from(x0, eps) - f0) / eps)[:, None]
+    Q, R = np.diag([1.0, 10.0, 0.1, 0.1]), np.array([[0.1]])
+    P = Q.copy()
+    for _ in range(2000):  # Riccati iteration to the infinite-horizon gain
+        K = np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A)
+        P = Q + A.T @ P @ (A - B @ K)
+    sim.reset(seed=0)
+    low, high = env.action_space.low, env.action_space.high
+    return lambda obs: np.clip(-K @ obs, low, high)
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    expert: Callable[[gym.Env], Callable[[np.ndarray], np.ndarray]]
+    noise: float  # std of Gaussian action noise in `medium`, in units of the action range / 2
+    random_prob: float  # probability of a uniformly random action in `medium`
+    episodes: int  # default number of episodes per variant
+
+
+TASKS: dict[str, Task] = {
+    "pendulum": Task("Pendulum-v1", pendulum_expert, noise=1.0, random_prob=0.3, episodes=100),
+    "invertedpendulum": Task("InvertedPendulum-v5", inverted_pendulum_lqr, noise=0.4, random_prob=0.0,
+                             episodes=50),
+}
+VARIANTS = ("expert", "medium", "mixed")
+
+
+def builtin_names() -> list[str]:
+    return [f"{task}-{variant}" for task in TASKS for variant in VARIANTS]
+
+
+def dataset_id_of(name: str) -> str:
+    task, variant = name.rsplit("-", 1)
+    return f"tt/{task}/{variant}-v0"
+
+
+def resolve_dataset_id(name: str) -> str:
+    """Built-in short names to Minari ids; anything else is returned unchanged."""
+    return dataset_id_of(name) if name in builtin_names() else name
+
+
+def rollout(env: gym.Env, policy: Policy, seed: int, rng: np.random.Generator) -> dict:
+    """One episode as Minari buffer fields (observations include the final one)."""
+    obs, _ = env.reset(seed=seed)
+    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+    while True:
+        action = policy(obs, rng).astype(env.action_space.dtype)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        terminations.append(bool(terminated))
+        truncations.append(bool(truncated))
+        if terminated or truncated:
+            break
+    return dict(observations=np.stack(observations), actions=np.stack(actions), rewards=rewards,
+                terminations=terminations, truncations=truncations)
+
+
+def policies(task: Task, env: gym.Env) -> dict[str, Policy]:
+    expert = task.expert(env)
+    low, high = env.action_space.low, env.action_space.high
+    scale = (high - low) / 2.0
+
+    def noisy(obs, rng):
+        if rng.random() < task.random_prob:
+            return rng.uniform(low, high)
+        return np.clip(expert(obs) + rng.normal(0.0, task.noise, size=low.shape) * scale, low, high)
+
+    return {
+        "expert": lambda obs, rng: expert(obs),
+        "medium": noisy,
+        "random": lambda obs, rng: rng.uniform(low, high),
+    }
+
+
+def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress: bool = True):
+    """Generate the built-in data set `name` (e.g. `pendulum-medium`) and return it as a MinariDataset."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    if name not in builtin_names():
+        raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(builtin_names())}")
+    task_name, variant = name.rsplit("-", 1)
+    task = TASKS[task_name]
+    env = gym.make(task.env_id)
+    pols = policies(task, env)
+    episodes = episodes or task.episodes
+    rng = np.random.default_rng(seed)
+    plan = {"expert": [("expert", episodes)], "medium": [("medium", episodes)],
+            "mixed": [("medium", episodes), ("random", episodes // 2)]}[variant]
+    buffers = []
+    bar = tqdm(total=sum(n for _, n in plan), desc=f"generating {name}", disable=not progress)
+    for policy_name, count in plan:
+        for _ in range(count):
+            episode = rollout(env, pols[policy_name], seed=seed * 100_000 + len(buffers), rng=rng)
+            buffers.append(EpisodeBuffer(id=len(buffers), **episode))
+            bar.update()
+    bar.close()
+
+    ref_rng = np.random.default_rng(10_000 + seed)  # reference scores from separate seeds
+    ref = {k: float(np.mean([sum(rollout(env, pols[k], seed=1_000_000 + i, rng=ref_rng)["rewards"])
+                             for i in range(10)])) for k in ("random", "expert")}
+    dataset_id = dataset_id_of(name)
+    path = get_dataset_path(dataset_id)
+    if path.exists():  # regenerate: the data set is a deterministic function of name and seed
+        shutil.rmtree(path)
+    return minari.create_dataset_from_buffers(
+        dataset_id=dataset_id, buffer=buffers, env=task.env_id, eval_env=task.env_id, algorithm_name=f"scripted-{variant}",
+        author="tt", author_email="tt@localhost", code_permalink="tt/envs.py",
+        ref_min_score=ref["random"], ref_max_score=ref["expert"],
+        description=f"tt built-in {variant} data for {task.env_id}, seed {seed}",
+    )

@@ -1,0 +1,262 @@
+"""The Trajectory Transformer: a GPT over discretized transitions.
+
+Token i of dimension j embeds as row j*N + i of one table (every stop token uses the last
+row); the token at window position p is predicted by head p mod T. Attention is causal and
+never looks at value tokens (they summarize the future). One forward serves training and
+planning: `forward` runs whole windows; `step` runs new tokens against a `KVCache`, and the
+slots it is given decide where K/V are written and which part of the mask applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tt import ops
+from tt.cache import KVCache
+
+
+@dataclass
+class GPTConfig:
+    """Model arguments; defaults as published (n_embd = 32 per head x 4 heads)."""
+
+    observation_dim: int
+    action_dim: int
+    n_bins: int = 100
+    n_transitions: int = 10  # K: transitions per training window
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    embd_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    action_weight: float = 5.0
+    reward_weight: float = 1.0
+    value_weight: float = 1.0
+
+    @property
+    def transition_dim(self) -> int:
+        return self.observation_dim + self.action_dim + 2
+
+    @property
+    def block_size(self) -> int:
+        return self.n_transitions * self.transition_dim - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+        self.n_head = config.n_head
+        self.transition_dim = config.transition_dim
+        self.dropout = config.attn_pdrop
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_drop = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, start: int = 0, key_start=None):
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.write(layer, B, start, k, v)
+        y = ops.attention(q, k, v, transition_dim=self.transition_dim, q_offset=start, key_start=key_start,
+                          dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.drop = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, start=0, key_start=None):
+        x = x + self.attn(self.ln1(x), cache, layer, start, key_start)
+        return x + self.mlp(self.ln2(x))
+
+
+class TrajectoryTransformer(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.n_bins * c.transition_dim + 1, c.n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, c.block_size, c.n_embd))
+        self.drop = nn.Dropout(c.embd_pdrop)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.head = nn.Parameter(torch.empty(c.transition_dim, c.n_bins + 1, c.n_embd))  # one head per kind
+        self.apply(self._init_weights)
+        nn.init.normal_(self.head, mean=0.0, std=0.02)
+        kind_weights = torch.tensor([1.0] * c.observation_dim + [c.action_weight] * c.action_dim
+                                    + [c.reward_weight, c.value_weight])
+        self.register_buffer("kind_weights", kind_weights, persistent=False)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def transition_dim(self) -> int:
+        return self.config.transition_dim
+
+    @property
+    def stop_token(self) -> int:
+        return self.config.n_bins
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def _embed(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens [R, n] at window `slots` [n] (kind = slot mod T) and `positions` [R|1, n]."""
+        N, T = self.config.n_bins, self.transition_dim
+        rows = torch.where(tokens == N, N * T, tokens + (slots % T) * N)
+        return self.drop(self.tok_emb(rows) + self.pos_emb[0, positions])
+
+    def _logits(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """x [R, n, d] after ln_f at window `slots` [n] -> logits [R, n, N+1] from head slot mod T."""
+        T = self.transition_dim
+        R, n, d = x.shape
+        first = int(slots[0]) % T
+        if n == 1:
+            return (x[:, 0] @ self.head[first].T)[:, None]
+        pad_front = first
+        pad_back = (-(first + n)) % T
+        xp = F.pad(x, (0, 0, pad_front, pad_back)).view(R, -1, T, d)
+        logits = torch.einsum("bntd,tvd->bntv", xp, self.head).reshape(R, -1, self.config.n_bins + 1)
+        return logits[:, pad_front : pad_front + n]
+
+    # ------------------------------------------------------------------ training forward
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None):
+        """tokens [B, L] (a window starting at a transition boundary) -> logits [B, L, N+1],
+        and the weighted cross-entropy when `targets [B, L]` are given."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [B, L], got {tuple(tokens.shape)}")
+        B, L = tokens.shape
+        if L > self.config.block_size:
+            raise ValueError(f"sequence of {L} tokens exceeds the block size {self.config.block_size}")
+        if tokens.numel() and (int(tokens.max()) > self.stop_token or int(tokens.min()) < 0):
+            raise ValueError(f"tokens must lie in [0, {self.stop_token}] (N bins plus the stop token)")
+        slots = torch.arange(L, device=tokens.device)
+        x = self._embed(tokens, slots, slots[None])
+        for block in self.blocks:
+            x = block(x)
+        logits = self._logits(self.ln_f(x), slots)
+        if targets is None:
+            return logits
+        return logits, self.loss(logits, targets, loss_mask)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None):
+        """Cross-entropy per target weighted by the target's kind (obs 1, act 5, reward 1, value 1),
+        times the mask, averaged over all positions (as the authors)."""
+        B, L = targets.shape
+        ce = F.cross_entropy(logits.reshape(B * L, -1).float(), targets.reshape(-1), reduction="none")
+        kinds = (torch.arange(L, device=targets.device) + 1) % self.transition_dim  # targets = tokens[1:]
+        weights = self.kind_weights[kinds].repeat(B)
+        if loss_mask is not None:
+            weights = weights * loss_mask.reshape(-1)
+        return (ce * weights).mean()
+
+    # ------------------------------------------------------------------ inference with a KV cache
+
+    def setup_cache(self, max_rows: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        c = self.config
+        ref = self.tok_emb.weight
+        return KVCache.empty(c.n_layer, max_rows, c.n_head, max_len or c.block_size, c.n_embd // c.n_head,
+                             dtype or ref.dtype, ref.device)
+
+    def step(self, tokens: torch.Tensor, cache: KVCache, start: int, key_start: torch.Tensor | None = None,
+             last_only: bool = False) -> torch.Tensor:
+        """Run tokens [R, n] at window slots start..start+n of cache rows 0..R-1.
+
+        Writes their K/V to the cache and attends to slots [0, start+n). `key_start [R]`
+        (a multiple of T) marks rows whose window is left-padded: their positions count from
+        it. Returns logits [R, n, N+1], or [R, N+1] for the last token when `last_only`.
+        """
+        R, n = tokens.shape
+        if start + n > self.config.block_size:
+            raise ValueError(f"window slot {start + n} exceeds the block size {self.config.block_size}")
+        slots = torch.arange(start, start + n, device=tokens.device)
+        positions = slots[None] if key_start is None else (slots[None] - key_start[:, None]).clamp_min(0)
+        x = self._embed(tokens.clamp_min(0), slots, positions)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, start, key_start)
+        if last_only:
+            return self._logits(self.ln_f(x[:, -1:]), slots[-1:])[:, 0]
+        return self._logits(self.ln_f(x), slots)
+
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""
+        return self.step(tokens, cache, 0, key_start, last_only=True)
+
+    def decode(self, token: torch.Tensor, cache: KVCache, slot: int, key_start: torch.Tensor | None = None):
+        """One new token [R] per row at `slot`; its logits [R, N+1]."""
+        return self.step(token[:, None], cache, slot, key_start, last_only=True)
+
+    # ------------------------------------------------------------------ the authors' checkpoints
+
+    @classmethod
+    def from_reference(cls, state_dict: dict, observation_dim: int, action_dim: int, n_head: int = 4,
+                       **config_overrides) -> TrajectoryTransformer:
+        """Build a model with identical logits from the authors' GPT `state_dict`."""
+        sd = {k: v for k, v in state_dict.items() if not k.endswith(".mask")}
+        try:
+            head = sd["head.weight"]
+            T, V, d = head.shape
+            n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+            block_size = sd["pos_emb"].shape[1]
+            tok_rows = sd["tok_emb.weight"].shape[0]
+        except KeyError as e:
+            raise ValueError(f"not an authors' GPT state_dict: missing {e}") from e
+        if T != observation_dim + action_dim + 2:
+            raise ValueError(f"head has {T} outputs per transition but observation_dim + action_dim + 2 = "
+                             f"{observation_dim + action_dim + 2}")
+        if tok_rows != (V - 1) * T + 1:
+            raise ValueError(f"tok_emb has {tok_rows} rows, expected {(V - 1) * T + 1} for N={V - 1}, T={T}")
+        if (block_size + 1) % T:
+            raise ValueError(f"block size {block_size} is not K*T-1 for T={T}")
+        config = GPTConfig(observation_dim, action_dim, n_bins=V - 1, n_transitions=(block_size + 1) // T,
+                           n_layer=n_layer, n_head=n_head, n_embd=d, **config_overrides)
+        model = cls(config)
+        ours = {"tok_emb.weight": sd["tok_emb.weight"], "pos_emb": sd["pos_emb"], "head": head,
+                "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
+        for i in range(n_layer):
+            p = f"blocks.{i}."
+            for part in ("weight", "bias"):
+                ours[p + f"attn.qkv.{part}"] = torch.cat([sd[p + f"attn.{n}.{part}"] for n in ("query", "key", "value")])
+                for ours_name, theirs in (("attn.proj", "attn.proj"), ("mlp.fc", "mlp.0"), ("mlp.proj", "mlp.2"),
+                                          ("ln1", "ln1"), ("ln2", "ln2")):
+                    ours[p + f"{ours_name}.{part}"] = sd[p + f"{theirs}.{part}"]
+        model.load_state_dict(ours)
+        return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

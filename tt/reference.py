@@ -1,0 +1,115 @@
+"""Plain-PyTorch references: every op of `tt.ops` and the authors' planner.
+
+This module is the test oracle and the baseline of every benchmark. It favours being
+obviously right over being fast: each function mirrors the authors' code
+(jannerm/trajectory-transformer, `trajectory/search`) step for step, with ties broken
+deterministically (to the lower index) where theirs are left to the backend.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attention_mask(
+    n_query: int,
+    n_key: int,
+    transition_dim: int,
+    q_offset: int = 0,
+    key_start: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Boolean mask `[R|1, 1, n_query, n_key]`, True where a query may attend a key.
+
+    Query i sits at window slot `q_offset + i`, key j at slot j. Allowed: causal (j <= i) and
+    not a value token (j mod T != T-1). Rows with `key_start[r] > 0` are left-padded by whole
+    transitions: their real queries never see keys before `key_start[r]`; padding queries see
+    only padding keys, so they stay finite and never reach real positions.
+    """
+    q_slot = q_offset + torch.arange(n_query, device=device)[:, None]
+    k_slot = torch.arange(n_key, device=device)[None, :]
+    allowed = (k_slot <= q_slot) & (k_slot % transition_dim != transition_dim - 1)
+    if key_start is None:
+        return allowed[None, None]
+    start = key_start.to(device)[:, None, None, None]
+    return allowed[None, None] & ((k_slot >= start) == (q_slot >= start))
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    transition_dim: int,
+    q_offset: int = 0,
+    key_start: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention with the Trajectory Transformer mask; q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`."""
+    mask = attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def filter_cdf(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The authors' cdf filter: drop (set to -1000) every token whose probability is at most the
+    largest sorted probability whose cumulative sum stays below `threshold`."""
+    probs = logits.softmax(dim=-1)
+    probs_sorted, _ = torch.sort(probs, dim=-1)
+    below = torch.cumsum(probs_sorted, dim=-1) < threshold
+    bins = torch.arange(logits.shape[-1], device=logits.device)
+    last_below = torch.argmax(below * bins, dim=-1)
+    cutoff = probs_sorted.gather(-1, last_below[:, None])
+    return logits.masked_fill(probs <= cutoff, -1000.0)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits (and everything tied with the k-th), -inf elsewhere."""
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    cdf: float | None = None,
+    midpoints: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Draw one token per row of `logits [R, N+1]`.
+
+    Order as the authors: temperature, cdf filter, top-k filter, softmax, draw. When
+    `midpoints [N]` are given, also return the expectation of the bin midpoints under the raw
+    (pre-filter, temperature-scaled) probabilities with the stop token's mass dropped.
+    Returns (tokens [R] int64, expectation [R] or None).
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logits = logits / temperature
+    raw_probs = logits.softmax(dim=-1)
+    if cdf is not None:
+        logits = filter_cdf(logits, cdf)
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+    expectation = None
+    if midpoints is not None:
+        expectation = raw_probs[:, :-1] @ midpoints.to(raw_probs)
+    return tokens, expectation
+
+
+# ----------------------------------------------------------------------------- beam selection
+
+
+def beam_select(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index.
+    Returns (values [B, k], indices [B, k])."""
+    values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]

@@ -1,0 +1,217 @@
+"""Training: the authors' recipe (AdamW, warmup + cosine on tokens, grad clip) as one loop.
+
+Data order is a function of (seed, epoch) and the RNG state is checkpointed, so `--resume`
+continues at the same step with the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tt.checkpoint import load_run, load_trainer_state, save_run
+from tt.data import TokenWindows, Trajectories, load_dataset, trajectories_from_minari
+from tt.discretize import Discretizer
+from tt.io import atomic_write
+from tt.model import GPTConfig, TrajectoryTransformer
+
+
+@dataclass
+class TrainConfig:
+    """Defaults as published; `epochs=None` scales them as 50 * 1e6 / number of windows."""
+
+    dataset: str = "pendulum-medium"
+    n_bins: int = 100
+    discretizer: str = "quantile"
+    discount: float = 0.99
+    termination_penalty: float | None = -100.0
+    n_transitions: int = 10
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.1
+    action_weight: float = 5.0
+    batch_size: int = 256
+    learning_rate: float = 6e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    epochs: float | None = None
+    decay_epochs: float = 20.0  # cosine reaches 10% after this many epochs of tokens
+    max_steps: int | None = None
+    save_every: int = 1000
+    log_every: int = 20
+    seed: int = 42
+    device: str = "auto"
+
+
+PRESETS: dict[str, dict] = {
+    "published": {},
+    # A few minutes on 2 CPU cores for the built-in data sets.
+    "small": dict(n_layer=2, n_head=4, n_embd=64, batch_size=64, epochs=4, decay_epochs=4, save_every=500),
+}
+
+
+def make_config(preset: str = "published", **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+    return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def configure_optimizer(model: TrajectoryTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Weight decay on linear and head weights only (not biases, LayerNorms, embeddings)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        is_matrix = name == "head" or (name.endswith(".weight") and param.dim() == 2 and "emb" not in name)
+        (decay if is_matrix else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
+
+
+def lr_multiplier(tokens_seen: int, warmup_tokens: int, final_tokens: int) -> float:
+    """Linear warmup, then cosine decay floored at 10% (the authors' schedule)."""
+    if tokens_seen < warmup_tokens:
+        return tokens_seen / max(1, warmup_tokens)
+    progress = (tokens_seen - warmup_tokens) / max(1, final_tokens - warmup_tokens)
+    return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[Trajectories, Discretizer, dict]:
+    dataset = load_dataset(cfg.dataset)
+    trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
+    discretizer = Discretizer.fit(trajectories.joined, cfg.n_bins, cfg.discretizer)
+    info = {"dataset_id": dataset.spec.dataset_id, "observation_dim": trajectories.observation_dim,
+            "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
+            "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
+            "discount": cfg.discount, "termination_penalty": cfg.termination_penalty}
+    return trajectories, discretizer, info
+
+
+def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True) -> str:
+    """Train on `cfg.dataset` into run directory `out`; returns `out`."""
+    device = resolve_device(cfg.device)
+    trajectories, discretizer, data_info = prepare_data(cfg)
+    windows = TokenWindows(trajectories, discretizer, cfg.n_transitions)
+    model_config = GPTConfig(
+        trajectories.observation_dim, trajectories.action_dim, n_bins=cfg.n_bins, n_transitions=cfg.n_transitions,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, embd_pdrop=cfg.dropout,
+        resid_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, action_weight=cfg.action_weight,
+    )
+    torch.manual_seed(cfg.seed)
+    model = TrajectoryTransformer(model_config).to(device)
+    optimizer = configure_optimizer(model, cfg)
+
+    steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+    epochs = cfg.epochs if cfg.epochs is not None else 50 * 1e6 / len(windows)
+    total_steps = cfg.max_steps or max(1, int(epochs * steps_per_epoch))
+    tokens_per_epoch = len(windows) * windows.block_size
+    warmup_tokens, final_tokens = tokens_per_epoch, int(cfg.decay_epochs * tokens_per_epoch)
+
+    run_config = {"train": dataclasses.asdict(cfg), "data": data_info, "total_steps": total_steps}
+    step, tokens_seen = 0, 0
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    if resume:
+        loaded, _, _, step = load_run(out, device)
+        model.load_state_dict(loaded.state_dict())
+        state = load_trainer_state(out)
+        optimizer.load_state_dict(state["optimizer"])
+        tokens_seen = int(state["tokens_seen"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        with open(metrics_path) as f:  # drop records logged after the checkpoint
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(metrics_path, "w") as f:
+            f.writelines(kept)
+    else:
+        os.makedirs(out, exist_ok=True)
+        open(metrics_path, "w").close()
+
+    def checkpoint():
+        state = {"optimizer": optimizer.state_dict(), "tokens_seen": torch.tensor(tokens_seen),
+                 "rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        save_run(out, model, discretizer, run_config, step, state)
+        plot_losses(metrics_path, os.path.join(out, "loss.png"))
+
+    model.train()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not progress, dynamic_ncols=True)
+    started, window_losses = time.time(), []
+    order, order_epoch = None, -1
+    while step < total_steps:
+        epoch, within = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(windows), cfg.seed, epoch), epoch
+        index = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
+        x, y, mask = (t.to(device, non_blocking=True) for t in windows.batch(index))
+        with autocast:
+            _, loss = model(x, y, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        tokens_seen += y.numel()
+        lr = cfg.learning_rate * lr_multiplier(tokens_seen, warmup_tokens, final_tokens)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step += 1
+        window_losses.append(loss.item())
+        bar.update()
+        if step % cfg.log_every == 0 or step == total_steps:
+            record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(np.mean(window_losses)),
+                      "lr": lr, "tokens": tokens_seen, "elapsed_s": time.time() - started}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            window_losses = []
+        if step % cfg.save_every == 0 or step == total_steps:
+            checkpoint()
+    bar.close()
+    return out
+
+
+def plot_losses(metrics_path: str, png_path: str) -> None:
+    """Loss against step from metrics.jsonl, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    ax.set_xlabel("step")
+    ax.set_ylabel("weighted cross-entropy")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
