@@ -244,7 +244,7 @@ class TrajectoryTransformer(nn.Module):
             raise ValueError(f"block size {block_size} is not K*T-1 for T={T}")
         config = GPTConfig(observation_dim, action_dim, n_bins=V - 1, n_transitions=(block_size + 1) // T,
                            n_layer=n_layer, n_head=n_head, n_embd=d, **config_overrides)
-        model = cls(config)
+        model = cls(config).to(sd["tok_emb.weight"].dtype)
         ours = {"tok_emb.weight": sd["tok_emb.weight"], "pos_emb": sd["pos_emb"], "head": head,
                 "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
         for i in range(n_layer):

@@ -87,10 +87,14 @@ def configure_optimizer(model: TrajectoryTransformer, cfg: TrainConfig) -> torch
 
 
 def lr_multiplier(tokens_seen: int, warmup_tokens: int, final_tokens: int) -> float:
-    """Linear warmup, then cosine decay floored at 10% (the authors' schedule)."""
+    """Linear warmup, then cosine decay to 10% at `final_tokens`, held there.
+
+    The authors' (minGPT's) formula lets the cosine rise again past `final_tokens`; we hold
+    the floor, as the published description says.
+    """
     if tokens_seen < warmup_tokens:
         return tokens_seen / max(1, warmup_tokens)
-    progress = (tokens_seen - warmup_tokens) / max(1, final_tokens - warmup_tokens)
+    progress = min(1.0, (tokens_seen - warmup_tokens) / max(1, final_tokens - warmup_tokens))
     return max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
@@ -109,8 +113,8 @@ def prepare_data(cfg: TrainConfig) -> tuple[Trajectories, Discretizer, dict]:
     return trajectories, discretizer, info
 
 
-def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True) -> str:
-    """Train on `cfg.dataset` into run directory `out`; returns `out`."""
+def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True) -> TrajectoryTransformer:
+    """Train on `cfg.dataset` into run directory `out`; returns the trained model (eval mode)."""
     device = resolve_device(cfg.device)
     trajectories, discretizer, data_info = prepare_data(cfg)
     windows = TokenWindows(trajectories, discretizer, cfg.n_transitions)
@@ -191,7 +195,7 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
         if step % cfg.save_every == 0 or step == total_steps:
             checkpoint()
     bar.close()
-    return out
+    return model.eval()
 
 
 def plot_losses(metrics_path: str, png_path: str) -> None:

@@ -1,0 +1,28 @@
+"""Shared fixtures: a private Minari directory and small built-in data sets."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+# Before anything imports minari: tests never touch the user's data sets.
+os.environ["MINARI_DATASETS_PATH"] = tempfile.mkdtemp(prefix="tt-minari-")
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def pendulum_medium():
+    """A 12-episode Pendulum medium data set (200 steps each, truncations only)."""
+    from tt.envs import make_dataset
+
+    return make_dataset("pendulum-medium", episodes=12, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def inverted_pendulum_medium():
+    """A small InvertedPendulum medium data set (with real terminations)."""
+    from tt.envs import make_dataset
+
+    return make_dataset("invertedpendulum-medium", episodes=8, seed=0, progress=False)

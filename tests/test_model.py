@@ -1,0 +1,172 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tt.model import GPTConfig, TrajectoryTransformer
+
+SHAPES = [  # (observation_dim, action_dim, n_bins, n_transitions, n_layer, n_head, n_embd)
+    (3, 1, 20, 4, 2, 2, 32),
+    (11, 3, 100, 3, 2, 4, 64),
+    (1, 1, 7, 5, 1, 1, 8),
+    (17, 6, 13, 2, 3, 4, 48),
+]
+
+
+def random_model(shape, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    O, A, N, K, L, H, d = shape
+    model = TrajectoryTransformer(GPTConfig(O, A, n_bins=N, n_transitions=K, n_layer=L, n_head=H, n_embd=d))
+    with torch.no_grad():  # larger than init so that attention patterns matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.eval().to(dtype)
+
+
+def random_tokens(model, B, L, generator=None):
+    return torch.randint(0, model.config.n_bins + 1, (B, L), generator=generator)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_value_tokens_are_never_attended(shape):
+    model = random_model(shape)
+    T, L = model.transition_dim, model.config.block_size
+    tokens = random_tokens(model, 2, L)
+    base = model(tokens)
+    for p in range(T - 1, L, T):
+        changed = tokens.clone()
+        changed[:, p] = (changed[:, p] + 1) % (model.config.n_bins + 1)
+        diff = (model(changed) - base).abs().amax(dim=(0, 2))
+        others = torch.ones(L, dtype=torch.bool)
+        others[p] = False
+        assert diff[others].max() == 0, f"value token at {p} leaked into other positions"
+    # and a non-value token does influence later positions (the test can fail)
+    changed = tokens.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % model.config.n_bins
+    assert (model(changed)[:, 1:] - base[:, 1:]).abs().max() > 0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_prefill_and_decode_equal_full_forward(shape):
+    model = random_model(shape, seed=1)
+    L = model.config.block_size
+    tokens = random_tokens(model, 3, L)
+    full = model(tokens)
+    cache = model.setup_cache(max_rows=5)
+    for split in sorted({1, model.transition_dim - 1, L // 2, L - 1}):
+        torch.testing.assert_close(model.prefill(tokens[:, :split], cache), full[:, split - 1], rtol=0, atol=1e-10)
+        for slot in range(split, L):
+            torch.testing.assert_close(model.decode(tokens[:, slot], cache, slot), full[:, slot], rtol=0, atol=1e-10)
+    # a chunk of several tokens at once, in the middle of the window
+    torch.testing.assert_close(model.step(tokens[:, 4:9], cache, 4), full[:, 4:9], rtol=0, atol=1e-10)
+
+
+def test_left_padded_rows_match_unpadded_windows():
+    model = random_model(SHAPES[0], seed=2)
+    T = model.transition_dim
+    short = random_tokens(model, 1, 2 * T + 2)
+    longer = random_tokens(model, 1, 3 * T + 2)
+    padded = torch.cat([torch.full((1, T), -1), short], dim=1)
+    cache = model.setup_cache(2)
+    key_start = torch.tensor([T, 0])
+    logits = model.step(torch.cat([padded, longer]), cache, 0, key_start)
+    torch.testing.assert_close(logits[0, T:], model(short)[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(logits[1], model(longer)[0], rtol=0, atol=1e-10)
+    nxt = random_tokens(model, 2, 1)
+    dec = model.decode(nxt[:, 0], cache, 3 * T + 2, key_start)
+    torch.testing.assert_close(dec[0], model(torch.cat([short, nxt[:1]], 1))[0, -1], rtol=0, atol=1e-10)
+    torch.testing.assert_close(dec[1], model(torch.cat([longer, nxt[1:]], 1))[0, -1], rtol=0, atol=1e-10)
+
+
+def test_loss_weights_by_target_kind():
+    model = random_model(SHAPES[0], seed=3)
+    O, A, T = 3, 1, model.transition_dim
+    tokens = random_tokens(model, 2, model.config.block_size + 1)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    mask = torch.ones_like(y, dtype=torch.float64)
+    mask[1, 10:] = 0
+    logits, loss = model(x, y, mask)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(2, -1)
+    kind = (torch.arange(1, y.shape[1] + 1)) % T
+    weight = torch.where((kind >= O) & (kind < O + A), 5.0, 1.0).to(ce)
+    torch.testing.assert_close(loss, (ce * weight * mask).mean())
+
+
+def authors_gpt_forward(sd, tokens, O, A, N, n_head):
+    """The authors' GPT forward written out from their module structure (minGPT + EinLinear head)."""
+    T = O + A + 2
+    B, t = tokens.shape
+    offsets = (torch.arange(t) % T) * N
+    idx = torch.where(tokens == N, N * T, tokens + offsets)
+    x = sd["tok_emb.weight"][idx] + sd["pos_emb"][:, :t]
+    mask = torch.tril(torch.ones(t, t))
+    mask[:, T - 1 :: T] = 0
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        h = F.layer_norm(x, x.shape[-1:], sd[p + "ln1.weight"], sd[p + "ln1.bias"])
+        C = h.shape[-1]
+        k, q, v = (F.linear(h, sd[p + f"attn.{n}.weight"], sd[p + f"attn.{n}.bias"])
+                   .view(B, t, n_head, C // n_head).transpose(1, 2) for n in ("key", "query", "value"))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // n_head)
+        att = att.masked_fill(mask == 0, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, t, C)
+        x = x + F.linear(y, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(x, x.shape[-1:], sd[p + "ln2.weight"], sd[p + "ln2.bias"])
+        h = F.linear(F.gelu(F.linear(h, sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"])),
+                     sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"])
+        x = x + h
+    x = F.layer_norm(x, x.shape[-1:], sd["ln_f.weight"], sd["ln_f.bias"])
+    n_pad = (T - t % T) % T
+    x = torch.cat([x, torch.zeros(B, n_pad, C, dtype=x.dtype)], 1).view(-1, T, C)
+    logits = torch.einsum("eoi,bei->beo", sd["head.weight"], x)
+    return logits.reshape(B, t + n_pad, N + 1)[:, :t]
+
+
+def authors_state_dict(O, A, N, K, n_layer, n_embd, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    T = O + A + 2
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 0.3
+    sd = {"tok_emb.weight": r(N * T + 1, n_embd), "pos_emb": r(1, K * T - 1, n_embd),
+          "ln_f.weight": 1 + r(n_embd), "ln_f.bias": r(n_embd), "head.weight": r(T, N + 1, n_embd)}
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        for n in ("key", "query", "value", "proj"):
+            sd[p + f"attn.{n}.weight"], sd[p + f"attn.{n}.bias"] = r(n_embd, n_embd), r(n_embd)
+        sd[p + "attn.mask"] = torch.ones(1, 1, K * T - 1, K * T - 1)
+        sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"] = r(4 * n_embd, n_embd), r(4 * n_embd)
+        sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"] = r(n_embd, 4 * n_embd), r(n_embd)
+        for ln in ("ln1", "ln2"):
+            sd[p + f"{ln}.weight"], sd[p + f"{ln}.bias"] = 1 + r(n_embd), r(n_embd)
+    return sd
+
+
+@pytest.mark.parametrize("O, A, N, K, n_layer, n_head, n_embd", [(3, 1, 20, 4, 2, 2, 32), (11, 3, 100, 2, 4, 4, 128)])
+def test_import_of_authors_state_dict_gives_identical_logits(O, A, N, K, n_layer, n_head, n_embd):
+    sd = authors_state_dict(O, A, N, K, n_layer, n_embd)
+    model = TrajectoryTransformer.from_reference(sd, O, A, n_head=n_head).double().eval()
+    assert model.config.n_bins == N and model.config.n_transitions == K and model.config.n_layer == n_layer
+    tokens = torch.randint(0, N + 1, (3, K * (O + A + 2) - 1))
+    torch.testing.assert_close(model(tokens), authors_gpt_forward(sd, tokens, O, A, N, n_head), rtol=0, atol=1e-10)
+    torch.testing.assert_close(model(tokens[:, :7]), authors_gpt_forward(sd, tokens[:, :7], O, A, N, n_head),
+                               rtol=0, atol=1e-10)
+
+
+def test_import_rejects_mismatched_dimensions():
+    sd = authors_state_dict(3, 1, 20, 4, 1, 16)
+    with pytest.raises(ValueError, match="head has 6 outputs per transition"):
+        TrajectoryTransformer.from_reference(sd, 4, 1)
+    del sd["pos_emb"]
+    with pytest.raises(ValueError, match="missing 'pos_emb'"):
+        TrajectoryTransformer.from_reference(sd, 3, 1)
+
+
+def test_bad_tokens_and_lengths_raise():
+    model = random_model(SHAPES[0])
+    with pytest.raises(ValueError, match="exceeds the block size"):
+        model(torch.zeros(1, model.config.block_size + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 20\]"):
+        model(torch.full((1, 4), 21))
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(torch.zeros(4, dtype=torch.long))

@@ -1,0 +1,107 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tt.checkpoint import CheckpointError, load_run, save_run
+from tt.cli import main
+from tt.discretize import Discretizer
+from tt.train import lr_multiplier, make_config, train
+
+TINY = dict(dataset="pendulum-medium", n_layer=1, n_head=2, n_embd=16, batch_size=32, n_bins=20,
+            save_every=10, log_every=5, device="cpu")
+
+
+def test_lr_schedule_warmup_then_cosine_floor():
+    assert lr_multiplier(0, 100, 1000) == 0.0
+    assert lr_multiplier(50, 100, 1000) == pytest.approx(0.5)
+    assert lr_multiplier(100, 100, 1000) == pytest.approx(1.0)
+    assert lr_multiplier(550, 100, 1000) == pytest.approx(0.5)
+    assert lr_multiplier(5000, 100, 1000) == pytest.approx(0.1)
+
+
+def test_training_lowers_loss_and_checkpoint_reloads_identically(pendulum_medium, tmp_path):
+    cfg = make_config("small", **{**TINY, "max_steps": 60, "learning_rate": 3e-3})
+    model = train(cfg, str(tmp_path / "run"), progress=False)
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert records[-1]["step"] == 60
+    assert records[-1]["loss"] < 0.9 * records[0]["loss"]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    loaded, disc, config, step = load_run(str(tmp_path / "run"))
+    assert step == 60 and config["data"]["dataset_id"] == "tt/pendulum/medium-v0"
+    tokens = torch.randint(0, 21, (4, model.config.block_size))
+    assert torch.equal(loaded(tokens), model(tokens))
+    assert disc.n_bins == 20 and disc.transition_dim == 6
+
+
+def test_resume_continues_exactly(pendulum_medium, tmp_path):
+    straight = train(make_config("small", **TINY, max_steps=30), str(tmp_path / "a"), progress=False)
+    train(make_config("small", **TINY, max_steps=20), str(tmp_path / "b"), progress=False)
+    resumed = train(make_config("small", **TINY, max_steps=30), str(tmp_path / "b"), resume=True, progress=False)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+def small_run(tmp_path):
+    from tt.model import GPTConfig, TrajectoryTransformer
+
+    model = TrajectoryTransformer(GPTConfig(3, 1, n_bins=10, n_transitions=2, n_layer=1, n_head=1, n_embd=8))
+    disc = Discretizer(np.linspace(0, 1, 11)[:, None].repeat(6, 1))
+    save_run(str(tmp_path / "run"), model, disc, {"note": "test"})
+    return str(tmp_path / "run"), model
+
+
+def test_corrupt_checkpoint_is_detected(tmp_path):
+    run, _ = small_run(tmp_path)
+    path = os.path.join(run, "model.safetensors")
+    data = bytearray(open(path, "rb").read())
+    data[-3] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match checkpoint.json"):
+        load_run(run)
+
+
+def test_mismatched_discretizer_is_detected(tmp_path):
+    run, model = small_run(tmp_path)
+    save_run(run, model, Discretizer(np.linspace(0, 1, 11)[:, None].repeat(5, 1)), {})
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_run(run)
+
+
+def test_missing_run_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no run directory"):
+        load_run(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="no checkpoint.json"):
+        load_run(str(tmp_path / "empty"))
+
+
+def test_cli_data_and_train(pendulum_medium, tmp_path, capsys):
+    assert main(["data", "list"]) == 0
+    assert "pendulum-medium" in capsys.readouterr().out
+    assert main(["train", "--dataset", "pendulum-medium", "--out", str(tmp_path / "r"), "--preset", "small",
+                 "--steps", "3", "--device", "cpu"]) == 0
+    assert load_run(str(tmp_path / "r"))[3] == 3
+
+
+def test_cli_unknown_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--dataset", "mujoco/nothing/here-v0", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown data set 'mujoco/nothing/here-v0'" in capsys.readouterr().err
+
+
+def test_cli_import_reference(tmp_path, pendulum_medium):
+    from test_model import authors_gpt_forward, authors_state_dict
+
+    sd = authors_state_dict(3, 1, 100, 10, 2, 32)
+    torch.save({k: v.float() for k, v in sd.items()}, tmp_path / "state_0.pt")
+    assert main(["import-reference", "--state-dict", str(tmp_path / "state_0.pt"), "--dataset", "pendulum-medium",
+                 "--out", str(tmp_path / "imp"), "--n-head", "2"]) == 0
+    model, disc, _, _ = load_run(str(tmp_path / "imp"))
+    assert disc.n_bins == 100 and disc.transition_dim == 6
+    tokens = torch.randint(0, 101, (2, 30))
+    sd32 = {k: v.float() for k, v in sd.items()}
+    torch.testing.assert_close(model(tokens), authors_gpt_forward(sd32, tokens, 3, 1, 100, 2), rtol=1e-4, atol=1e-4)
