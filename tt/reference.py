@@ -8,8 +8,13 @@ deterministically (to the lower index) where theirs are left to the backend.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from tt.planner import PlanConfig
 
 # ----------------------------------------------------------------------------- attention
 
@@ -113,3 +118,60 @@ def beam_select(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     Returns (values [B, k], indices [B, k])."""
     values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
     return values[:, :k], indices[:, :k]
+
+
+# ----------------------------------------------------------------------------- the authors' planner
+
+
+def crop_window(x: torch.Tensor, max_block: int, transition_dim: int) -> torch.Tensor:
+    """Drop whole transitions from the front until at most `max_block` tokens remain."""
+    excess = x.shape[1] - max_block
+    if excess <= 0:
+        return x
+    n_crop = -(-excess // transition_dim) * transition_dim
+    return x[:, n_crop:]
+
+
+def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, generator, midpoints=None):
+    """Append n sampled tokens to every row of x, each from a full forward of the cropped window.
+    Returns (x, expectations [rows, n] when `midpoints [n, N]` are given)."""
+    expectations = []
+    for i in range(n):
+        logits = model(crop_window(x, max_block, model.transition_dim))[:, -1]
+        token, expectation = sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
+                                         midpoints=None if midpoints is None else midpoints[i], generator=generator)
+        x = torch.cat([x, token[:, None]], dim=1)
+        expectations.append(expectation)
+    return x, (torch.stack(expectations, 1) if midpoints is not None else None)
+
+
+@torch.no_grad()
+def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' `beam_plan` for one prefix `[L]` (context transitions, then an observation).
+
+    `midpoints [N, T]` are the discretizer's bin midpoints. Returns the best beam's planned
+    tokens `[H * T]` and its score. `config.max_context_transitions=None` means no cropping
+    beyond the model's block size.
+    """
+    O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
+    H, W, E = config.horizon, config.beam_width, config.n_expand
+    C = config.max_context_transitions
+    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
+    sample = dict(max_block=max_block, temperature=config.temperature, generator=generator)
+    rew_val_midpoints = midpoints[:, T - 2 :].T.to(torch.float32)
+
+    x = prefix[None].repeat(W, 1)
+    rewards = torch.zeros(W, H + 1, device=prefix.device)
+    discounts = config.discount ** torch.arange(H + 1, device=prefix.device, dtype=torch.float32)
+    for t in range(H):
+        x, rewards = x.repeat(E, 1), rewards.repeat(E, 1)
+        x, _ = sample_tokens(model, x, A, top_k=config.k_act, cdf=config.cdf_act, **sample)
+        x, r_v = sample_tokens(model, x, 2, top_k=config.k_rew, cdf=config.cdf_rew, midpoints=rew_val_midpoints,
+                               **sample)
+        rewards[:, t], rewards[:, t + 1] = r_v[:, 0], r_v[:, 1]
+        values, index = beam_select(((rewards * discounts).sum(-1))[None], W)
+        x, rewards = x[index[0]], rewards[index[0]]
+        if t < H - 1:
+            x, _ = sample_tokens(model, x, O, top_k=config.k_obs, cdf=config.cdf_obs, **sample)
+    return x[0, -H * T :], values[0, 0]
