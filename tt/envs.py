@@ -159,7 +159,8 @@ def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress
     if path.exists():  # regenerate: the data set is a deterministic function of name and seed
         shutil.rmtree(path)
     return minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env=task.env_id, eval_env=task.env_id, algorithm_name=f"scripted-{variant}",
+        dataset_id=dataset_id, buffer=buffers, env=task.env_id, eval_env=task.env_id,
+        algorithm_name=f"scripted-{variant}",
         author="tt", author_email="tt@localhost", code_permalink="tt/envs.py",
         ref_min_score=ref["random"], ref_max_score=ref["expert"],
         description=f"tt built-in {variant} data for {task.env_id}, seed {seed}",

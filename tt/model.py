@@ -250,7 +250,8 @@ class TrajectoryTransformer(nn.Module):
         for i in range(n_layer):
             p = f"blocks.{i}."
             for part in ("weight", "bias"):
-                ours[p + f"attn.qkv.{part}"] = torch.cat([sd[p + f"attn.{n}.{part}"] for n in ("query", "key", "value")])
+                qkv = [sd[p + f"attn.{n}.{part}"] for n in ("query", "key", "value")]
+                ours[p + f"attn.qkv.{part}"] = torch.cat(qkv)
                 for ours_name, theirs in (("attn.proj", "attn.proj"), ("mlp.fc", "mlp.0"), ("mlp.proj", "mlp.2"),
                                           ("ln1", "ln1"), ("ln2", "ln2")):
                     ours[p + f"{ours_name}.{part}"] = sd[p + f"{theirs}.{part}"]

@@ -158,6 +158,7 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
                                midpoints=midpoints, generator=generator)
 
     K = model.config.n_transitions
+    src = torch.arange(E * BW, device=device)  # where each cache row's survivor came from (set by the top-k)
     for t in range(H):
         u = s.n_ctx + t  # the transition being planned, in prefix coordinates
         if t == 0:
@@ -198,3 +199,142 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
         rewards = rewards[src].repeat(E, 1)
     start = s.n_ctx * T
     return PlanResult(s.hist[plan_rows[:, 0], start : start + H * T], values[:, 0])
+
+
+@dataclass
+class Plan:
+    """One environment's plan, for inspection."""
+
+    tokens: np.ndarray  # [H, T]
+    transitions: np.ndarray  # [H, T] bin midpoints; NaN where the model predicted the episode's end
+    predicted_return: float
+
+
+class Planner:
+    """Drop-in planner for a Gymnasium loop: `act(obs)`, step the environment, `observe(reward, done)`.
+
+    Works on one observation `[O]` or a batch `[n, O]` (one per environment of a vector env);
+    each environment keeps its own context of up to C real transitions, reset when it is done.
+    """
+
+    def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig = PlanConfig(),
+                 device: str | torch.device | None = None, seed: int | None = None):
+        if discretizer.transition_dim != model.transition_dim or discretizer.n_bins != model.config.n_bins:
+            raise ValueError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
+                             f"match the model ({model.config.n_bins} bins, {model.transition_dim} dims)")
+        self.device = torch.device(device) if device is not None else model.tok_emb.weight.device
+        self.model = model.to(self.device).eval()
+        self.discretizer = discretizer
+        self.config = config
+        self.O, self.A, self.T = model.config.observation_dim, model.config.action_dim, model.transition_dim
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        self.stats = {"plans": 0, "stop_tokens_in_actions": 0}
+        self._cache: KVCache | None = None
+        self.reset()
+
+    @classmethod
+    def load(cls, run_dir: str, device: str | torch.device | None = None, seed: int | None = None,
+             **overrides) -> Planner:
+        """A planner for a trained run directory; keyword arguments override `PlanConfig` fields."""
+        from tt.checkpoint import load_run
+
+        model, discretizer, _, _ = load_run(run_dir, device or "cpu")
+        return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed)
+
+    def reset(self, n_envs: int | None = None) -> None:
+        """Forget every environment's context and plan."""
+        self._n = n_envs
+        self._context: list[list[np.ndarray]] = [[] for _ in range(n_envs or 0)]
+        self._plans: list[Plan | None] = [None] * (n_envs or 0)
+        self._age = [0] * (n_envs or 0)
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ the control loop
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Actions for observation(s) `[O]` or `[n, O]`: the first action of each plan."""
+        obs, single = self._check_obs(obs)
+        if self._pending is not None:
+            raise RuntimeError("act() called twice without observe(): report the step's reward and done first")
+        need = [i for i in range(len(obs)) if self._plans[i] is None or self._age[i] % self.config.plan_freq == 0
+                or self._age[i] >= self.config.horizon]
+        if need:
+            for i, plan in zip(need, self._plan(obs[need], need)):
+                self._plans[i], self._age[i] = plan, 0
+        actions = np.stack([self._action(self._plans[i].tokens[self._age[i]]) for i in range(len(obs))])
+        self._pending = (obs, actions)
+        return actions[0] if single else actions
+
+    def observe(self, reward, done) -> None:
+        """Complete the step begun by `act`: reward(s) from the environment, done = terminated or truncated."""
+        if self._pending is None:
+            raise RuntimeError("observe() called without a preceding act()")
+        obs, actions = self._pending
+        reward = np.broadcast_to(np.asarray(reward, dtype=np.float64), (len(obs),))
+        done = np.broadcast_to(np.asarray(done, dtype=bool), (len(obs),))
+        if not np.isfinite(reward).all():
+            raise ValueError(f"non-finite reward {reward}")
+        C = self.config.max_context_transitions
+        placeholder = self.discretizer.n_bins - 1  # the value slot of a context transition is never attended
+        for i in range(len(obs)):
+            if done[i]:
+                self._context[i], self._plans[i], self._age[i] = [], None, 0
+                continue
+            transition = np.concatenate([obs[i], actions[i], [reward[i], 0.0]])
+            tokens = self.discretizer.discretize(transition)
+            tokens[-1] = placeholder
+            self._context[i] = (self._context[i] + [tokens])[-C:] if C else self._context[i] + [tokens]
+            self._age[i] += 1
+        self._pending = None
+
+    def plan(self, obs: np.ndarray) -> Plan | list[Plan]:
+        """Plan(s) from the current context and `obs`, without acting."""
+        obs, single = self._check_obs(obs)
+        plans = self._plan(obs, list(range(len(obs))))
+        return plans[0] if single else plans
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_obs(self, obs) -> tuple[np.ndarray, bool]:
+        obs = np.asarray(obs, dtype=np.float64)
+        single = obs.ndim == 1
+        obs = obs[None] if single else obs
+        if obs.ndim != 2 or obs.shape[1] != self.O:
+            raise ValueError(f"observations must be [{self.O}] or [n, {self.O}], got {tuple(np.shape(obs))}")
+        if not np.isfinite(obs).all():
+            raise ValueError("observation contains NaN or infinite values")
+        if self._n is None:
+            self.reset(len(obs))
+        elif len(obs) != self._n:
+            raise ValueError(f"planner tracks {self._n} environments, got {len(obs)} observations; call reset()")
+        return obs, single
+
+    def _plan(self, obs: np.ndarray, envs: list[int]) -> list[Plan]:
+        obs_tokens = self.discretizer.discretize(obs, columns=slice(0, self.O))
+        prefixes = [torch.from_numpy(np.concatenate(self._context[i] + [obs_tokens[k]])) for k, i in enumerate(envs)]
+        config = self.config
+        if config.window == "cached" and len(max(prefixes, key=len)) > self.model.config.block_size:
+            raise ValueError("context longer than the model's block size")
+        prefix = pad_prefixes(prefixes, self.T)
+        rows = config.n_expand * len(envs) * config.beam_width
+        length = self.model.config.block_size
+        if self._cache is None or self._cache.max_rows < rows:
+            self._cache = self.model.setup_cache(rows, length)
+        result = beam_plan(self.model, prefix, self.discretizer, config, self.generator, self._cache)
+        self.stats["plans"] += len(envs)
+        tokens = result.tokens.view(len(envs), config.horizon, self.T).cpu().numpy()
+        return [Plan(t, self.discretizer.reconstruct(t), float(s)) for t, s in zip(tokens, result.score.tolist())]
+
+    def _action(self, transition_tokens: np.ndarray) -> np.ndarray:
+        """The action of a planned transition; a stop token there is read as the last bin, as the
+        authors' reconstruction clips it (counted in `stats`)."""
+        tokens = transition_tokens[self.O : self.O + self.A]
+        stop = tokens == self.discretizer.stop_token
+        if stop.any():
+            self.stats["stop_tokens_in_actions"] += int(stop.sum())
+            if self.stats["stop_tokens_in_actions"] == int(stop.sum()):
+                warnings.warn("the plan's action holds a stop token (the model predicts the episode's end); "
+                              "using the last bin, as the authors' reconstruction does", stacklevel=3)
+            tokens = np.where(stop, self.discretizer.n_bins - 1, tokens)
+        return self.discretizer.reconstruct(tokens, columns=slice(self.O, self.O + self.A))

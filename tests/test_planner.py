@@ -1,0 +1,243 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+
+from tt import reference
+from tt.discretize import Discretizer
+from tt.model import GPTConfig, TrajectoryTransformer
+from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+
+# random models often plan the episode's end; the planner warns about it once per planner
+pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
+
+GREEDY = dict(k_act=1, cdf_act=None, k_obs=1, k_rew=1)
+
+
+def random_model(O, A, N=15, K=6, seed=0, dtype=torch.float64, n_layer=2, noise=0.3):
+    torch.manual_seed(seed)
+    model = TrajectoryTransformer(GPTConfig(O, A, n_bins=N, n_transitions=K, n_layer=n_layer, n_head=2, n_embd=32))
+    with torch.no_grad():  # sharper than the init, so that plans depend on the tokens
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return model.eval().to(dtype)
+
+
+def random_discretizer(N, T, seed=0):
+    return Discretizer(np.sort(np.random.default_rng(seed).normal(size=(N + 1, T)), axis=0))
+
+
+def random_prefixes(model, contexts, generator):
+    T, O, N = model.transition_dim, model.config.observation_dim, model.config.n_bins
+    return [torch.randint(0, N, (c * T + O,), generator=generator) for c in contexts]
+
+
+def assert_matches_reference(model, disc, cfg, prefixes, generator_seed=None):
+    result = beam_plan(model, pad_prefixes(prefixes, model.transition_dim), disc, cfg,
+                       None if generator_seed is None else torch.Generator().manual_seed(generator_seed))
+    mids = torch.tensor(disc.midpoints)
+    for b, prefix in enumerate(prefixes):
+        g = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+        tokens, score = reference.beam_plan(model, prefix, mids, cfg, g)
+        assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the reference"
+        assert result.score[b].item() == pytest.approx(score.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("O, A, C, H, W, E", [
+    (3, 1, 5, 4, 4, 2),
+    (1, 1, 2, 15, 3, 2),
+    (11, 3, 5, 3, 2, 2),
+    (4, 2, 3, 6, 5, 3),
+    (2, 3, 4, 10, 1, 1),
+    (5, 1, 1, 1, 6, 2),
+    (2, 2, 6, 5, 3, 1),  # C beyond the model's window (K=6) is cropped by the block size
+])
+def test_greedy_exact_plans_equal_the_reference(O, A, C, H, W, E):
+    model = random_model(O, A, seed=O * 10 + A)
+    disc = random_discretizer(model.config.n_bins, model.transition_dim)
+    g = torch.Generator().manual_seed(H)
+    cfg = PlanConfig(horizon=H, beam_width=W, n_expand=E, max_context_transitions=C, **GREEDY)
+    # rows with full, shorter and empty contexts in one batch
+    assert_matches_reference(model, disc, cfg, random_prefixes(model, [C, max(C - 2, 0), 0], g))
+
+
+def test_greedy_exact_single_plan_float32():
+    model = random_model(3, 2, dtype=torch.float32)
+    disc = random_discretizer(15, 7)
+    cfg = PlanConfig(horizon=5, beam_width=4, n_expand=2, max_context_transitions=3, **GREEDY)
+    assert_matches_reference(model, disc, cfg, random_prefixes(model, [3], torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("O, A, C, H, W, E", [(2, 1, 3, 8, 4, 2), (3, 1, 0, 11, 2, 3), (1, 2, 5, 6, 3, 2)])
+def test_greedy_cached_plans_equal_the_uncropped_reference(O, A, C, H, W, E):
+    model = random_model(O, A, K=12, seed=C)
+    disc = random_discretizer(model.config.n_bins, model.transition_dim)
+    cfg = PlanConfig(horizon=H, beam_width=W, n_expand=E, max_context_transitions=None, window="cached", **GREEDY)
+    assert (C + H) <= 12  # the block size holds the whole plan
+    assert_matches_reference(model, disc, cfg, random_prefixes(model, [C, max(C - 1, 0)],
+                                                               torch.Generator().manual_seed(2)))
+
+
+def test_cached_mode_slides_when_the_block_is_full():
+    model = random_model(2, 1, K=4)
+    disc = random_discretizer(15, 5)
+    cfg = PlanConfig(horizon=9, beam_width=3, n_expand=2, max_context_transitions=3, window="cached", **GREEDY)
+    prefix = pad_prefixes(random_prefixes(model, [3, 1], torch.Generator().manual_seed(3)), 5)
+    result = beam_plan(model, prefix, disc, cfg)
+    assert result.tokens.shape == (2, 45) and (result.tokens >= 0).all() and (result.tokens <= 15).all()
+    # while the window still fits, cached and exact agree with a window of the full block
+    exact = beam_plan(model, prefix, disc, PlanConfig(**{**cfg.to_dict(), "window": "exact", "horizon": 1}))
+    cached = beam_plan(model, prefix, disc, PlanConfig(**{**cfg.to_dict(), "horizon": 1,
+                                                          "max_context_transitions": 4}))
+    assert exact.tokens.shape == cached.tokens.shape
+
+
+def test_stochastic_exact_plans_equal_the_reference_draw_for_draw():
+    """With one plan, the fast planner draws in the reference's order: same seed, same plan."""
+    model = random_model(2, 2)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=4, beam_width=6, n_expand=2, max_context_transitions=3, k_obs=None, cdf_obs=0.5)
+    prefix = random_prefixes(model, [2], torch.Generator().manual_seed(4))
+    for seed in range(5):
+        assert_matches_reference(model, disc, cfg, prefix, generator_seed=seed)
+
+
+def first_action_counts(plan_fn, n_plans, N):
+    counts = np.zeros(N + 1)
+    for seed in range(n_plans):
+        counts[plan_fn(torch.Generator().manual_seed(10_000 + seed))] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_first_action_distribution_agrees_with_the_reference():
+    """Chi-square over many seeded plans; a planner with another temperature is told apart."""
+    model = random_model(1, 1, N=6, K=4, n_layer=1, dtype=torch.float32, noise=0.1)
+    disc = random_discretizer(6, 4)
+    O = 1
+    prefix = random_prefixes(model, [2], torch.Generator().manual_seed(5))[0]
+    cfg = PlanConfig(horizon=2, beam_width=2, n_expand=1, max_context_transitions=3, k_act=None, cdf_act=0.3,
+                     temperature=1.5)
+    mids = torch.tensor(disc.midpoints)
+
+    def fast(c):
+        return lambda g: int(beam_plan(model, prefix[None], disc, c, g).tokens[0, O])
+
+    ref = first_action_counts(lambda g: int(reference.beam_plan(model, prefix, mids, cfg, g)[0][O]), 600, 6)
+    ours = first_action_counts(fast(cfg), 600, 6)
+    wrong = first_action_counts(fast(PlanConfig(**{**cfg.to_dict(), "temperature": 0.5})), 600, 6)
+    keep = (ref + ours + wrong) > 0
+    assert chi2_contingency(np.stack([ref, ours])[:, keep]).pvalue > 1e-3
+    assert chi2_contingency(np.stack([ref, wrong])[:, keep]).pvalue < 1e-6
+
+
+def test_bad_prefixes_and_configs_raise():
+    model = random_model(2, 1)
+    disc = random_discretizer(15, 5)
+    with pytest.raises(ValueError, match="not c\\*T \\+ O"):
+        beam_plan(model, torch.zeros(1, 4, dtype=torch.long), disc)
+    with pytest.raises(ValueError, match="whole transitions"):
+        beam_plan(model, torch.tensor([[-1, 0, 0, 0, 0, 0, 0]]), disc)
+    with pytest.raises(ValueError, match="exceed the stop token"):
+        beam_plan(model, torch.tensor([[16, 0]]), disc)
+    with pytest.raises(ValueError, match="max_context_transitions=1"):
+        PlanConfig(max_context_transitions=1, horizon=2)
+    with pytest.raises(ValueError, match="window must be"):
+        PlanConfig(window="sliding")
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        beam_plan(model, torch.zeros(1, 2, dtype=torch.long), disc)
+
+
+# ----------------------------------------------------------------------------- tt.Planner
+
+
+def small_planner(O=3, A=1, seed=0, **overrides):
+    model = random_model(O, A, dtype=torch.float32)
+    disc = random_discretizer(15, O + A + 2)
+    cfg = PlanConfig(**{**dict(horizon=3, beam_width=4, n_expand=2, max_context_transitions=3), **overrides})
+    return Planner(model, disc, cfg, seed=seed)
+
+
+def test_planner_context_is_the_authors_prefix():
+    planner = small_planner(**GREEDY)
+    rng = np.random.default_rng(0)
+    obs = [rng.normal(size=3) for _ in range(5)]
+    manual = []
+    for t in range(4):
+        action = planner.act(obs[t])
+        reward = float(rng.normal())
+        planner.observe(reward, False)
+        row = planner.discretizer.discretize(np.concatenate([obs[t], action, [reward, 1e6]]))
+        manual = (manual + [row])[-3:]
+    plan = planner.plan(obs[4])
+    prefix = torch.from_numpy(np.concatenate(manual + [planner.discretizer.discretize(obs[4], slice(0, 3))]))
+    expected = beam_plan(planner.model, prefix[None], planner.discretizer, planner.config)
+    np.testing.assert_array_equal(plan.tokens.reshape(-1), expected.tokens[0].numpy())
+    assert plan.transitions.shape == (3, 6)
+
+
+def test_planner_is_reproducible_by_seed():
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(2, 3))
+    a = small_planner(seed=3).act(obs)
+    b = small_planner(seed=3).act(obs)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_planner_replans_every_plan_freq_steps():
+    planner = small_planner(plan_freq=2, horizon=3)
+    obs = np.zeros(3)
+    for _ in range(5):
+        planner.act(obs)
+        planner.observe(0.0, False)
+    assert planner.stats["plans"] == 3  # steps 0, 2, 4
+
+
+def test_planner_misuse_and_bad_observations():
+    planner = small_planner()
+    with pytest.raises(ValueError, match=r"observations must be \[3\] or \[n, 3\]"):
+        planner.act(np.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        planner.act(np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(RuntimeError, match="without a preceding act"):
+        planner.observe(0.0, False)
+    planner.act(np.zeros(3))
+    with pytest.raises(RuntimeError, match="act\\(\\) called twice"):
+        planner.act(np.zeros(3))
+    planner.observe(1.0, False)
+    with pytest.raises(ValueError, match="tracks 1 environments"):
+        planner.act(np.zeros((2, 3)))
+
+
+def test_stop_token_in_an_action_reads_as_the_last_bin():
+    planner = small_planner()
+    tokens = np.array([0, 0, 0, 15, 3, 3])
+    with pytest.warns(UserWarning, match="stop token"):
+        action = planner._action(tokens)
+    np.testing.assert_allclose(action, planner.discretizer.midpoints[14, 3:4])
+    assert planner.stats["stop_tokens_in_actions"] == 1
+
+
+def test_planner_drives_a_vector_env_with_autoreset():
+    n_envs = 2
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1", max_episode_steps=25)] * n_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    planner = small_planner(horizon=2, beam_width=2, n_expand=2, max_context_transitions=2)
+    obs, _ = envs.reset(seed=0)
+    finished, returns, steps = [], np.zeros(n_envs), 0
+    while len(finished) < 2 * n_envs:
+        actions = planner.act(obs)
+        assert actions.shape == (n_envs, 1) and np.isfinite(actions).all()
+        obs, reward, terminated, truncated, _ = envs.step(actions.astype(np.float32))
+        done = terminated | truncated
+        planner.observe(reward, done)
+        returns += reward
+        for i in np.flatnonzero(done):
+            finished.append(returns[i])
+            returns[i] = 0.0
+            assert planner._context[i] == []
+        steps += 1
+    assert steps == 50 and len(finished) == 4
+    envs.close()
