@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -59,6 +60,54 @@ def cmd_import_reference(args) -> None:
     print(f"imported {args.state_dict} into {args.out}")
 
 
+PLAN_FLAGS = {"horizon": int, "beam_width": int, "n_expand": int, "max_context_transitions": int, "k_obs": int,
+              "k_act": int, "k_rew": int, "cdf_obs": float, "cdf_act": float, "temperature": float,
+              "discount": float, "plan_freq": int, "window": str}
+
+
+def plan_overrides(args) -> dict:
+    return {k: getattr(args, k) for k in PLAN_FLAGS if getattr(args, k, None) is not None}
+
+
+def cmd_eval(args) -> None:
+    from tt.evaluate import evaluate
+
+    out = args.out or os.path.join(args.run, "eval")
+    results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
+                       device=args.device, **plan_overrides(args))
+    print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
+          f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
+          f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
+
+
+DEMO = dict(dataset="pendulum-medium", episodes=10, envs=5, plan=dict(horizon=5, beam_width=16, n_expand=2))
+
+
+def cmd_demo(args) -> None:
+    """Generate the built-in default data set, train the small preset, plan in the environment."""
+    import time
+
+    from tt.envs import make_dataset
+    from tt.evaluate import evaluate
+    from tt.train import make_config, train
+
+    started = time.time()
+    make_dataset(DEMO["dataset"], seed=args.seed)
+    train(make_config("small", dataset=DEMO["dataset"], seed=args.seed), args.out)
+    results = evaluate(args.out, episodes=DEMO["episodes"], n_envs=DEMO["envs"], seed=args.seed,
+                       out=os.path.join(args.out, "eval"), **DEMO["plan"])
+    rows = [("data set mean return", results["dataset_mean_return"]),
+            ("expert return (reference)", results["ref_max_score"]),
+            ("random return (reference)", results["ref_min_score"]),
+            ("Trajectory Transformer return", results["mean_return"]),
+            ("Trajectory Transformer normalized score", results["mean_normalized_score"])]
+    print(f"\n{results['dataset_id']}, {results['episodes']} episodes, plan {DEMO['plan']}")
+    for name, value in rows:
+        print(f"  {name:42s} {value:10.3f}")
+    print(f"  {'wall time (s)':42s} {time.time() - started:10.1f}")
+    print(f"run, plots and eval.json in {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tt", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -94,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--action-dim", type=int)
     imp.add_argument("--n-head", type=int, default=4)
     imp.set_defaults(func=cmd_import_reference)
+
+    ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
+    ev.add_argument("--run", required=True, help="run directory")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device")
+    ev.add_argument("--out", help="results directory (default RUN/eval)")
+    for flag, kind in PLAN_FLAGS.items():
+        ev.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help="PlanConfig." + flag)
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

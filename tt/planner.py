@@ -250,6 +250,11 @@ class Planner:
         self._age = [0] * (n_envs or 0)
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def current_plans(self) -> list[Plan | None]:
+        """Each environment's plan in use (None before its first act or after done)."""
+        return list(self._plans)
+
     # ------------------------------------------------------------------ the control loop
 
     def act(self, obs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,43 @@
+"""One plan at Hopper shapes (obs 11, act 3, 4 layers, 4 heads, width 128, 100 bins, random
+weights): the authors' algorithm (tt.reference) against the fast planner, exact and cached."""
+
+import pytest
+import torch
+from common import SMALL, record
+
+from tt import reference
+from tt.discretize import Discretizer
+from tt.model import GPTConfig, TrajectoryTransformer
+from tt.planner import PlanConfig, beam_plan
+
+O, A = 11, 3
+SETTINGS = [(8, 3)] if SMALL else [(32, 5)]  # (beam width, horizon)
+
+
+@pytest.fixture(scope="module")
+def hopper():
+    torch.manual_seed(0)
+    config = GPTConfig(O, A, n_layer=1 if SMALL else 4, n_embd=32 if SMALL else 128)
+    model = TrajectoryTransformer(config).eval()
+    thresholds = torch.linspace(-1, 1, config.n_bins + 1)[:, None].repeat(1, config.transition_dim)
+    discretizer = Discretizer(thresholds.numpy())
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(0, config.n_bins, (5 * config.transition_dim + O,), generator=g)
+    return model, discretizer, prefix
+
+
+@pytest.mark.parametrize("beam, horizon", SETTINGS)
+@pytest.mark.parametrize("planner", ["reference", "exact", "cached"])
+def test_plan(benchmark, timings, hopper, planner, beam, horizon):
+    model, discretizer, prefix = hopper
+    config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if planner == "cached" else "exact")
+    benchmark.group = f"plan beam {beam} horizon {horizon}"
+    mids = torch.tensor(discretizer.midpoints)
+    if planner == "reference":
+        run = lambda: reference.beam_plan(model, prefix, mids, config, torch.Generator().manual_seed(0))
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+    else:
+        cache = model.setup_cache(2 * beam, model.config.block_size)
+        run = lambda: beam_plan(model, prefix[None], discretizer, config, torch.Generator().manual_seed(0), cache)
+        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    record(benchmark, timings, benchmark.group, planner)

@@ -1,0 +1,144 @@
+"""Evaluation: plan in the data set's environment, vectorized, and report returns and scores.
+
+Writes `eval.json` (per-episode returns, normalized scores, planning time per step) and two
+plots: `returns.png` (the planner's episodes against the data set's return distribution) and
+`plan_vs_actual.png` (one plan against what then happened).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from tt.checkpoint import load_run
+from tt.data import load_dataset, trajectories_from_minari
+from tt.io import atomic_write, write_json
+from tt.planner import Planner
+
+
+def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
+             device: str | None = None, progress: bool = True, **plan_overrides) -> dict:
+    """Roll out `episodes` episodes with `tt.Planner` over `n_envs` environments; returns the results."""
+    import minari
+
+    planner = Planner.load(run_dir, device=device, seed=seed, **plan_overrides)
+    _, _, run_config, _ = load_run(run_dir)
+    dataset = load_dataset(run_config["data"]["dataset_id"])
+    data_returns = trajectories_from_minari(dataset).returns
+
+    n_envs = min(n_envs, episodes)
+    envs = gym.vector.SyncVectorEnv([lambda: dataset.recover_environment(eval_env=True)] * n_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    quota = np.array([episodes // n_envs + (i < episodes % n_envs) for i in range(n_envs)])
+    returns, lengths = [[] for _ in range(n_envs)], [[] for _ in range(n_envs)]
+    running, steps = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
+    plan_seconds, trace = [], {"actual": [], "plan": None}
+    obs, _ = envs.reset(seed=seed)
+    bar = tqdm(total=episodes, desc="evaluating", disable=not progress, dynamic_ncols=True)
+    while any(len(r) < q for r, q in zip(returns, quota)):
+        started = time.perf_counter()
+        actions = planner.act(obs)
+        plan_seconds.append(time.perf_counter() - started)
+        if trace["plan"] is None:
+            trace["plan"] = planner.current_plans[0]
+        if not returns[0]:
+            trace["actual"].append(np.concatenate([obs[0], actions[0]]))
+        obs, reward, terminated, truncated, _ = envs.step(actions.astype(envs.single_action_space.dtype))
+        done = terminated | truncated
+        planner.observe(reward, done)
+        running += reward
+        steps += 1
+        for i in np.flatnonzero(done):
+            if len(returns[i]) < quota[i]:
+                returns[i].append(float(running[i]))
+                lengths[i].append(int(steps[i]))
+                bar.update()
+                bar.set_postfix(mean_return=f"{np.mean(sum(returns, [])):.1f}")
+            running[i], steps[i] = 0.0, 0
+    bar.close()
+    envs.close()
+
+    episode_returns = np.array(sum(returns, []))
+    try:
+        scores = minari.get_normalized_score(dataset, episode_returns)
+    except ValueError:
+        scores = np.full_like(episode_returns, np.nan)
+    meta = dataset.storage.metadata
+    results = {
+        "run": run_dir, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
+        "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(),
+        "returns": episode_returns.tolist(), "lengths": sum(lengths, []),
+        "normalized_scores": [float(s) for s in scores],
+        "mean_return": float(episode_returns.mean()), "std_return": float(episode_returns.std()),
+        "mean_normalized_score": float(np.mean(scores)),
+        "dataset_mean_return": float(data_returns.mean()),
+        "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
+        "plan_seconds_per_step": float(np.mean(plan_seconds)),
+        "plan_seconds_per_env_step": float(np.mean(plan_seconds) / n_envs),
+    }
+    if out:
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, "eval.json"), results)
+        plot_returns(results, data_returns, os.path.join(out, "returns.png"))
+        plot_plan_vs_actual(trace, planner, os.path.join(out, "plan_vs_actual.png"))
+    return results
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.hist(data_returns, bins=30, color="0.75", label="data set episodes")
+    for r in results["returns"]:
+        ax.axvline(r, color="tab:blue", alpha=0.6, lw=1.5)
+    ax.axvline(results["dataset_mean_return"], color="0.3", ls="--", label="data set mean")
+    ax.axvline(results["mean_return"], color="tab:blue", lw=3, label="Trajectory Transformer (mean)")
+    if results.get("ref_max_score") is not None:
+        ax.axvline(results["ref_max_score"], color="tab:green", ls=":", label="expert reference")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episodes")
+    ax.set_title(results["dataset_id"])
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_plan_vs_actual(trace: dict, planner: Planner, path: str) -> None:
+    """The first plan of the first episode (observations and actions) against the actual rollout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    actual = np.array(trace["actual"])
+    planned = trace["plan"].transitions[:, : planner.O + planner.A]
+    dims = actual.shape[1]
+    cols = min(dims, 4)
+    rows = -(-dims // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    H = len(planned)
+    for d, ax in enumerate(axes.flat):
+        if d >= dims:
+            ax.axis("off")
+            continue
+        span = min(len(actual), 3 * H)
+        ax.plot(range(span), actual[:span, d], color="0.3", label="actual")
+        ax.plot(range(H), planned[:, d], "o-", color="tab:blue", ms=3, label="plan at t=0")
+        ax.set_title(f"{'obs' if d < planner.O else 'action'} {d if d < planner.O else d - planner.O}", fontsize=9)
+    axes.flat[0].legend(fontsize=7)
+    _save(fig, path)
