@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
+
+from tt.progress import progress as progress_bar
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -143,7 +144,7 @@ def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress
     plan = {"expert": [("expert", episodes)], "medium": [("medium", episodes)],
             "mixed": [("medium", episodes), ("random", episodes // 2)]}[variant]
     buffers = []
-    bar = tqdm(total=sum(n for _, n in plan), desc=f"generating {name}", disable=not progress)
+    bar = progress_bar(sum(n for _, n in plan), f"generating {name}", progress)
     for policy_name, count in plan:
         for _ in range(count):
             episode = rollout(env, pols[policy_name], seed=seed * 100_000 + len(buffers), rng=rng)

@@ -12,12 +12,12 @@ import time
 
 import gymnasium as gym
 import numpy as np
-from tqdm.auto import tqdm
 
 from tt.checkpoint import load_run
 from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
 from tt.planner import Planner
+from tt.progress import progress as progress_bar
 
 
 def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
@@ -38,7 +38,7 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     running, steps = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
     plan_seconds, trace = [], {"actual": [], "plan": None}
     obs, _ = envs.reset(seed=seed)
-    bar = tqdm(total=episodes, desc="evaluating", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(episodes, "evaluating", progress)
     while any(len(r) < q for r, q in zip(returns, quota)):
         started = time.perf_counter()
         actions = planner.act(obs)

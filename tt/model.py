@@ -138,11 +138,11 @@ class TrajectoryTransformer(nn.Module):
         rows = torch.where(tokens == N, N * T, tokens + (slots % T) * N)
         return self.drop(self.tok_emb(rows) + self.pos_emb[0, positions])
 
-    def _logits(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """x [R, n, d] after ln_f at window `slots` [n] -> logits [R, n, N+1] from head slot mod T."""
+    def _logits(self, x: torch.Tensor, first_slot: int) -> torch.Tensor:
+        """x [R, n, d] after ln_f at window slots first_slot.. -> logits [R, n, N+1] from head slot mod T."""
         T = self.transition_dim
         R, n, d = x.shape
-        first = int(slots[0]) % T
+        first = first_slot % T
         if n == 1:
             return (x[:, 0] @ self.head[first].T)[:, None]
         pad_front = first
@@ -168,7 +168,7 @@ class TrajectoryTransformer(nn.Module):
         x = self._embed(tokens, slots, slots[None])
         for block in self.blocks:
             x = block(x)
-        logits = self._logits(self.ln_f(x), slots)
+        logits = self._logits(self.ln_f(x), 0)
         if targets is None:
             return logits
         return logits, self.loss(logits, targets, loss_mask)
@@ -209,8 +209,8 @@ class TrajectoryTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start, key_start)
         if last_only:
-            return self._logits(self.ln_f(x[:, -1:]), slots[-1:])[:, 0]
-        return self._logits(self.ln_f(x), slots)
+            return self._logits(self.ln_f(x[:, -1:]), start + n - 1)[:, 0]
+        return self._logits(self.ln_f(x), start)
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""

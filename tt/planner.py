@@ -97,7 +97,7 @@ class _Search:
             raise ValueError("prefix padding (-1) must cover whole transitions")
         if (prefix[:, self.n_ctx * T :] < 0).any():
             raise ValueError("the observation tokens of a prefix cannot be padding")
-        self.pad_transitions = pad.all(-1).sum(-1)  # [B]
+        self.pad_transitions = pad.all(-1).sum(-1).tolist()  # per plan, known on the host: no syncs later
         # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
         self.keep = min(config.max_context_transitions or c.n_transitions, c.n_transitions)
         rows = self.E * B * self.W
@@ -108,19 +108,30 @@ class _Search:
         H = config.horizon
         self.hist = torch.full((B * self.W, L + H * T), -1, dtype=torch.long, device=prefix.device)
         self.hist[:, :L] = prefix.repeat_interleave(self.W, 0)
-        self.window_start = 0  # transition index (in prefix coordinates) at cache slot 0
         self.filled = 0  # cache slots in use
+        self._key_start: dict[tuple[int, int], torch.Tensor] = {}
+        self.set_window(0)
+
+    def set_window(self, first: int) -> None:
+        """Cache slot 0 now holds transition `first` (prefix coordinates)."""
+        self.window_start = first
+        self._starts = [max(0, p - first) * self.T for p in self.pad_transitions]
+        self._key_start.clear()
 
     def key_start(self, n_rows_per_plan: int, blocks: int = 1) -> torch.Tensor | None:
-        """Per-row first real key slot for the current window, rows laid out [blocks, B, n]."""
-        start = (self.pad_transitions - self.window_start).clamp_min(0) * self.T
-        if not start.any():
+        """Per-row first real key slot of the current window for rows laid out [blocks, B, n]; None if unpadded."""
+        if not any(self._starts):
             return None
-        return start.repeat_interleave(n_rows_per_plan).repeat(blocks)
+        key = (n_rows_per_plan, blocks)
+        if key not in self._key_start:
+            start = torch.tensor(self._starts, device=self.hist.device)
+            self._key_start[key] = start.repeat_interleave(n_rows_per_plan).repeat(blocks)
+        return self._key_start[key]
 
     def prefill(self, tokens: torch.Tensor, first: int) -> torch.Tensor:
         """Encode `tokens [rows, n]` (history from transition `first` on) as a fresh window."""
-        self.window_start, self.filled = first, tokens.shape[1]
+        self.set_window(first)
+        self.filled = tokens.shape[1]
         return self.model.prefill(tokens, self.cache, self.key_start(len(tokens) // self.B))
 
     def decode(self, token: torch.Tensor, blocks: int) -> torch.Tensor:

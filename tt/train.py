@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tt.checkpoint import load_run, load_trainer_state, save_run
 from tt.data import TokenWindows, Trajectories, load_dataset, trajectories_from_minari
 from tt.discretize import Discretizer
 from tt.io import atomic_write
 from tt.model import GPTConfig, TrajectoryTransformer
+from tt.progress import progress as progress_bar
 
 
 @dataclass
@@ -56,7 +56,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "published": {},
     # A few minutes on 2 CPU cores for the built-in data sets.
-    "small": dict(n_layer=2, n_head=4, n_embd=64, batch_size=64, epochs=4, decay_epochs=4, save_every=500),
+    "small": dict(n_layer=3, n_head=4, n_embd=96, batch_size=64, epochs=8, decay_epochs=8, save_every=500),
 }
 
 
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
 
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total_steps, "training", progress, initial=step)
     started, window_losses = time.time(), []
     order, order_epoch = None, -1
     while step < total_steps:
