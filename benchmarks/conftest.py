@@ -1,4 +1,4 @@
-"""Benchmark set-up: Hopper-shaped random models, and a report of ratios per group.
+"""Benchmark set-up: collects each benchmark's mean time and reports ratios per group.
 
 `TT_BENCH_SIZE=small` shrinks every benchmark so `pytest benchmarks/ --benchmark-disable`
 checks they all run (CI); the default sizes are the ones of record in RESULTS.md.
@@ -10,24 +10,35 @@ import os
 import pytest
 from common import HERE, SMALL, commit, machine
 
+TIMINGS = pytest.StashKey[dict]()
+
 
 @pytest.fixture(scope="session")
 def timings(request):
-    """Collects mean seconds per benchmark; at the end prints and writes ratios against each group's reference."""
-    collected: dict[str, dict[str, float]] = {}
+    """Mean seconds per benchmark, by group; written to timings.json at the end of the session."""
+    collected = request.config.stash.setdefault(TIMINGS, {})
     yield collected
-    if not collected:
-        return
-    report = {"machine": machine(), "commit": commit(), "small": SMALL, "groups": {}}
-    lines = ["", "ratios against the reference (mean time, one run):"]
+    if collected:
+        report = {"machine": machine(), "commit": commit(), "small": SMALL, "groups": ratios(collected)}
+        with open(os.path.join(HERE, "timings-small.json" if SMALL else "timings.json"), "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def ratios(collected: dict) -> dict:
+    out = {}
     for group, times in collected.items():
         ref = times.get("reference")
-        report["groups"][group] = {"seconds": times}
-        for name, seconds in times.items():
-            ratio = ref / seconds if ref else float("nan")
-            report["groups"][group].setdefault("speedup", {})[name] = ratio
-            lines.append(f"  {group:28s} {name:12s} {seconds * 1e3:10.2f} ms   {ratio:7.2f}x")
-    print("\n".join(lines))
-    name = "timings-small.json" if SMALL else "timings.json"
-    with open(os.path.join(HERE, name), "w") as f:
-        json.dump(report, f, indent=2)
+        out[group] = {"seconds": times, "speedup": {k: (ref / v if ref else None) for k, v in times.items()}}
+    return out
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    collected = config.stash.get(TIMINGS, {})
+    if not collected:
+        return
+    terminalreporter.section("speed-ups against the reference (mean time, this run)")
+    for group, entry in ratios(collected).items():
+        for name, seconds in entry["seconds"].items():
+            ratio = entry["speedup"][name]
+            terminalreporter.write_line(f"{group:28s} {name:12s} {seconds * 1e3:10.2f} ms   "
+                                        + (f"{ratio:7.2f}x" if ratio else "   (no reference)"))
