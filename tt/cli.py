@@ -32,6 +32,10 @@ def cmd_train(args) -> None:
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
                      epochs=args.epochs, batch_size=args.batch_size)
     cfg = make_config(args.preset, **overrides)
+    if args.download:
+        from tt.data import load_dataset
+
+        load_dataset(args.dataset, download=True)
     train(cfg, args.out, resume=args.resume)
     print(f"run written to {args.out}")
 
@@ -93,8 +97,8 @@ def cmd_demo(args) -> None:
 
     started = time.time()
     make_dataset(DEMO["dataset"], seed=args.seed)
-    train(make_config("small", dataset=DEMO["dataset"], seed=args.seed), args.out)
-    results = evaluate(args.out, episodes=DEMO["episodes"], n_envs=DEMO["envs"], seed=args.seed,
+    train(make_config("small", dataset=DEMO["dataset"], seed=args.seed, max_steps=args.train_steps), args.out)
+    results = evaluate(args.out, episodes=args.episodes or DEMO["episodes"], n_envs=DEMO["envs"], seed=args.seed,
                        out=os.path.join(args.out, "eval"), **DEMO["plan"])
     rows = [("data set mean return", results["dataset_mean_return"]),
             ("expert return (reference)", results["ref_max_score"]),
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")
     train.set_defaults(func=cmd_train)
 
     imp = sub.add_parser("import-reference", help="import the authors' GPT state_dict into a run directory")
@@ -158,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--train-steps", type=int, help="cut training short (a quick check, not the result)")
+    demo.add_argument("--episodes", type=int, help=f"evaluation episodes (default {DEMO['episodes']})")
     demo.set_defaults(func=cmd_demo)
     return parser
 
