@@ -29,7 +29,7 @@ def extension_modules():
         return [], {}
 
     define_macros = []
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard comes from torch (C++20 for torch >= 2.10)
     with_cuda = bool(cu) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if os.environ.get("TT_NO_CUDA") == "1":
         with_cuda = False
@@ -41,7 +41,7 @@ def extension_modules():
             include_dirs.append(os.path.abspath(nvidia))
         ext = cpp_extension.CUDAExtension(
             "tt._C", cpp + cu, include_dirs=include_dirs, define_macros=define_macros + [("TT_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
     else:

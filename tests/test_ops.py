@@ -1,9 +1,23 @@
+"""The compiled ops (tt._C) against their references, and the references against the authors' semantics."""
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
 from tt import ops, reference
+from tt.rng import Philox
+
+HAS_C = ops._compiled_library()
+needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def backend(request, monkeypatch):
+    if request.param == "compiled" and not HAS_C:
+        pytest.skip("tt._C is not built")
+    monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
+    return request.param
 
 
 def filtered_probs(logits, temperature, top_k, cdf):
@@ -23,13 +37,81 @@ def filtered_probs(logits, temperature, top_k, cdf):
     return q / q.sum()
 
 
+# ----------------------------------------------------------------------------- the generator
+
+
+def test_python_philox_matches_the_known_answers():
+    """Random123's Philox4x32-10 known-answer vectors, through the uniform's two first words."""
+    for seed, offset, row, words in [(0, 0, 0, (0x6627E8D5, 0xE169C58D))]:
+        u = reference.philox_uniform(seed, offset, row + 1)[row].item()
+        assert u == (((words[0] << 32) | words[1]) >> 11) * 2.0**-53
+
+
+@needs_c
+@pytest.mark.parametrize("seed, offset", [(0, 0), (1, 0), (12345678901234, 7), (2**62 - 1, 2**40 + 3)])
+def test_header_philox_equals_the_python_reference(seed, offset):
+    assert torch.equal(ops.philox_uniform(seed, offset, 1000), reference.philox_uniform(seed, offset, 1000))
+
+
+# ----------------------------------------------------------------------------- sample_next
+
+CASES = [  # rows, vocab, temperature, top_k, cdf
+    (1, 2, 1.0, None, None), (7, 11, 0.7, 5, None), (33, 101, 1.3, None, 0.6), (5, 101, 1.0, 1, None),
+    (64, 101, 1.0, None, 0.6), (9, 17, 2.0, 17, 0.3), (300, 51, 0.5, 3, 0.9), (2, 3, 1.0, 3, 0.0),
+]
+
+
+def random_logits(rows, vocab, seed, dtype=torch.float32, ties=False, extreme=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, vocab, generator=g, dtype=torch.float64) * 3
+    if ties:  # whole groups of equal logits, and equal rows
+        logits = torch.round(logits)
+        logits[rows // 2 :] = logits[: rows - rows // 2].clone()
+    if extreme:
+        logits[:, 0] = float("-inf")
+        logits[0, vocab // 2] = 1e4
+        logits[-1, 1] = -1e30
+    return logits.to(dtype)
+
+
+@needs_c
+@pytest.mark.parametrize("rows, vocab, temperature, top_k, cdf", CASES)
+@pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
+def test_compiled_sample_next_equals_the_reference_draw_for_draw(rows, vocab, temperature, top_k, cdf, kind,
+                                                                 monkeypatch):
+    logits = random_logits(rows, vocab, seed=rows * vocab, ties=kind == "ties", extreme=kind == "extreme")
+    mids = torch.linspace(-2, 3, vocab - 1)
+    results = {}
+    for name in ("compiled", "reference"):
+        monkeypatch.setenv("TT_BACKEND", "" if name == "compiled" else "reference")
+        rng = Philox(987654321 + rows)
+        results[name] = [ops.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=mids,
+                                         rng=rng) for _ in range(3)]
+        assert rng.current()[1] == 3  # one offset per call
+    for (tok_c, exp_c), (tok_r, exp_r) in zip(results["compiled"], results["reference"]):
+        assert torch.equal(tok_c, tok_r)
+        torch.testing.assert_close(exp_c, exp_r, rtol=1e-5, atol=1e-5)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_compiled_sample_next_dtypes(dtype, monkeypatch):
+    logits = random_logits(40, 101, seed=3, dtype=dtype)
+    out = {}
+    for name in ("compiled", "reference"):
+        monkeypatch.setenv("TT_BACKEND", "" if name == "compiled" else "reference")
+        out[name] = ops.sample_next(logits, top_k=10, cdf=0.5, midpoints=torch.linspace(0, 1, 100), rng=Philox(5))
+    assert torch.equal(out["compiled"][0], out["reference"][0])
+    torch.testing.assert_close(out["compiled"][1], out["reference"][1].to(out["compiled"][1].dtype),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("temperature, top_k, cdf", [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.2),
                                                       (1.0, 4, 0.1), (2.0, 8, 0.3), (1.0, None, 0.9)])
-def test_sample_next_draws_follow_the_filtered_distribution(temperature, top_k, cdf):
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(1, 11, generator=g) * 2
+def test_sample_next_draws_follow_the_filtered_distribution(backend, temperature, top_k, cdf):
+    logits = torch.randn(1, 11, generator=torch.Generator().manual_seed(0)) * 2
     n = 20_000
-    tokens, _ = ops.sample_next(logits.expand(n, -1), temperature=temperature, top_k=top_k, cdf=cdf, generator=g)
+    tokens, _ = ops.sample_next(logits.expand(n, -1), temperature=temperature, top_k=top_k, cdf=cdf, rng=Philox(11))
     counts = np.bincount(tokens.numpy(), minlength=11)
     expected = filtered_probs(logits[0].numpy(), temperature, top_k, cdf)
     assert counts[expected == 0].sum() == 0
@@ -38,14 +120,22 @@ def test_sample_next_draws_follow_the_filtered_distribution(temperature, top_k, 
         assert chisquare(counts[keep], expected[keep] * n).pvalue > 1e-4
 
 
-def test_chi_square_tells_a_swapped_filter_order_apart():
+def test_reference_multinomial_draws_follow_the_filtered_distribution():
+    logits = torch.randn(1, 11, generator=torch.Generator().manual_seed(0)) * 2
+    tokens, _ = reference.sample_next(logits.expand(20_000, -1), top_k=6, cdf=0.2,
+                                      generator=torch.Generator().manual_seed(1))
+    expected = filtered_probs(logits[0].numpy(), 1.0, 6, 0.2)
+    keep = expected > 0
+    assert chisquare(np.bincount(tokens.numpy(), minlength=11)[keep], expected[keep] * 20_000).pvalue > 1e-4
+
+
+def test_chi_square_tells_a_swapped_filter_order_apart(backend):
     """The statistical check above has the power to see filters applied in the wrong order."""
     logits = np.array([3.0, 2.9, 1.0, 0.9, 0.8, 0.4, 0.3, 0.2, 0.1, 0.0, -1.0])
     right = filtered_probs(logits, 1.0, 3, 0.2)
     z = np.where(logits < np.sort(logits)[-3], -np.inf, logits)  # top-k first, then cdf
     swapped = filtered_probs(z, 1.0, None, 0.2)
-    tokens, _ = ops.sample_next(torch.tensor(logits).expand(20_000, -1), top_k=3, cdf=0.2,
-                                generator=torch.Generator().manual_seed(1))
+    tokens, _ = ops.sample_next(torch.tensor(logits).expand(20_000, -1), top_k=3, cdf=0.2, rng=Philox(1))
     counts = np.bincount(tokens.numpy(), minlength=11)
     keep = right > 0
     assert chisquare(counts[keep], right[keep] * 20_000).pvalue > 1e-4
@@ -53,27 +143,131 @@ def test_chi_square_tells_a_swapped_filter_order_apart():
     assert counts[swapped == 0].sum() > 0 or chisquare(counts[swapped > 0], swapped[swapped > 0] * 20_000).pvalue < 1e-6
 
 
-def test_sample_next_expectation_drops_the_stop_token():
+def test_sample_next_expectation_drops_the_stop_token(backend):
     logits = torch.tensor([[0.0, 1.0, 2.0, 5.0]])
     mids = torch.tensor([10.0, 20.0, 30.0])
     _, expectation = ops.sample_next(logits, midpoints=mids, temperature=2.0)
     p = torch.softmax(logits / 2.0, -1)[0]
-    assert expectation.item() == pytest.approx(float(p[:3] @ mids))  # not renormalized
+    assert expectation.item() == pytest.approx(float(p[:3] @ mids), rel=1e-6)  # not renormalized
 
 
-def test_greedy_sampling_is_argmax_and_extreme_logits_are_safe():
+def test_greedy_sampling_is_argmax_and_extreme_logits_are_safe(backend):
     logits = torch.tensor([[-1e30, 5.0, 1e4, -float("inf")], [0.0, 0.0, 1.0, 0.5]])
-    tokens, _ = ops.sample_next(logits, top_k=1)
+    tokens, _ = ops.sample_next(logits, top_k=1, rng=Philox(3))
     assert tokens.tolist() == [2, 2]
 
 
-def test_beam_select_descending_with_ties_to_the_lower_index():
+@needs_c
+def test_compiled_sample_next_writes_every_output():
+    logits = random_logits(37, 23, seed=1)
+    tokens = torch.full((37,), -7, dtype=torch.long)
+    expectation = torch.full((37,), float("nan"))
+    torch.ops.tt.sample_next(logits, 1.0, 4, 0.5, torch.zeros(22), torch.tensor([1, 0]), tokens, expectation)
+    assert (tokens >= 0).all() and (tokens < 23).all() and torch.isfinite(expectation).all()
+
+
+@needs_c
+def test_compiled_ops_check_their_arguments():
+    logits = torch.zeros(4, 6)
+    state, tokens, e = torch.tensor([1, 0]), torch.empty(4, dtype=torch.long), torch.empty(4)
+    with pytest.raises(RuntimeError, match="logits must be float32"):
+        torch.ops.tt.sample_next(logits.long(), 1.0, 0, -1.0, None, state, tokens, e)
+    with pytest.raises(RuntimeError, match="tokens must have shape"):
+        torch.ops.tt.sample_next(logits, 1.0, 0, -1.0, None, state, tokens[:3], e)
+    with pytest.raises(RuntimeError, match="top_k must be <= 6"):
+        torch.ops.tt.sample_next(logits, 1.0, 7, -1.0, None, state, tokens, e)
+    with pytest.raises(RuntimeError, match="rng_state must be"):
+        torch.ops.tt.sample_next(logits, 1.0, 0, -1.0, None, state.float(), tokens, e)
+    with pytest.raises(RuntimeError, match="midpoints must be a contiguous \\[5\\]"):
+        torch.ops.tt.sample_next(logits, 1.0, 0, -1.0, torch.zeros(6), state, tokens, e)
+    with pytest.raises(RuntimeError, match="logits must be contiguous"):
+        torch.ops.tt.sample_next(torch.zeros(6, 4).T, 1.0, 0, -1.0, None, state, tokens, e)
+    scores = torch.zeros(2, 8)
+    outs = [torch.empty(2, 3), torch.empty(2, 3, dtype=torch.long), torch.empty(6, dtype=torch.long),
+            torch.empty(6, 1), torch.empty(6, 2, dtype=torch.long)]
+    terms, toks = torch.zeros(16, 1), torch.zeros(16, 2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="k must be in \\[1, 8\\]"):
+        torch.ops.tt.beam_select(scores, 9, 8, terms, toks, *outs)
+    with pytest.raises(RuntimeError, match="group 3 must divide"):
+        torch.ops.tt.beam_select(scores, 3, 3, terms, toks, *outs)
+    with pytest.raises(RuntimeError, match="terms must be contiguous \\[B\\*M=16"):
+        torch.ops.tt.beam_select(scores, 3, 8, terms[:8], toks, *outs)
+    with pytest.raises(RuntimeError, match="values must have shape"):
+        torch.ops.tt.beam_select(scores, 2, 8, terms, toks, *outs)
+
+
+@needs_c
+def test_fake_implementations_trace():
+    from torch.library import opcheck
+
+    logits = random_logits(5, 9, seed=2)
+    opcheck(torch.ops.tt.sample_next.default, (logits, 1.0, 3, 0.5, torch.zeros(8), torch.tensor([1, 0]),
+                                               torch.empty(5, dtype=torch.long), torch.empty(5)),
+            test_utils=("test_schema", "test_faketensor"))
+    opcheck(torch.ops.tt.beam_select.default,
+            (torch.randn(2, 8), 3, 4, torch.randn(16, 2), torch.zeros(16, 3, dtype=torch.long), torch.empty(2, 3),
+             torch.empty(2, 3, dtype=torch.long), torch.empty(6, dtype=torch.long), torch.empty(6, 2),
+             torch.empty(6, 3, dtype=torch.long)), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_sample_next_wrapper_checks_arguments():
+    with pytest.raises(ValueError, match="top_k must be in"):
+        ops.sample_next(torch.zeros(2, 5), top_k=6)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ops.sample_next(torch.zeros(2, 5), temperature=0.0)
+    with pytest.raises(ValueError, match="logits \\[rows, N\\+1\\]"):
+        ops.sample_next(torch.zeros(5))
+    with pytest.raises(ValueError, match="midpoints must be \\[4\\]"):
+        ops.sample_next(torch.zeros(2, 5), midpoints=torch.zeros(5))
+
+
+# ----------------------------------------------------------------------------- beam_select
+
+SELECT = [(1, 1, 1, 1), (1, 7, 7, 3), (3, 13, 13, 13), (4, 6, 2, 1), (2, 256, 128, 128), (5, 4096, 1024, 1024),
+          (3, 9, 3, 5)]  # B, M, group, k
+
+
+@pytest.mark.parametrize("B, M, group, k", SELECT)
+def test_beam_select_matches_the_reference(backend, B, M, group, k):
+    g = torch.Generator().manual_seed(M + k)
+    scores = torch.randint(-3, 4, (B, M), generator=g).float()  # many ties
+    scores[0, :2] = float("-inf")
+    terms = torch.randn(B * M, 6, generator=g)
+    tokens = torch.randint(0, 100, (B * M, 5), generator=g)
+    got = ops.beam_select(scores, k, group, terms, tokens)
+    want = reference.beam_select(scores, k, group, terms, tokens)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_beam_select_descending_with_ties_to_the_lower_index(backend):
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    values, index = ops.beam_select(scores, 3)
+    values, index, rows, _, _ = ops.beam_select(scores, 3)
     assert index.tolist() == [[1, 2, 4], [0, 1, 2]]
     assert values.tolist() == [[3.0, 3.0, 3.0], [0.0, 0.0, 0.0]]
-    values, index = ops.beam_select(scores[:1], 5)
+    assert rows.tolist() == [1, 2, 4, 5, 6, 7]
+    _, index, *_ = ops.beam_select(scores[:1], 5)
     assert index.tolist() == [[1, 2, 4, 3, 0]]
+
+
+@needs_c
+def test_compiled_beam_select_writes_every_output():
+    scores = torch.randn(3, 12)
+    outs = [torch.full((3, 4), float("nan")), torch.full((3, 4), -7, dtype=torch.long),
+            torch.full((12,), -7, dtype=torch.long), torch.full((12, 2), float("nan")),
+            torch.full((12, 3), -7, dtype=torch.long)]
+    torch.ops.tt.beam_select(scores, 4, 6, torch.randn(36, 2), torch.zeros(36, 3, dtype=torch.long), *outs)
+    assert all((o == o).all() and (o != -7).all() for o in outs)
+
+
+def test_beam_select_wrapper_checks_arguments():
+    with pytest.raises(ValueError, match="k=6 must be in"):
+        ops.beam_select(torch.zeros(2, 5), 6)
+    with pytest.raises(ValueError, match="group 2 does not divide"):
+        ops.beam_select(torch.zeros(2, 5), 1, 2)
+
+
+# ----------------------------------------------------------------------------- attention, dispatch
 
 
 def test_attention_reference_matches_explicit_softmax():
@@ -85,20 +279,14 @@ def test_attention_reference_matches_explicit_softmax():
     allowed = (j <= i) & (j % T != T - 1)
     att = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~allowed, float("-inf")).softmax(-1)
     torch.testing.assert_close(out, att @ v)
-
-
-def test_op_arguments_are_checked():
-    with pytest.raises(ValueError, match="top_k must be in"):
-        ops.sample_next(torch.zeros(2, 5), top_k=6)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        ops.sample_next(torch.zeros(2, 5), temperature=0.0)
-    with pytest.raises(ValueError, match="logits \\[rows, N\\+1\\]"):
-        ops.sample_next(torch.zeros(5))
-    with pytest.raises(ValueError, match="midpoints must be \\[4\\]"):
-        ops.sample_next(torch.zeros(2, 5), midpoints=torch.zeros(5))
-    with pytest.raises(ValueError, match="k=6 must be in"):
-        ops.beam_select(torch.zeros(2, 5), 6)
     with pytest.raises(ValueError, match="queries reach slot"):
         ops.attention(torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), transition_dim=3)
-    assert set(ops.backends()) == {"attention", "sample_next", "beam_select"}
+
+
+def test_backends_report_and_reference_override(monkeypatch):
+    report = ops.backends()
+    assert set(report) == {"attention", "sample_next", "beam_select"}
+    assert report["sample_next"]["cpu"] == ("C++" if HAS_C else "reference")
+    monkeypatch.setenv("TT_BACKEND", "reference")
+    assert ops.backends()["sample_next"]["cpu"] == "reference"
     assert reference.filter_top_k(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), 1).isfinite().sum() == 2  # ties kept

@@ -8,6 +8,7 @@ from tt import reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+from tt.rng import Philox
 
 # random models often plan the episode's end; the planner warns about it once per planner
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
@@ -33,13 +34,12 @@ def random_prefixes(model, contexts, generator):
     return [torch.randint(0, N, (c * T + O,), generator=generator) for c in contexts]
 
 
-def assert_matches_reference(model, disc, cfg, prefixes, generator_seed=None):
-    result = beam_plan(model, pad_prefixes(prefixes, model.transition_dim), disc, cfg,
-                       None if generator_seed is None else torch.Generator().manual_seed(generator_seed))
+def assert_matches_reference(model, disc, cfg, prefixes, philox_seed=0):
+    """The fast plans equal the reference's; with one prefix also draw for draw (same Philox seed)."""
+    result = beam_plan(model, pad_prefixes(prefixes, model.transition_dim), disc, cfg, Philox(philox_seed))
     mids = torch.tensor(disc.midpoints)
     for b, prefix in enumerate(prefixes):
-        g = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
-        tokens, score = reference.beam_plan(model, prefix, mids, cfg, g)
+        tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(philox_seed))
         assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the reference"
         assert result.score[b].item() == pytest.approx(score.item(), abs=1e-6)
 
@@ -100,7 +100,7 @@ def test_stochastic_exact_plans_equal_the_reference_draw_for_draw():
     cfg = PlanConfig(horizon=4, beam_width=6, n_expand=2, max_context_transitions=3, k_obs=None, cdf_obs=0.5)
     prefix = random_prefixes(model, [2], torch.Generator().manual_seed(4))
     for seed in range(5):
-        assert_matches_reference(model, disc, cfg, prefix, generator_seed=seed)
+        assert_matches_reference(model, disc, cfg, prefix, philox_seed=seed)
 
 
 def first_action_counts(plan_fn, n_plans, N):

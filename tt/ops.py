@@ -1,22 +1,63 @@
 """The one place that chooses how each op runs: compiled (C++/CUDA, Triton) or reference.
 
-Every caller in tt goes through these wrappers; they check arguments and pick a backend by
-device and availability. `TT_BACKEND=reference` forces the plain-PyTorch references;
-`backends()` says what runs.
+Every caller in tt goes through these wrappers: they check arguments, allocate outputs and
+pick a backend by device and availability. The compiled ops come from the extension `tt._C`
+(`torch.ops.tt.*`); without it the plain-PyTorch references run (with a warning, once).
+`TT_BACKEND=reference` forces the references; `backends()` says what runs.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+
 import torch
 
 from tt import reference
+from tt.rng import Philox
 
 OPS = ("attention", "sample_next", "beam_select")
 
 
+@functools.cache
+def _compiled_library() -> bool:
+    """Load tt._C (registers torch.ops.tt.*) and its fake implementations; False if it is missing."""
+    try:
+        import tt._C  # noqa: F401
+    except ImportError as e:
+        warnings.warn(f"tt._C is not built ({e}); using the PyTorch reference ops. "
+                      "Reinstall with `pip install -e . --no-build-isolation` to build them.", stacklevel=3)
+        return False
+
+    @torch.library.register_fake("tt::sample_next")
+    def _(logits, temperature, top_k, cdf, midpoints, rng_state, tokens, expectation):
+        return None
+
+    @torch.library.register_fake("tt::beam_select")
+    def _(scores, k, group, terms, tokens, values, indices, rows, terms_out, tokens_out):
+        return None
+
+    @torch.library.register_fake("tt::philox_uniform")
+    def _(seed, offset, out):
+        return None
+
+    return True
+
+
+def _compiled(op: str, device: torch.device) -> bool:
+    """Whether the compiled `op` runs for tensors on `device` (and is not overridden)."""
+    if os.environ.get("TT_BACKEND", "").lower() == "reference" or not _compiled_library():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", key)
+
+
 def backends() -> dict[str, dict[str, str]]:
     """For each op, the implementation used on each device type."""
-    return {op: {"cpu": "reference", "cuda": "reference"} for op in OPS}
+    names = {"cpu": "C++", "cuda": "CUDA"}
+    return {op: {dev: (names[dev] if op != "attention" and _compiled(op, torch.device(dev)) else "reference")
+                 for dev in names} for op in OPS}
 
 
 def attention(
@@ -48,10 +89,14 @@ def sample_next(
     top_k: int | None = None,
     cdf: float | None = None,
     midpoints: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    rng: Philox | torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One token per row of `logits [R, N+1]` (see `reference.sample_next` for the semantics)."""
-    if logits.dim() != 2:
+    """One token per row of `logits [R, N+1]` (see `reference.sample_next` for the semantics).
+
+    With a `Philox` the draw is the same on every backend and device; with a torch generator
+    the reference draws by multinomial and the compiled op from a Philox seeded by it.
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"sample_next expects logits [rows, N+1], got {tuple(logits.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -61,14 +106,63 @@ def sample_next(
         raise ValueError(f"cdf must be in [0, 1], got {cdf}")
     if midpoints is not None and midpoints.shape != (logits.shape[1] - 1,):
         raise ValueError(f"midpoints must be [{logits.shape[1] - 1}], got {tuple(midpoints.shape)}")
-    return reference.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
-                                 midpoints=midpoints, generator=generator)
+    if isinstance(rng, Philox) and rng.device != logits.device:
+        raise ValueError(f"the Philox state is on {rng.device}, the logits on {logits.device}")
+    if not _compiled("sample_next", logits.device):
+        draw = dict(philox=rng.current()) if isinstance(rng, Philox) else dict(generator=rng)
+        out = reference.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=midpoints, **draw)
+        if isinstance(rng, Philox):
+            rng.advance()
+        return out
+    philox = rng if isinstance(rng, Philox) else Philox.from_generator(rng, logits.device)
+    rows = logits.shape[0]
+    tokens = torch.empty(rows, dtype=torch.long, device=logits.device)
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    expectation = torch.empty(rows if midpoints is not None else 0, dtype=acc, device=logits.device)
+    mids = None if midpoints is None else midpoints.to(device=logits.device, dtype=acc).contiguous()
+    torch.ops.tt.sample_next(logits.contiguous(), float(temperature), top_k or 0, -1.0 if cdf is None else float(cdf),
+                             mids, philox.state, tokens, expectation)
+    philox.advance()
+    return tokens, (expectation if midpoints is not None else None)
 
 
-def beam_select(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index."""
+def philox_uniform(seed: int, offset: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The uniforms `sample_next` draws for rows 0..n-1 at (seed, offset), float64 `[n]`."""
+    device = torch.device(device)
+    if not _compiled("philox_uniform", device):
+        return reference.philox_uniform(seed, offset, n).to(device)
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    torch.ops.tt.philox_uniform(seed, offset, out)
+    return out
+
+
+def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None):
+    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index, and the gather of
+    the survivors' rows of `terms` and `tokens` (layout: see `reference.beam_select`).
+    Returns (values [B, k], indices [B, k], rows [B*k], terms[rows], tokens[rows])."""
     if scores.dim() != 2:
         raise ValueError(f"beam_select expects scores [B, M], got {tuple(scores.shape)}")
-    if not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"beam_select: k={k} must be in [1, {scores.shape[1]}]")
-    return reference.beam_select(scores, k)
+    B, M = scores.shape
+    if not 1 <= k <= M:
+        raise ValueError(f"beam_select: k={k} must be in [1, {M}]")
+    group = group or M
+    if M % group:
+        raise ValueError(f"beam_select: group {group} does not divide {M} candidates")
+    for name, t in (("terms", terms), ("tokens", tokens)):
+        if t is not None and (t.dim() != 2 or t.shape[0] != B * M):
+            raise ValueError(f"beam_select: {name} must be [B*M={B * M}, n], got {tuple(t.shape)}")
+    if not _compiled("beam_select", scores.device) or M > 4096:
+        return reference.beam_select(scores, k, group, terms, tokens)
+    device = scores.device
+    terms_in = terms if terms is not None else torch.empty(B * M, 0, device=device)
+    tokens_in = tokens if tokens is not None else torch.empty(B * M, 0, dtype=torch.long, device=device)
+    values = torch.empty(B, k, dtype=scores.dtype, device=device)
+    indices = torch.empty(B, k, dtype=torch.long, device=device)
+    rows = torch.empty(B * k, dtype=torch.long, device=device)
+    terms_out = torch.empty(B * k, terms_in.shape[1], dtype=terms_in.dtype, device=device)
+    tokens_out = torch.empty(B * k, tokens_in.shape[1], dtype=torch.long, device=device)
+    torch.ops.tt.beam_select(scores.contiguous(), k, group, terms_in.contiguous(), tokens_in.contiguous(),
+                             values, indices, rows, terms_out, tokens_out)
+    return (values, indices, rows, terms_out if terms is not None else None,
+            tokens_out if tokens is not None else None)

@@ -25,6 +25,7 @@ from tt import ops
 from tt.cache import KVCache
 from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
+from tt.rng import Philox
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,11 @@ class _Search:
 
 @torch.no_grad()
 def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discretizer: Discretizer,
-              config: PlanConfig = PlanConfig(), generator: torch.Generator | None = None,
+              config: PlanConfig = PlanConfig(), rng: Philox | torch.Generator | None = None,
               cache: KVCache | None = None) -> PlanResult:
     """Plan B trajectories at once from `prefix_tokens [B, L]` (rows left-padded with -1 by whole
-    transitions when their contexts differ in length). Same search as `tt.reference.beam_plan`."""
+    transitions when their contexts differ in length). Same search as `tt.reference.beam_plan`;
+    with the same `Philox` state a single plan draws exactly as the reference's."""
     if model.training:
         raise RuntimeError("beam_plan needs the model in eval mode (dropout off): call model.eval()")
     device = model.tok_emb.weight.device
@@ -164,12 +166,15 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
     step_tokens = torch.empty(E * BW, A + 2, dtype=torch.long, device=device)
     plan_rows = torch.arange(B, device=device)[:, None] * W  # first survivor row of each plan
 
+    if not isinstance(rng, Philox):
+        rng = Philox.from_generator(rng, device)
+
     def draw(logits, top_k, cdf, midpoints=None):
         return ops.sample_next(logits, temperature=config.temperature, top_k=top_k, cdf=cdf,
-                               midpoints=midpoints, generator=generator)
+                               midpoints=midpoints, rng=rng)
 
     K = model.config.n_transitions
-    src = torch.arange(E * BW, device=device)  # where each cache row's survivor came from (set by the top-k)
+    src = torch.arange(E * BW, device=device)  # where each survivor came from (set by the top-k)
     for t in range(H):
         u = s.n_ctx + t  # the transition being planned, in prefix coordinates
         if t == 0:
@@ -203,11 +208,10 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
         rewards[:, t], rewards[:, t + 1] = r, v
         # top-k per plan over its candidates e*W + w
         scores = (rewards * discounts).sum(-1).view(E, B, W).permute(1, 0, 2).reshape(B, E * W)
-        values, index = ops.beam_select(scores, W)
-        src = ((index // W) * BW + plan_rows + index % W).reshape(-1)  # source row of each survivor
-        s.hist = s.hist[src % BW]
-        s.hist[:, u * T + O : (u + 1) * T] = step_tokens[src]
-        rewards = rewards[src].repeat(E, 1)
+        values, _, src, kept_rewards, kept_tokens = ops.beam_select(scores, W, W, rewards, step_tokens)
+        s.hist = s.hist[src % BW]  # src: the source row of each survivor
+        s.hist[:, u * T + O : (u + 1) * T] = kept_tokens
+        rewards = kept_rewards.repeat(E, 1)
     start = s.n_ctx * T
     return PlanResult(s.hist[plan_rows[:, 0], start : start + H * T], values[:, 0])
 
@@ -238,8 +242,7 @@ class Planner:
         self.discretizer = discretizer
         self.config = config
         self.O, self.A, self.T = model.config.observation_dim, model.config.action_dim, model.transition_dim
-        self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        self.rng = Philox(seed if seed is not None else torch.seed() % 2**62, self.device)
         self.stats = {"plans": 0, "stop_tokens_in_actions": 0}
         self._cache: KVCache | None = None
         self.reset()
@@ -337,7 +340,7 @@ class Planner:
         length = self.model.config.block_size
         if self._cache is None or self._cache.max_rows < rows:
             self._cache = self.model.setup_cache(rows, length)
-        result = beam_plan(self.model, prefix, self.discretizer, config, self.generator, self._cache)
+        result = beam_plan(self.model, prefix, self.discretizer, config, self.rng, self._cache)
         self.stats["plans"] += len(envs)
         tokens = result.tokens.view(len(envs), config.horizon, self.T).cpu().numpy()
         return [Plan(t, self.discretizer.reconstruct(t), float(s)) for t, s in zip(tokens, result.score.tolist())]

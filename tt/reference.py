@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tt.rng import Philox
 
 if TYPE_CHECKING:
     from tt.planner import PlanConfig
@@ -79,6 +82,25 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
+    """Uniforms in [0, 1) (float64) for rows 0..n-1 from Philox4x32-10, as `csrc/philox.h`.
+
+    Counter (row lo, row hi, offset lo, offset hi), key (seed lo, seed hi); the uniform takes the
+    top 53 bits of the first two output words.
+    """
+    mask = np.uint64(0xFFFFFFFF)
+    rows = np.arange(n, dtype=np.uint64)
+    c = [rows & mask, rows >> np.uint64(32), np.full(n, offset & 0xFFFFFFFF, np.uint64),
+         np.full(n, (offset >> 32) & 0xFFFFFFFF, np.uint64)]
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+    bits = ((c[0] << np.uint64(32)) | c[1]) >> np.uint64(11)
+    return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
+
+
 def sample_next(
     logits: torch.Tensor,
     *,
@@ -87,12 +109,15 @@ def sample_next(
     cdf: float | None = None,
     midpoints: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    philox: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of `logits [R, N+1]`.
 
     Order as the authors: temperature, cdf filter, top-k filter, softmax, draw. When
     `midpoints [N]` are given, also return the expectation of the bin midpoints under the raw
     (pre-filter, temperature-scaled) probabilities with the stop token's mass dropped.
+    The draw is `torch.multinomial` with `generator`, or, given `philox = (seed, offset)`, the
+    inverse CDF at `philox_uniform(seed, offset, R)`: the compiled ops' draw, uniform for uniform.
     Returns (tokens [R] int64, expectation [R] or None).
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -103,7 +128,12 @@ def sample_next(
         logits = filter_cdf(logits, cdf)
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
-    tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+    if philox is None:
+        tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+    else:
+        cum = logits.double().softmax(dim=-1).cumsum(dim=-1)
+        target = philox_uniform(*philox, len(logits)).to(cum.device)[:, None] * cum[:, -1:]
+        tokens = torch.searchsorted(cum, target, right=True)[:, 0].clamp_max(logits.shape[-1] - 1)
     expectation = None
     if midpoints is not None:
         expectation = raw_probs[:, :-1] @ midpoints.to(raw_probs)
@@ -113,11 +143,22 @@ def sample_next(
 # ----------------------------------------------------------------------------- beam selection
 
 
-def beam_select(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None):
     """Top-k of each row of `scores [B, M]`, descending, ties to the lower index.
-    Returns (values [B, k], indices [B, k])."""
+
+    Candidate m of plan b is row `(m // group) * B * group + b * group + m % group` of `terms` and
+    `tokens` (the planner's [E, B, W] layout; group = M gives plan-major rows). Returns (values
+    [B, k], indices [B, k], rows [B*k], terms[rows], tokens[rows]), the last two None if not given.
+    """
+    B, M = scores.shape
+    group = group or M
     values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
-    return values[:, :k], indices[:, :k]
+    values, indices = values[:, :k], indices[:, :k]
+    plan = torch.arange(B, device=scores.device)[:, None]
+    rows = ((indices // group) * B * group + plan * group + indices % group).reshape(-1)
+    return (values, indices, rows, None if terms is None else terms[rows],
+            None if tokens is None else tokens[rows])
 
 
 # ----------------------------------------------------------------------------- the authors' planner
@@ -132,14 +173,17 @@ def crop_window(x: torch.Tensor, max_block: int, transition_dim: int) -> torch.T
     return x[:, n_crop:]
 
 
-def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, generator, midpoints=None):
+def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoints=None):
     """Append n sampled tokens to every row of x, each from a full forward of the cropped window.
     Returns (x, expectations [rows, n] when `midpoints [n, N]` are given)."""
     expectations = []
     for i in range(n):
         logits = model(crop_window(x, max_block, model.transition_dim))[:, -1]
+        draw = dict(philox=rng.current()) if isinstance(rng, Philox) else dict(generator=rng)
         token, expectation = sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
-                                         midpoints=None if midpoints is None else midpoints[i], generator=generator)
+                                         midpoints=None if midpoints is None else midpoints[i], **draw)
+        if isinstance(rng, Philox):
+            rng.advance()
         x = torch.cat([x, token[:, None]], dim=1)
         expectations.append(expectation)
     return x, (torch.stack(expectations, 1) if midpoints is not None else None)
@@ -147,18 +191,20 @@ def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, generator, mi
 
 @torch.no_grad()
 def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              rng: torch.Generator | Philox | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_plan` for one prefix `[L]` (context transitions, then an observation).
 
     `midpoints [N, T]` are the discretizer's bin midpoints. Returns the best beam's planned
     tokens `[H * T]` and its score. `config.max_context_transitions=None` means no cropping
-    beyond the model's block size.
+    beyond the model's block size. Draws come from `rng`: a torch generator (multinomial, as the
+    authors) or a `Philox` (the compiled ops' draws, so fast and reference plans can match draw
+    for draw).
     """
     O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
     H, W, E = config.horizon, config.beam_width, config.n_expand
     C = config.max_context_transitions
     max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
-    sample = dict(max_block=max_block, temperature=config.temperature, generator=generator)
+    sample = dict(max_block=max_block, temperature=config.temperature, rng=rng)
     rew_val_midpoints = midpoints[:, T - 2 :].T.to(torch.float32)
 
     x = prefix[None].repeat(W, 1)
@@ -170,7 +216,7 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
         x, r_v = sample_tokens(model, x, 2, top_k=config.k_rew, cdf=config.cdf_rew, midpoints=rew_val_midpoints,
                                **sample)
         rewards[:, t], rewards[:, t + 1] = r_v[:, 0], r_v[:, 1]
-        values, index = beam_select(((rewards * discounts).sum(-1))[None], W)
+        values, index, *_ = beam_select(((rewards * discounts).sum(-1))[None], W)
         x, rewards = x[index[0]], rewards[index[0]]
         if t < H - 1:
             x, _ = sample_tokens(model, x, O, top_k=config.k_obs, cdf=config.cdf_obs, **sample)

@@ -1,0 +1,95 @@
+// Argument checks shared by the CPU and CUDA implementations: every op validates its inputs here
+// before any kernel runs, so bad input is a clear error, never a crash inside a kernel.
+#include "ops.h"
+
+namespace tt {
+
+namespace {
+
+void check_same_device(const at::Tensor& reference, const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == reference.device(), op, ": ", name, " is on ", t.device(), " but the inputs are on ",
+              reference.device());
+}
+
+void check_output(const at::Tensor& reference, const at::Tensor& t, const char* op, const char* name,
+                  at::IntArrayRef shape) {
+  check_same_device(reference, t, op, name);
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+bool is_float(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+}  // namespace
+
+void check_sample_next(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
+                       const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state,
+                       const at::Tensor& tokens, const at::Tensor& expectation) {
+  const char* op = "tt::sample_next";
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be [rows, N+1], got ", logits.sizes());
+  TORCH_CHECK(is_float(logits), op, ": logits must be float32, float64, float16 or bfloat16, got ",
+              logits.scalar_type());
+  TORCH_CHECK(logits.is_contiguous(), op, ": logits must be contiguous");
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(vocab >= 2, op, ": logits need at least 2 columns (bins and the stop token), got ", vocab);
+  TORCH_CHECK(temperature > 0, op, ": temperature must be > 0, got ", temperature);
+  TORCH_CHECK(top_k <= vocab, op, ": top_k must be <= ", vocab, ", got ", top_k);
+  TORCH_CHECK(cdf <= 1.0, op, ": cdf must be <= 1, got ", cdf);
+  TORCH_CHECK(rng_state.scalar_type() == at::kLong && rng_state.numel() == 2 && rng_state.is_contiguous(), op,
+              ": rng_state must be a contiguous int64 tensor (seed, offset)");
+  check_same_device(logits, rng_state, op, "rng_state");
+  check_output(logits, tokens, op, "tokens", {rows});
+  TORCH_CHECK(tokens.scalar_type() == at::kLong, op, ": tokens must be int64");
+  if (midpoints.has_value()) {
+    const at::Tensor& mids = *midpoints;
+    check_same_device(logits, mids, op, "midpoints");
+    TORCH_CHECK(mids.dim() == 1 && mids.size(0) == vocab - 1 && mids.is_contiguous(), op,
+                ": midpoints must be a contiguous [", vocab - 1, "] tensor, got ", mids.sizes());
+    TORCH_CHECK(mids.scalar_type() == at::kFloat || mids.scalar_type() == at::kDouble, op,
+                ": midpoints must be float32 or float64");
+    check_output(logits, expectation, op, "expectation", {rows});
+    TORCH_CHECK(expectation.scalar_type() == at::kFloat || expectation.scalar_type() == at::kDouble, op,
+                ": expectation must be float32 or float64");
+  }
+}
+
+void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
+                       const at::Tensor& tokens, const at::Tensor& values, const at::Tensor& indices,
+                       const at::Tensor& rows, const at::Tensor& terms_out, const at::Tensor& tokens_out) {
+  const char* op = "tt::beam_select";
+  TORCH_CHECK(scores.dim() == 2, op, ": scores must be [B, M], got ", scores.sizes());
+  TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble, op,
+              ": scores must be float32 or float64, got ", scores.scalar_type());
+  TORCH_CHECK(scores.is_contiguous(), op, ": scores must be contiguous");
+  const int64_t B = scores.size(0), M = scores.size(1);
+  TORCH_CHECK(k >= 1 && k <= M, op, ": k must be in [1, ", M, "], got ", k);
+  TORCH_CHECK(group >= 1 && M % group == 0, op, ": group ", group, " must divide the ", M, " candidates");
+  TORCH_CHECK(M <= 4096, op, ": at most 4096 candidates per plan, got ", M);
+  for (const auto* t : {&terms, &tokens}) {
+    check_same_device(scores, *t, op, t == &terms ? "terms" : "tokens");
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == B * M && t->is_contiguous(), op, ": ",
+                t == &terms ? "terms" : "tokens", " must be contiguous [B*M=", B * M, ", n], got ", t->sizes());
+  }
+  TORCH_CHECK(is_float(terms), op, ": terms must be floating point");
+  TORCH_CHECK(tokens.scalar_type() == at::kLong, op, ": tokens must be int64");
+  check_output(scores, values, op, "values", {B, k});
+  TORCH_CHECK(values.scalar_type() == scores.scalar_type(), op, ": values must have the dtype of scores");
+  check_output(scores, indices, op, "indices", {B, k});
+  check_output(scores, rows, op, "rows", {B * k});
+  TORCH_CHECK(indices.scalar_type() == at::kLong && rows.scalar_type() == at::kLong, op,
+              ": indices and rows must be int64");
+  check_output(scores, terms_out, op, "terms_out", {B * k, terms.size(1)});
+  TORCH_CHECK(terms_out.scalar_type() == terms.scalar_type(), op, ": terms_out must have the dtype of terms");
+  check_output(scores, tokens_out, op, "tokens_out", {B * k, tokens.size(1)});
+  TORCH_CHECK(tokens_out.scalar_type() == at::kLong, op, ": tokens_out must be int64");
+}
+
+void check_philox_uniform(const at::Tensor& out) {
+  TORCH_CHECK(out.scalar_type() == at::kDouble && out.dim() == 1 && out.is_contiguous(),
+              "tt::philox_uniform: out must be a contiguous float64 vector");
+}
+
+}  // namespace tt

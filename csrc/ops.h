@@ -1,0 +1,29 @@
+// Declarations of the tt ops' implementations and their shared argument checks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace tt {
+
+// Argument checks shared by the CPU and CUDA implementations (host code).
+void check_sample_next(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
+                       const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state,
+                       const at::Tensor& tokens, const at::Tensor& expectation);
+void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
+                       const at::Tensor& tokens, const at::Tensor& values, const at::Tensor& indices,
+                       const at::Tensor& rows, const at::Tensor& terms_out, const at::Tensor& tokens_out);
+
+void check_philox_uniform(const at::Tensor& out);
+
+void philox_uniform_cpu(int64_t seed, int64_t offset, at::Tensor& out);
+void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
+                     const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state, at::Tensor& tokens,
+                     at::Tensor& expectation);
+void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
+                     const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
+                     at::Tensor& terms_out, at::Tensor& tokens_out);
+
+}  // namespace tt

@@ -1,0 +1,37 @@
+// The tt op library: one schema per op, CPU implementations; CUDA ones register in csrc/cuda.
+// Outputs are preallocated by the caller and written in place (Tensor!), so the ops work
+// under CUDA graph capture; fake implementations live beside the wrappers in tt/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(tt, m) {
+  // One token per row of logits [R, N+1]: temperature, cdf filter, top-k filter, softmax, draw
+  // (Philox at rng_state = (seed, offset)); expectation [R] of midpoints [N] under the raw
+  // probabilities without the stop token when midpoints are given. top_k <= 0 / cdf < 0: off.
+  m.def(
+      "sample_next(Tensor logits, float temperature, int top_k, float cdf, Tensor? midpoints, "
+      "Tensor rng_state, Tensor(a!) tokens, Tensor(b!) expectation) -> ()");
+  // Top-k of each row of scores [B, M], descending, ties to the lower index; candidate m of
+  // plan b lives in row (m / group) * B * group + b * group + m % group of terms / tokens, whose
+  // survivors' rows are gathered into terms_out / tokens_out [B * k, ...]; rows [B * k] says where from.
+  m.def(
+      "beam_select(Tensor scores, int k, int group, Tensor terms, Tensor tokens, Tensor(a!) values, "
+      "Tensor(b!) indices, Tensor(c!) rows, Tensor(d!) terms_out, Tensor(e!) tokens_out) -> ()");
+  // The uniforms [n] (float64) that sample_next draws for rows 0..n-1 at (seed, offset): the shared
+  // generator, exposed so tests can hold the CPU and CUDA paths against each other and Python.
+  m.def("philox_uniform(int seed, int offset, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(tt, CPU, m) {
+  m.impl("sample_next", &tt::sample_next_cpu);
+  m.impl("beam_select", &tt::beam_select_cpu);
+  m.impl("philox_uniform", &tt::philox_uniform_cpu);
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "tt ops (registered with torch.ops.tt)", -1,
+                                      nullptr};
+  return PyModule_Create(&module);
+}
