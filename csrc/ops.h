@@ -26,4 +26,12 @@ void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const a
                      const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                      at::Tensor& terms_out, at::Tensor& tokens_out);
 
+void philox_uniform_cuda(int64_t seed, int64_t offset, at::Tensor& out);
+void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
+                      const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state, at::Tensor& tokens,
+                      at::Tensor& expectation);
+void beam_select_cuda(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
+                      const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
+                      at::Tensor& terms_out, at::Tensor& tokens_out);
+
 }  // namespace tt

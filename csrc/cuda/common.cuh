@@ -1,0 +1,61 @@
+// Block-level helpers for the tt CUDA kernels: reductions and an in-shared-memory bitonic sort.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace tt {
+
+// Reduce one value per thread across the block with `op`; every thread gets the result.
+template <typename T, typename Op>
+__device__ T block_reduce(T value, Op op, T* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  for (int d = 16; d > 0; d >>= 1) value = op(value, __shfl_xor_sync(0xffffffffu, value, d));
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    T v = lane < warps ? scratch[lane] : scratch[0];
+    for (int d = 16; d > 0; d >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, d));
+    if (lane == 0) scratch[0] = v;
+  }
+  __syncthreads();
+  const T result = scratch[0];
+  __syncthreads();
+  return result;
+}
+
+// Sort n (a power of two) elements of `keys` in shared memory so that before(a, b) holds for
+// every earlier a; `values` (optional) moves with its key.
+template <typename K, typename V, typename Before>
+__device__ void bitonic_sort(K* keys, V* values, int n, Before before) {
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool ascending = (i & size) == 0;
+          const bool swap = ascending ? before(keys[j], values ? values[j] : V(), keys[i], values ? values[i] : V())
+                                      : before(keys[i], values ? values[i] : V(), keys[j], values ? values[j] : V());
+          if (swap) {
+            const K k = keys[i];
+            keys[i] = keys[j];
+            keys[j] = k;
+            if (values) {
+              const V v = values[i];
+              values[i] = values[j];
+              values[j] = v;
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+inline int next_power_of_two(int n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+}  // namespace tt
