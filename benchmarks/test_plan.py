@@ -9,20 +9,22 @@ from tt import reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.planner import PlanConfig, beam_plan
+from tt.rng import Philox
 
 O, A = 11, 3
 SETTINGS = [(8, 3)] if SMALL else [(32, 5)]  # (beam width, horizon)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(scope="module")
-def hopper():
+@pytest.fixture(scope="module", params=DEVICES)
+def hopper(request):
     torch.manual_seed(0)
     config = GPTConfig(O, A, n_layer=1 if SMALL else 4, n_embd=32 if SMALL else 128)
-    model = TrajectoryTransformer(config).eval()
+    model = TrajectoryTransformer(config).eval().to(request.param)
     thresholds = torch.linspace(-1, 1, config.n_bins + 1)[:, None].repeat(1, config.transition_dim)
     discretizer = Discretizer(thresholds.numpy())
     g = torch.Generator().manual_seed(1)
-    prefix = torch.randint(0, config.n_bins, (5 * config.transition_dim + O,), generator=g)
+    prefix = torch.randint(0, config.n_bins, (5 * config.transition_dim + O,), generator=g).to(request.param)
     return model, discretizer, prefix
 
 
@@ -30,14 +32,16 @@ def hopper():
 @pytest.mark.parametrize("planner", ["reference", "exact", "cached"])
 def test_plan(benchmark, timings, hopper, planner, beam, horizon):
     model, discretizer, prefix = hopper
+    device = prefix.device
     config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if planner == "cached" else "exact")
-    benchmark.group = f"plan beam {beam} horizon {horizon}"
-    mids = torch.tensor(discretizer.midpoints)
+    benchmark.group = f"plan {device.type} beam {beam} horizon {horizon}"
+    mids = torch.tensor(discretizer.midpoints, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if planner == "reference":
-        run = lambda: reference.beam_plan(model, prefix, mids, config, torch.Generator().manual_seed(0))
-        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+        run = lambda: (reference.beam_plan(model, prefix, mids, config, Philox(0, device)), sync())
+        benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1 if device.type == "cuda" else 0)
     else:
         cache = model.setup_cache(2 * beam, model.config.block_size)
-        run = lambda: beam_plan(model, prefix[None], discretizer, config, torch.Generator().manual_seed(0), cache)
+        run = lambda: (beam_plan(model, prefix[None], discretizer, config, Philox(0, device), cache), sync())
         benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     record(benchmark, timings, benchmark.group, planner)

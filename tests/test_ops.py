@@ -1,5 +1,7 @@
 """The compiled ops (tt._C) against their references, and the references against the authors' semantics."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -290,3 +292,11 @@ def test_backends_report_and_reference_override(monkeypatch):
     monkeypatch.setenv("TT_BACKEND", "reference")
     assert ops.backends()["sample_next"]["cpu"] == "reference"
     assert reference.filter_top_k(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), 1).isfinite().sum() == 2  # ties kept
+
+
+@pytest.mark.skipif(os.environ.get("TT_REQUIRE_CUDA") != "1", reason="only where the CUDA build is required (CI)")
+def test_cuda_kernels_are_built_and_registered():
+    """CI has no GPU but compiles the CUDA sources: their kernels must be registered."""
+    assert HAS_C
+    for op in ("sample_next", "beam_select", "philox_uniform"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", "CUDA"), op

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
 from tt.io import atomic_write
 
@@ -109,11 +108,15 @@ class Discretizer:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str) -> None:
+        from safetensors.numpy import save_file
+
         with atomic_write(path) as tmp:
             save_file({"thresholds": self.thresholds}, tmp, metadata={"format": "tt.Discretizer/1"})
 
     @classmethod
     def load(cls, path: str) -> Discretizer:
+        from safetensors.numpy import load_file
+
         if not os.path.exists(path):
             raise FileNotFoundError(f"no discretizer at {path}")
         try:

@@ -1,0 +1,67 @@
+"""CUDA ops against the CPU ops and the references (skipped without a GPU).
+
+Needs only torch and numpy, so `benchmarks/gpu.sh` runs it on GPU machines without the RL packages.
+"""
+
+import pytest
+import torch
+
+from tt import ops, reference
+from tt.rng import Philox
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops._compiled_library(),
+                                reason="needs a CUDA device and tt._C")
+
+
+def test_cuda_philox_equals_cpu_and_python():
+    for seed, offset in [(0, 0), (12345678901234, 7), (2**62 - 1, 2**40 + 3)]:
+        cuda = ops.philox_uniform(seed, offset, 4096, "cuda").cpu()
+        assert torch.equal(cuda, ops.philox_uniform(seed, offset, 4096, "cpu"))
+        assert torch.equal(cuda, reference.philox_uniform(seed, offset, 4096))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, vocab, top_k, cdf, temperature", [
+    (1, 2, None, None, 1.0), (7, 11, 5, None, 0.7), (256, 101, None, 0.6, 1.0), (33, 101, 1, None, 1.0),
+    (300, 51, 3, 0.9, 0.5), (64, 1024, 10, 0.3, 1.3)])
+def test_cuda_sample_next_draws_as_the_cpu(dtype, rows, vocab, top_k, cdf, temperature):
+    g = torch.Generator().manual_seed(rows + vocab)
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(dtype)
+    logits[0, 0] = float("-inf")
+    mids = torch.linspace(-1, 2, vocab - 1)
+    out = {}
+    for device in ("cpu", "cuda"):
+        rng = Philox(424242, device)
+        out[device] = [ops.sample_next(logits.to(device), temperature=temperature, top_k=top_k, cdf=cdf,
+                                       midpoints=mids.to(device), rng=rng) for _ in range(3)]
+    for (tc, ec), (tg, eg) in zip(out["cpu"], out["cuda"]):
+        assert torch.equal(tc, tg.cpu())
+        torch.testing.assert_close(ec, eg.cpu(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B, M, group, k", [(1, 1, 1, 1), (3, 13, 13, 13), (4, 6, 2, 1), (8, 256, 128, 128),
+                                            (2, 4096, 1024, 1024), (3, 9, 3, 5)])
+def test_cuda_beam_select_equals_the_reference(B, M, group, k):
+    g = torch.Generator().manual_seed(M)
+    scores = torch.randint(-3, 4, (B, M), generator=g).float()
+    terms, tokens = torch.randn(B * M, 16, generator=g), torch.randint(0, 100, (B * M, 5), generator=g)
+    want = reference.beam_select(scores, k, group, terms, tokens)
+    got = ops.beam_select(scores.cuda(), k, group, terms.cuda(), tokens.cuda())
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+
+
+def test_cuda_greedy_plan_equals_the_reference():
+    from tt.discretize import Discretizer
+    from tt.model import GPTConfig, TrajectoryTransformer
+    from tt.planner import PlanConfig, beam_plan
+
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(GPTConfig(11, 3, n_bins=100, n_transitions=10)).eval().cuda()
+    thresholds = torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy()
+    disc = Discretizer(thresholds)
+    prefix = torch.randint(0, 100, (5 * 16 + 11,), generator=torch.Generator().manual_seed(1)).cuda()
+    cfg = PlanConfig(horizon=5, beam_width=8, k_act=1, cdf_act=None)
+    fast = beam_plan(model, prefix[None], disc, cfg, Philox(0, "cuda"))
+    tokens, _ = reference.beam_plan(model, prefix, torch.tensor(disc.midpoints).cuda(), cfg, Philox(0, "cuda"))
+    assert torch.equal(fast.tokens[0], tokens)
