@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../ops.h"
-#include "../philox.h"
+#include "../sampling.h"
 
 namespace tt {
 
@@ -43,13 +43,7 @@ void sample_rows(const at::Tensor& logits, double temperature, int64_t top_k, do
       if (cdf >= 0) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
         std::copy(p.begin(), p.end(), sorted.begin());
         std::sort(sorted.begin(), sorted.end());
-        acc_t cum = 0;
-        int64_t last = 0;
-        for (int64_t j = 0; j < V; ++j) {
-          cum += sorted[j];
-          if (cum < static_cast<acc_t>(cdf)) last = j;
-        }
-        const acc_t cutoff = sorted[last];
+        const acc_t cutoff = cdf_cutoff(sorted.data(), V, static_cast<acc_t>(cdf));
         for (int64_t i = 0; i < V; ++i)
           if (p[i] <= cutoff) z[i] = static_cast<acc_t>(-1000);
       }
@@ -62,24 +56,11 @@ void sample_rows(const at::Tensor& logits, double temperature, int64_t top_k, do
       }
       acc_t kept_max = -std::numeric_limits<acc_t>::infinity();
       for (int64_t i = 0; i < V; ++i) kept_max = std::max(kept_max, z[i]);
-      double sum = 0;
-      int64_t last_kept = 0;
       for (int64_t i = 0; i < V; ++i) {
-        w[i] = std::exp(static_cast<double>(z[i]) - static_cast<double>(kept_max));
-        sum += w[i];
-        if (w[i] > 0) last_kept = i;
+        const double d = static_cast<double>(z[i]) - static_cast<double>(kept_max);
+        w[i] = d < -746.0 ? 0.0 : std::exp(d);  // exp underflows to 0 there anyway: skip the filtered
       }
-      const double target = philox_uniform(seed, offset, static_cast<uint64_t>(r)) * sum;
-      double cum = 0;
-      int64_t token = last_kept;
-      for (int64_t i = 0; i < V; ++i) {
-        cum += w[i];
-        if (cum > target) {
-          token = i;
-          break;
-        }
-      }
-      tokens[r] = token;
+      tokens[r] = draw_token(w.data(), V, seed, offset, static_cast<uint64_t>(r));
     }
   });
 }

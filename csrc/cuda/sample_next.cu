@@ -9,7 +9,7 @@
 #include <cuda/std/limits>
 
 #include "../ops.h"
-#include "../philox.h"
+#include "../sampling.h"
 #include "common.cuh"
 
 namespace tt {
@@ -39,7 +39,6 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
   double* w = reinterpret_cast<double*>(buf + P);
   __shared__ acc_t scratch_acc[32];
   __shared__ acc_t cutoff_s;
-  __shared__ int64_t token_s;
   const int r = blockIdx.x;
   const scalar_t* row = logits + static_cast<int64_t>(r) * V;
   const acc_t inf = cuda::std::numeric_limits<acc_t>::infinity();
@@ -65,15 +64,7 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
     for (int i = threadIdx.x; i < P; i += blockDim.x) buf[i] = i < V ? prob(i) : inf;
     __syncthreads();
     bitonic_sort(buf, static_cast<int*>(nullptr), P, [](acc_t a, int, acc_t b, int) { return a < b; });
-    if (threadIdx.x == 0) {
-      acc_t cum = 0;
-      int last = 0;
-      for (int j = 0; j < V; ++j) {
-        cum += buf[j];
-        if (cum < static_cast<acc_t>(cdf)) last = j;
-      }
-      cutoff_s = buf[last];
-    }
+    if (threadIdx.x == 0) cutoff_s = cdf_cutoff(buf, V, static_cast<acc_t>(cdf));
     __syncthreads();
     const acc_t cutoff = cutoff_s;
     for (int i = threadIdx.x; i < V; i += blockDim.x)
@@ -92,30 +83,14 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
   acc_t kept = -inf;
   for (int i = threadIdx.x; i < V; i += blockDim.x) kept = z[i] > kept ? z[i] : kept;
   const double kept_max = static_cast<double>(block_reduce(kept, Max(), scratch_acc));
-  for (int i = threadIdx.x; i < V; i += blockDim.x) w[i] = ::exp(static_cast<double>(z[i]) - kept_max);
-  __syncthreads();
-  if (threadIdx.x == 0) {  // inverse CDF at the row's Philox uniform, summed in order as on the CPU
-    double sum = 0;
-    int last_kept = 0;
-    for (int i = 0; i < V; ++i) {
-      sum += w[i];
-      if (w[i] > 0) last_kept = i;
-    }
-    const double target = philox_uniform(static_cast<uint64_t>(state[0]), static_cast<uint64_t>(state[1]),
-                                          static_cast<uint64_t>(r)) * sum;
-    double cum = 0;
-    int64_t token = last_kept;
-    for (int i = 0; i < V; ++i) {
-      cum += w[i];
-      if (cum > target) {
-        token = i;
-        break;
-      }
-    }
-    token_s = token;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const double d = static_cast<double>(z[i]) - kept_max;
+    w[i] = d < -746.0 ? 0.0 : ::exp(d);
   }
   __syncthreads();
-  if (threadIdx.x == 0) tokens[r] = token_s;
+  if (threadIdx.x == 0)  // inverse CDF at the row's Philox uniform, summed in order as on the CPU
+    tokens[r] = draw_token(w, V, static_cast<uint64_t>(state[0]), static_cast<uint64_t>(state[1]),
+                           static_cast<uint64_t>(r));
 }
 
 }  // namespace

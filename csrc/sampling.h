@@ -1,0 +1,42 @@
+// Per-row sampling steps shared by the CPU and CUDA implementations of tt::sample_next.
+#pragma once
+
+#include <cstdint>
+
+#include "philox.h"
+
+namespace tt {
+
+// The authors' cdf cutoff from probabilities sorted ascending: the value at the last position
+// whose running sum stays below `cdf` (the first value when none does). Tokens at most this
+// likely are filtered out.
+template <typename T>
+TT_HOST_DEVICE T cdf_cutoff(const T* sorted, int64_t n, T cdf) {
+  T cum = 0;
+  int64_t last = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    cum += sorted[j];
+    if (cum < cdf) last = j;
+  }
+  return sorted[last];
+}
+
+// Inverse CDF of the unnormalized weights w[0..n) at this row's Philox uniform: the first token
+// whose running sum exceeds u * sum (the last token with weight > 0 if rounding runs past it).
+TT_HOST_DEVICE int64_t draw_token(const double* w, int64_t n, uint64_t seed, uint64_t offset, uint64_t row) {
+  double sum = 0;
+  int64_t last_kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    sum += w[i];
+    if (w[i] > 0) last_kept = i;
+  }
+  const double target = philox_uniform(seed, offset, row) * sum;
+  double cum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    cum += w[i];
+    if (cum > target) return i;
+  }
+  return last_kept;
+}
+
+}  // namespace tt
