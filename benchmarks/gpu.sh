@@ -21,7 +21,7 @@ python3 setup.py -q build_ext --inplace -j "$(nproc)" > "$out/build.log" 2>&1 ||
 echo "built in $(( $(date +%s) - start )) s"
 python3 -c "import tt.ops as o; print(o.backends())"
 echo "== tests"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py 2>&1 | tee "$out/tests.log" | tail -5
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py tests/test_model.py 2>&1 | tee "$out/tests.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks"
 python3 -m pytest -p no:cacheprovider benchmarks/ --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.log" 2>&1 || status=1

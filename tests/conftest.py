@@ -6,9 +6,11 @@ import tempfile
 import pytest
 import torch
 
-# Before anything imports minari: tests never touch the user's data sets.
+# Before anything imports minari or triton: tests never touch the user's data sets.
 os.environ["MINARI_DATASETS_PATH"] = tempfile.mkdtemp(prefix="tt-minari-")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if not torch.cuda.is_available():  # Triton kernels run in the interpreter on CPU tensors
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

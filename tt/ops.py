@@ -53,11 +53,37 @@ def _compiled(op: str, device: torch.device) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", key)
 
 
+@functools.cache
+def _triton_attention():
+    """The Triton attention module, or None where Triton is not importable."""
+    try:
+        from tt.kernels import attention as module
+    except ImportError:
+        return None
+    return module
+
+
+def _use_triton_attention(device: torch.device) -> bool:
+    """Triton on CUDA; `TT_ATTENTION=triton` forces it anywhere (on CPU with TRITON_INTERPRET=1),
+    `TT_ATTENTION=reference` or `TT_BACKEND=reference` forces the reference."""
+    choice = os.environ.get("TT_ATTENTION", "").lower()
+    if os.environ.get("TT_BACKEND", "").lower() == "reference" or choice == "reference":
+        return False
+    if choice == "triton":
+        if _triton_attention() is None:
+            raise RuntimeError("TT_ATTENTION=triton but Triton is not importable")
+        return True
+    return device.type == "cuda" and _triton_attention() is not None
+
+
 def backends() -> dict[str, dict[str, str]]:
     """For each op, the implementation used on each device type."""
     names = {"cpu": "C++", "cuda": "CUDA"}
-    return {op: {dev: (names[dev] if op != "attention" and _compiled(op, torch.device(dev)) else "reference")
-                 for dev in names} for op in OPS}
+    report = {op: {dev: (names[dev] if _compiled(op, torch.device(dev)) else "reference") for dev in names}
+              for op in OPS if op != "attention"}
+    report["attention"] = {dev: ("Triton" if _use_triton_attention(torch.device(dev)) else "reference")
+                           for dev in names}
+    return report
 
 
 def attention(
@@ -78,6 +104,11 @@ def attention(
         raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree")
     if q_offset + q.shape[2] > k.shape[2]:
         raise ValueError(f"attention: queries reach slot {q_offset + q.shape[2]} but only {k.shape[2]} keys")
+    if not (q.device == k.device == v.device) or (key_start is not None and key_start.shape != (q.shape[0],)):
+        raise ValueError("attention: q, k, v (and key_start [R]) must be on one device")
+    if _use_triton_attention(q.device):
+        return _triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
+                                             key_start=key_start, dropout_p=dropout_p)
     return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                key_start=key_start, dropout_p=dropout_p)
 

@@ -1,0 +1,72 @@
+"""Attention with the TT mask on CUDA: the Triton kernels against scaled_dot_product_attention
+with the same (materialized) mask and against FlexAttention; training forward+backward at the
+published training shapes (batch 256 windows of K=10 Hopper transitions, 4 heads of 32) and
+planner decode (256 rows, one new token against a cache of 79 slots). CUDA only."""
+
+import pytest
+import torch
+from common import SMALL, record
+
+from tt import reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA benchmarks")
+
+T = 16
+TRAIN = (32, 4, 159, 32) if SMALL else (256, 4, 159, 32)  # windows, heads, block size, head dim
+
+
+def cuda_timed(fn):
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+def flex_attention_fn(L: int, q_offset: int = 0):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx + q_offset) & (kv_idx % T != T - 1)
+
+    block_mask = create_block_mask(mask_mod, None, None, L, L, device="cuda")
+    compiled = torch.compile(flex_attention)
+    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("impl", ["reference", "triton", "flex"])
+def test_training_attention(benchmark, timings, impl, dtype):
+    from tt.kernels.attention import attention
+
+    B, H, L, D = TRAIN
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
+    if impl == "reference":
+        fn = lambda: reference.attention(q, k, v, transition_dim=T)
+    elif impl == "triton":
+        fn = lambda: attention(q, k, v, transition_dim=T)
+    else:
+        try:
+            flex = flex_attention_fn(L)
+            flex(q, k, v)
+        except Exception as e:  # FlexAttention missing or unable to compile here
+            pytest.skip(f"FlexAttention unavailable: {e}")
+        fn = lambda: flex(q, k, v)
+
+    def step():
+        fn().backward(grad)
+
+    benchmark.group = f"attention cuda train fwd+bwd {dtype} {B}x{H}x{L}x{D}"
+    benchmark(cuda_timed(step))
+    record(benchmark, timings, benchmark.group, impl)
+
+
+@pytest.mark.parametrize("impl", ["reference", "triton"])
+def test_decode_attention(benchmark, timings, impl):
+    from tt.kernels.attention import attention
+
+    R, H, S, D = 256, 4, 79, 32
+    cache = torch.randn(2, R, H, 128, D, device="cuda")
+    q = torch.randn(R, H, 1, D, device="cuda")
+    k, v = cache[0, :, :, :S], cache[1, :, :, :S]
+    kernel = attention if impl == "triton" else reference.attention
+    benchmark.group = f"attention cuda decode {R}x{H} cache {S}"
+    benchmark(cuda_timed(lambda: kernel(q, k, v, transition_dim=T, q_offset=S - 1)))
+    record(benchmark, timings, benchmark.group, impl)

@@ -1,0 +1,279 @@
+"""Fused attention with the Trajectory Transformer mask (Triton): training forward and backward,
+and KV-cache decode with an optional split over the cache length.
+
+Shapes: q `[R, H, Lq, D]`, k and v `[R, H, Lk, D]`, any strides (the cache is read in place).
+Query i sits at window slot `q_offset + i`, key j at slot j. A query attends a key when
+`j <= q_offset + i` (causal), `j % T != T - 1` (never a value token) and, for rows left-padded
+by whole transitions (`key_start [R]`), both lie on the same side of `key_start[r]`.
+Numerics: scores, softmax statistics and accumulators in fp32 for fp32/bf16/fp16 inputs; fp32
+products use IEEE precision (no TF32), so decoding matches the reference closely enough for
+token-for-token greedy plans. Head dims 16 to 128 (padded to a power of two inside). Dropout
+on the attention weights uses Triton's Philox at (seed, position), regenerated in the backward.
+The mask is computed from positions inside the kernels; none is ever materialized.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mask(q_pos, k_pos, Lk, ks, T: tl.constexpr, HAS_KS: tl.constexpr):
+    allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] % T != T - 1) & (k_pos[None, :] < Lk)
+    if HAS_KS:
+        allowed = allowed & ((k_pos[None, :] >= ks) == (q_pos[:, None] >= ks))
+    return allowed
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, KS,
+                s_qr, s_qh, s_qm, s_qd, s_kr, s_kh, s_kn, s_kd, s_vr, s_vh, s_vn, s_vd,
+                s_os, s_or, s_oh, s_om, s_od, s_ls, s_lr, s_lh,
+                H, Lq, Lk, q_offset, split_len, sm_scale, dropout_p, seed,
+                T: tl.constexpr, D: tl.constexpr, HAS_KS: tl.constexpr, DROPOUT: tl.constexpr,
+                IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    pid_m, pid_rh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    r, h = pid_rh // H, pid_rh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + r * s_qr + h * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=(offs_m < Lq)[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    q_pos = q_offset + offs_m
+    ks = 0
+    if HAS_KS:
+        ks = tl.load(KS + r)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo = split * split_len
+    hi = tl.minimum(tl.minimum(Lk, q_offset + (pid_m + 1) * BLOCK_M), lo + split_len)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = (offs_n < Lk)[:, None] & d_ok[None, :]
+        k = tl.load(K + r * s_kr + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = tl.where(_mask(q_pos, offs_n, Lk, ks, T, HAS_KS), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:
+            rnd = tl.rand(seed, ((pid_rh * Lq + offs_m[:, None]) * Lk + offs_n[None, :]).to(tl.uint32))
+            p = tl.where(rnd >= dropout_p, p / (1.0 - dropout_p), 0.0)
+        v = tl.load(V + r * s_vr + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok, other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + split * s_os + r * s_or + h * s_oh + offs_m[:, None] * s_om + offs_d[None, :] * s_od,
+             out.to(O.dtype.element_ty), mask=(offs_m < Lq)[:, None] & d_ok[None, :])
+    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+    tl.store(LSE + split * s_ls + r * s_lr + h * s_lh + offs_m, lse, mask=offs_m < Lq)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                     s_r, s_h, s_m, s_d, s_lr, s_lh,
+                     H, L, sm_scale, dropout_p, seed,
+                     T: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dK, dV for one block of keys, looping over the queries that can see them. All of q, k, v,
+    dO, dK, dV share one contiguous layout [R, H, L, D] (strides s_*)."""
+    pid_n, pid_rh = tl.program_id(0), tl.program_id(1)
+    r, h = pid_rh // H, pid_rh % H
+    base = r * s_r + h * s_h
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    kv_ok = (offs_n < L)[:, None] & d_ok[None, :]
+    k = tl.load(K + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, mask=kv_ok, other=0.0)
+    v = tl.load(V + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, mask=kv_ok, other=0.0)
+    if UPCAST:
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    start_m = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M
+    for start in range(start_m, L, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        q_ok = (offs_m < L)[:, None] & d_ok[None, :]
+        q = tl.load(Q + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, mask=q_ok, other=0.0)
+        do = tl.load(DO + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, mask=q_ok, other=0.0)
+        if UPCAST:
+            q, do = q.to(tl.float32), do.to(tl.float32)
+        lse = tl.load(LSE + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
+        delta = tl.load(DELTA + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * sm_scale
+        allowed = _mask(offs_m, offs_n, L, 0, T, False) & (offs_m < L)[:, None]
+        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+        if IEEE:
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dp = tl.dot(do, tl.trans(v))
+        if DROPOUT:
+            rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
+            keep = rnd >= dropout_p
+            p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        else:
+            p_drop = p
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision="ieee")
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
+        else:
+            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(DK + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, (dk * sm_scale).to(DK.dtype.element_ty),
+             mask=kv_ok)
+    tl.store(DV + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, dv.to(DV.dtype.element_ty), mask=kv_ok)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   s_r, s_h, s_m, s_d, s_lr, s_lh,
+                   H, L, sm_scale, dropout_p, seed,
+                   T: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dQ for one block of queries, looping over the keys they can see."""
+    pid_m, pid_rh = tl.program_id(0), tl.program_id(1)
+    r, h = pid_rh // H, pid_rh % H
+    base = r * s_r + h * s_h
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q_ok = (offs_m < L)[:, None] & d_ok[None, :]
+    q = tl.load(Q + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, mask=q_ok, other=0.0)
+    do = tl.load(DO + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, mask=q_ok, other=0.0)
+    if UPCAST:
+        q, do = q.to(tl.float32), do.to(tl.float32)
+    lse = tl.load(LSE + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
+    delta = tl.load(DELTA + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    hi = tl.minimum(L, (pid_m + 1) * BLOCK_M)
+    for start in range(0, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = (offs_n < L)[:, None] & d_ok[None, :]
+        k = tl.load(K + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, mask=kv_ok, other=0.0)
+        v = tl.load(V + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, mask=kv_ok, other=0.0)
+        if UPCAST:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k)) * sm_scale
+            dp = tl.dot(do, tl.trans(v))
+        allowed = _mask(offs_m, offs_n, L, 0, T, False) & (offs_m < L)[:, None]
+        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+        if DROPOUT:
+            rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
+            dp = tl.where(rnd >= dropout_p, dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(DQ + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=q_ok)
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    """IEEE fp32 products for fp32 inputs; bf16 tiles go through fp32 in the interpreter, whose
+    bf16 dot is wrong (on GPUs bf16 runs natively)."""
+    upcast = dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    return dict(IEEE=dtype == torch.float32 or upcast, UPCAST=upcast)
+
+
+def _blocks(D: int) -> tuple[int, int, int]:
+    block_d = max(16, triton.next_power_of_2(D))
+    return 32, 32, block_d
+
+
+def attention_forward(q, k, v, transition_dim: int, q_offset: int = 0, key_start=None, dropout_p: float = 0.0,
+                      seed: int = 0, splits: int | None = None):
+    """Attention output `[R, H, Lq, D]` and log-sum-exp `[R, H, Lq]` (fp32)."""
+    R, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    BLOCK_M, BLOCK_N, BLOCK_D = _blocks(D)
+    if splits is None:  # flash-decoding: few query rows against a long cache -> split the keys
+        rows = R * H * triton.cdiv(Lq, BLOCK_M)
+        splits = max(1, min(triton.cdiv(Lk, 4 * BLOCK_N), 128 // max(rows, 1))) if Lq <= BLOCK_M else 1
+    split_len = triton.cdiv(triton.cdiv(Lk, splits), BLOCK_N) * BLOCK_N
+    splits = triton.cdiv(Lk, split_len)
+    out = torch.empty((splits, R, H, Lq, D), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
+    lse = torch.empty((splits, R, H, Lq), device=q.device, dtype=torch.float32)
+    ks = key_start.to(device=q.device, dtype=torch.int32) if key_start is not None else lse
+    grid = (triton.cdiv(Lq, BLOCK_M), R * H, splits)
+    _fwd_kernel[grid](
+        q, k, v, out, lse, ks, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:3],
+        H, Lq, Lk, q_offset, split_len, 1.0 / math.sqrt(D), dropout_p, seed,
+        T=transition_dim, D=D, HAS_KS=key_start is not None, DROPOUT=dropout_p > 0,
+        **_precision(q.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+    if splits == 1:
+        return out[0], lse[0]
+    total = torch.logsumexp(lse, dim=0)  # combine the splits by their softmax mass
+    weights = torch.exp(lse - total).nan_to_num(0.0)
+    return (weights[..., None] * out).sum(0).to(q.dtype), total
+
+
+class TTAttention(torch.autograd.Function):
+    """Training attention (q_offset 0, no padding) with its fused backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, transition_dim: int, dropout_p: float, seed: int):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = attention_forward(q, k, v, transition_dim, 0, None, dropout_p, seed, splits=1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.transition_dim, ctx.dropout_p, ctx.seed = transition_dim, dropout_p, seed
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dout = dout.contiguous()
+        R, H, L, D = q.shape
+        BLOCK_M, BLOCK_N, BLOCK_D = _blocks(D)
+        delta = (dout.float() * out.float()).sum(-1)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        common = dict(T=ctx.transition_dim, D=D, DROPOUT=ctx.dropout_p > 0, **_precision(q.dtype),
+                      BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+        args = (*q.stride(), *lse.stride()[:2], H, L, 1.0 / math.sqrt(D), ctx.dropout_p, ctx.seed)
+        _bwd_dkdv_kernel[(triton.cdiv(L, BLOCK_N), R * H)](q, k, v, dout, lse, delta, dk, dv, *args, **common)
+        _bwd_dq_kernel[(triton.cdiv(L, BLOCK_M), R * H)](q, k, v, dout, lse, delta, dq, *args, **common)
+        return dq, dk, dv, None, None, None
+
+
+def attention(q, k, v, *, transition_dim: int, q_offset: int = 0, key_start=None, dropout_p: float = 0.0,
+              seed: int | None = None):
+    """The TT-masked attention on Triton: differentiable for whole windows, cache reads otherwise."""
+    if seed is None and dropout_p > 0:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if needs_grad:
+        if q_offset != 0 or key_start is not None or q.shape[2] != k.shape[2]:
+            raise ValueError("the Triton attention backward covers whole windows (q_offset 0, no padding)")
+        return TTAttention.apply(q, k, v, transition_dim, dropout_p, seed or 0)
+    return attention_forward(q, k, v, transition_dim, q_offset, key_start, dropout_p, seed or 0)[0]
