@@ -140,3 +140,16 @@ def test_backward_refuses_partial_windows():
     with pytest.raises(ValueError, match="whole windows"):
         kernels.attention(q.requires_grad_(), k, v, transition_dim=3, q_offset=4)
     assert math.isfinite(kernels.attention(q.detach(), k, v, transition_dim=3, q_offset=4).sum().item())
+
+
+def test_long_windows_forward_and_backward():
+    q, k, v = qkv(1, 1, 1030, 16, seed=9)
+    torch.testing.assert_close(kernels.attention(q, k, v, transition_dim=17),
+                               reference.attention(q, k, v, transition_dim=17), rtol=0, atol=2e-5)
+    grad = torch.randn_like(q)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    (kernels.attention(*ours, transition_dim=17) * grad).sum().backward()
+    theirs = [t.clone().requires_grad_() for t in (q, k, v)]
+    (reference.attention(*theirs, transition_dim=17) * grad).sum().backward()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
