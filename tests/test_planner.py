@@ -241,3 +241,13 @@ def test_planner_drives_a_vector_env_with_autoreset():
         steps += 1
     assert steps == 50 and len(finished) == 4
     envs.close()
+
+
+@pytest.mark.parametrize("window", ["exact", "cached"])
+def test_unbounded_context_keeps_what_the_model_holds(window):
+    planner = small_planner(max_context_transitions=None, window=window, horizon=2, beam_width=2)
+    for _ in range(9):  # K = 6 transitions fit the model
+        planner.act(np.zeros(3))
+        planner.observe(0.0, False)
+    assert len(planner._context[0]) == 6
+    assert planner.plan(np.zeros(3)).tokens.shape == (2, 6)

@@ -294,7 +294,7 @@ class Planner:
         done = np.broadcast_to(np.asarray(done, dtype=bool), (len(obs),))
         if not np.isfinite(reward).all():
             raise ValueError(f"non-finite reward {reward}")
-        C = self.config.max_context_transitions
+        C = self.config.max_context_transitions or self.model.config.n_transitions  # None: what the model holds
         placeholder = self.discretizer.n_bins - 1  # the value slot of a context transition is never attended
         for i in range(len(obs)):
             if done[i]:
@@ -303,7 +303,7 @@ class Planner:
             transition = np.concatenate([obs[i], actions[i], [reward[i], 0.0]])
             tokens = self.discretizer.discretize(transition)
             tokens[-1] = placeholder
-            self._context[i] = (self._context[i] + [tokens])[-C:] if C else self._context[i] + [tokens]
+            self._context[i] = (self._context[i] + [tokens])[-C:]
             self._age[i] += 1
         self._pending = None
 
@@ -333,8 +333,6 @@ class Planner:
         obs_tokens = self.discretizer.discretize(obs, columns=slice(0, self.O))
         prefixes = [torch.from_numpy(np.concatenate(self._context[i] + [obs_tokens[k]])) for k, i in enumerate(envs)]
         config = self.config
-        if config.window == "cached" and len(max(prefixes, key=len)) > self.model.config.block_size:
-            raise ValueError("context longer than the model's block size")
         prefix = pad_prefixes(prefixes, self.T)
         rows = config.n_expand * len(envs) * config.beam_width
         length = self.model.config.block_size
