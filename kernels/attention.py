@@ -23,6 +23,23 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b with fp32 accumulation; IEEE-exact fp32 products when asked (no TF32)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _probs(q, k, lse, offs_m, offs_n, L, sm_scale, T: tl.constexpr, IEEE: tl.constexpr):
+    """Recomputed attention probabilities of a training window block (backward), masked."""
+    s = _dot(q, tl.trans(k), IEEE) * sm_scale
+    allowed = _mask(offs_m, offs_n, L, 0, T, False) & (offs_m < L)[:, None]
+    return tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+
+
+@triton.jit
 def _mask(q_pos, k_pos, Lk, ks, T: tl.constexpr, HAS_KS: tl.constexpr):
     allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] % T != T - 1) & (k_pos[None, :] < Lk)
     if HAS_KS:
@@ -62,10 +79,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KS,
         k = tl.load(K + r * s_kr + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok, other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * sm_scale
+        s = _dot(q, tl.trans(k), IEEE) * sm_scale
         s = tl.where(_mask(q_pos, offs_n, Lk, ks, T, HAS_KS), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -78,10 +92,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KS,
         v = tl.load(V + r * s_vr + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok, other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -122,16 +133,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
             q, do = q.to(tl.float32), do.to(tl.float32)
         lse = tl.load(LSE + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
         delta = tl.load(DELTA + r * s_lr + h * s_lh + offs_m, mask=offs_m < L, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
-        else:
-            s = tl.dot(q, tl.trans(k)) * sm_scale
-        allowed = _mask(offs_m, offs_n, L, 0, T, False) & (offs_m < L)[:, None]
-        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
-        if IEEE:
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            dp = tl.dot(do, tl.trans(v))
+        p = _probs(q, k, lse, offs_m, offs_n, L, sm_scale, T, IEEE)
+        dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
             rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
             keep = rnd >= dropout_p
@@ -140,12 +143,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         else:
             p_drop = p
         ds = p * (dp - delta[:, None])
-        if IEEE:
-            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision="ieee")
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
-        else:
-            dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do)
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dv += _dot(tl.trans(p_drop.to(do.dtype)), do, IEEE)
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     tl.store(DK + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, (dk * sm_scale).to(DK.dtype.element_ty),
              mask=kv_ok)
     tl.store(DV + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, dv.to(DV.dtype.element_ty), mask=kv_ok)
@@ -180,22 +179,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         v = tl.load(V + base + offs_n[:, None] * s_m + offs_d[None, :] * s_d, mask=kv_ok, other=0.0)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k)) * sm_scale
-            dp = tl.dot(do, tl.trans(v))
-        allowed = _mask(offs_m, offs_n, L, 0, T, False) & (offs_m < L)[:, None]
-        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+        p = _probs(q, k, lse, offs_m, offs_n, L, sm_scale, T, IEEE)
+        dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
             rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
             dp = tl.where(rnd >= dropout_p, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        dq += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=q_ok)
 
