@@ -57,7 +57,7 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
                 returns[i].append(float(running[i]))
                 lengths[i].append(int(steps[i]))
                 bar.update()
-                bar.set_postfix(mean_return=f"{np.mean(sum(returns, [])):.1f}")
+                bar.set_postfix(mean_return=f"{np.mean(sum(returns, [])):.1f}", refresh=False)
             running[i], steps[i] = 0.0, 0
     bar.close()
     envs.close()

@@ -190,7 +190,7 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
                       "lr": lr, "tokens": tokens_seen, "elapsed_s": time.time() - started}
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             window_losses = []
         if step % cfg.save_every == 0 or step == total_steps:
             checkpoint()
