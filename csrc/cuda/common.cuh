@@ -5,15 +5,16 @@
 
 namespace tt {
 
-// Reduce one value per thread across the block with `op`; every thread gets the result.
+// Reduce one value per thread across the block with `op` (whose identity is `identity`);
+// every thread gets the result. `scratch` holds 32 values in shared memory.
 template <typename T, typename Op>
-__device__ T block_reduce(T value, Op op, T* scratch) {
+__device__ T block_reduce(T value, Op op, T identity, T* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
   for (int d = 16; d > 0; d >>= 1) value = op(value, __shfl_xor_sync(0xffffffffu, value, d));
   if (lane == 0) scratch[warp] = value;
   __syncthreads();
   if (warp == 0) {
-    T v = lane < warps ? scratch[lane] : scratch[0];
+    T v = lane < warps ? scratch[lane] : identity;
     for (int d = 16; d > 0; d >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, d));
     if (lane == 0) scratch[0] = v;
   }

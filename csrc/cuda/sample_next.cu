@@ -48,16 +48,16 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
     z[i] = static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature);
     local_max = z[i] > local_max ? z[i] : local_max;
   }
-  const acc_t zmax = block_reduce(local_max, Max(), scratch_acc);
+  const acc_t zmax = block_reduce(local_max, Max(), -inf, scratch_acc);
   acc_t local_sum = 0;
   for (int i = threadIdx.x; i < V; i += blockDim.x) local_sum += exp(z[i] - zmax);
-  const acc_t total = block_reduce(local_sum, Sum(), scratch_acc);
+  const acc_t total = block_reduce(local_sum, Sum(), acc_t(0), scratch_acc);
   auto prob = [&](int i) { return exp(z[i] - zmax) / total; };
 
   if (mids != nullptr) {  // expectation under the raw probabilities, stop token dropped
     acc_t local_e = 0;
     for (int i = threadIdx.x; i < V - 1; i += blockDim.x) local_e += prob(i) * static_cast<acc_t>(mids[i]);
-    const acc_t e = block_reduce(local_e, Sum(), scratch_acc);
+    const acc_t e = block_reduce(local_e, Sum(), acc_t(0), scratch_acc);
     if (threadIdx.x == 0) expectation[r] = static_cast<out_t>(e);
   }
   if (cdf >= 0) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
@@ -82,7 +82,7 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
   }
   acc_t kept = -inf;
   for (int i = threadIdx.x; i < V; i += blockDim.x) kept = z[i] > kept ? z[i] : kept;
-  const double kept_max = static_cast<double>(block_reduce(kept, Max(), scratch_acc));
+  const double kept_max = static_cast<double>(block_reduce(kept, Max(), -inf, scratch_acc));
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
     const double d = static_cast<double>(z[i]) - kept_max;
     w[i] = d < -746.0 ? 0.0 : ::exp(d);
