@@ -65,10 +65,6 @@ class Trajectories:
     def transition_dim(self) -> int:
         return self.joined.shape[1]
 
-    @property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-
 
 def discounted_values(rewards: np.ndarray, lengths: np.ndarray, discount: float) -> np.ndarray:
     """R_t = sum_{k>t} discount^(k-t-1) r_k within each episode (0 at the last step)."""

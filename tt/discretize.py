@@ -7,7 +7,6 @@ the authors' quantile rule or a uniform grid.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -129,9 +128,6 @@ class Discretizer:
 
     def __repr__(self) -> str:
         return f"Discretizer(n_bins={self.n_bins}, transition_dim={self.transition_dim})"
-
-    def describe(self) -> str:
-        return json.dumps({"n_bins": self.n_bins, "transition_dim": self.transition_dim})
 
 
 def quantile_thresholds(data: np.ndarray, n_bins: int) -> np.ndarray:

@@ -258,6 +258,3 @@ class TrajectoryTransformer(nn.Module):
         model.load_state_dict(ours)
         return model
 
-
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
