@@ -16,6 +16,11 @@ status=0
   git rev-parse --short HEAD 2>/dev/null || true
 } | tee "$out/machine.txt"
 echo "== build"
+python3 -c "import setuptools, ninja" 2>/dev/null || {
+  echo "setuptools and ninja are needed to build tt._C; carry their wheels (e.g. in .whl/) and"
+  echo "  python3 -m pip install --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:\$PYTHONPATH"
+  exit 1
+}
 start=$(date +%s)
 python3 setup.py -q build_ext --inplace -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 echo "built in $(( $(date +%s) - start )) s"
