@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine without network access: build tt._C for the torch found there, run the CUDA
 # tests, then every benchmark (CPU and CUDA groups), and print the results table.
-# Needs torch, numpy, pytest and pytest-benchmark (the GPU machines have them); not the RL packages.
+# Needs torch, triton, numpy, scipy, pytest and pytest-benchmark (the GPU image has them), not the RL
+# packages (minari, gymnasium, mujoco): the tests it runs do not import them.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default $OUT, else /tmp/tt-gpu)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ python3 setup.py -q build_ext --inplace -j "$(nproc)" > "$out/build.log" 2>&1 ||
 echo "built in $(( $(date +%s) - start )) s"
 python3 -c "import tt.ops as o; print(o.backends())"
 echo "== tests"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py tests/test_model.py 2>&1 | tee "$out/tests.log" | tail -5
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_attention.py tests/test_ops.py tests/test_model.py 2>&1 | tee "$out/tests.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== benchmarks"
 python3 -m pytest -p no:cacheprovider benchmarks/ --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.log" 2>&1 || status=1
