@@ -33,7 +33,7 @@ def test_sample_next(benchmark, timings, device, filters, impl):
     mids = torch.linspace(0, 1, 100, device=device)
     rng = Philox(0, device)
     if impl == "reference":
-        fn = lambda: reference.sample_next(logits, midpoints=mids, philox=(0, 0), **kwargs)
+        fn = lambda: reference.sample_next(logits, midpoints=mids, rng=rng, **kwargs)
     else:
         fn = lambda: ops.sample_next(logits, midpoints=mids, rng=rng, **kwargs)
     benchmark.group = f"sample_next {device} {ROWS}x101 {filters}"

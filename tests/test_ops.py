@@ -125,7 +125,7 @@ def test_sample_next_draws_follow_the_filtered_distribution(backend, temperature
 def test_reference_multinomial_draws_follow_the_filtered_distribution():
     logits = torch.randn(1, 11, generator=torch.Generator().manual_seed(0)) * 2
     tokens, _ = reference.sample_next(logits.expand(20_000, -1), top_k=6, cdf=0.2,
-                                      generator=torch.Generator().manual_seed(1))
+                                      rng=torch.Generator().manual_seed(1))
     expected = filtered_probs(logits[0].numpy(), 1.0, 6, 0.2)
     keep = expected > 0
     assert chisquare(np.bincount(tokens.numpy(), minlength=11)[keep], expected[keep] * 20_000).pvalue > 1e-4

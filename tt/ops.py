@@ -140,11 +140,8 @@ def sample_next(
     if isinstance(rng, Philox) and rng.device != logits.device:
         raise ValueError(f"the Philox state is on {rng.device}, the logits on {logits.device}")
     if not _compiled("sample_next", logits.device):
-        draw = dict(philox=rng.current()) if isinstance(rng, Philox) else dict(generator=rng)
-        out = reference.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=midpoints, **draw)
-        if isinstance(rng, Philox):
-            rng.advance()
-        return out
+        return reference.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=midpoints,
+                                     rng=rng)
     philox = rng if isinstance(rng, Philox) else Philox.from_generator(rng, logits.device)
     rows = logits.shape[0]
     tokens = torch.empty(rows, dtype=torch.long, device=logits.device)

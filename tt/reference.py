@@ -108,16 +108,16 @@ def sample_next(
     top_k: int | None = None,
     cdf: float | None = None,
     midpoints: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    philox: tuple[int, int] | None = None,
+    rng: torch.Generator | Philox | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw one token per row of `logits [R, N+1]`.
 
     Order as the authors: temperature, cdf filter, top-k filter, softmax, draw. When
     `midpoints [N]` are given, also return the expectation of the bin midpoints under the raw
     (pre-filter, temperature-scaled) probabilities with the stop token's mass dropped.
-    The draw is `torch.multinomial` with `generator`, or, given `philox = (seed, offset)`, the
-    inverse CDF at `philox_uniform(seed, offset, R)`: the compiled ops' draw, uniform for uniform.
+    The draw is `torch.multinomial` with a torch generator (the authors' way), or, with a `Philox`,
+    the inverse CDF at `philox_uniform(seed, offset, R)`, advancing it: the compiled ops' draw,
+    uniform for uniform.
     Returns (tokens [R] int64, expectation [R] or None).
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -128,12 +128,13 @@ def sample_next(
         logits = filter_cdf(logits, cdf)
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
-    if philox is None:
-        tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-    else:
+    if isinstance(rng, Philox):
         cum = logits.double().softmax(dim=-1).cumsum(dim=-1)
-        target = philox_uniform(*philox, len(logits)).to(cum.device)[:, None] * cum[:, -1:]
+        target = philox_uniform(*rng.current(), len(logits)).to(cum.device)[:, None] * cum[:, -1:]
         tokens = torch.searchsorted(cum, target, right=True)[:, 0].clamp_max(logits.shape[-1] - 1)
+        rng.advance()
+    else:
+        tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=rng)[:, 0]
     expectation = None
     if midpoints is not None:
         expectation = raw_probs[:, :-1] @ midpoints.to(raw_probs)
@@ -179,11 +180,8 @@ def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoint
     expectations = []
     for i in range(n):
         logits = model(crop_window(x, max_block, model.transition_dim))[:, -1]
-        draw = dict(philox=rng.current()) if isinstance(rng, Philox) else dict(generator=rng)
         token, expectation = sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
-                                         midpoints=None if midpoints is None else midpoints[i], **draw)
-        if isinstance(rng, Philox):
-            rng.advance()
+                                         midpoints=None if midpoints is None else midpoints[i], rng=rng)
         x = torch.cat([x, token[:, None]], dim=1)
         expectations.append(expectation)
     return x, (torch.stack(expectations, 1) if midpoints is not None else None)
