@@ -1,5 +1,8 @@
 // Argument checks shared by the CPU and CUDA implementations: every op validates its inputs here
 // before any kernel runs, so bad input is a clear error, never a crash inside a kernel.
+#include <utility>
+#include <vector>
+
 #include "ops.h"
 
 namespace tt {
@@ -90,6 +93,50 @@ void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const
 void check_philox_uniform(const at::Tensor& out) {
   TORCH_CHECK(out.scalar_type() == at::kDouble && out.dim() == 1 && out.is_contiguous(),
               "tt::philox_uniform: out must be a contiguous float64 vector");
+}
+
+void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
+                            int64_t group_rows, int64_t q_slot, int64_t transition_dim,
+                            const std::optional<at::Tensor>& key_start, const at::Tensor& out) {
+  const char* op = "tt::decode_attention";
+  TORCH_CHECK(q.dim() == 3, op, ": q must be [R, h, D] (one query per row), got ", q.sizes());
+  TORCH_CHECK(is_float(q), op, ": q must be floating point, got ", q.scalar_type());
+  const int64_t R = q.size(0), h = q.size(1), D = q.size(2);
+  TORCH_CHECK(transition_dim >= 1, op, ": transition_dim must be >= 1, got ", transition_dim);
+  TORCH_CHECK(q.stride(2) == 1, op, ": q must have unit stride along D");
+  TORCH_CHECK(prefix_k.has_value() == prefix_v.has_value(), op, ": give both prefix_k and prefix_v, or neither");
+  int64_t S = 0;
+  std::vector<std::pair<const at::Tensor*, const char*>> kv = {{&k, "k"}, {&v, "v"}};
+  if (prefix_k.has_value()) {
+    kv.push_back({&*prefix_k, "prefix_k"});
+    kv.push_back({&*prefix_v, "prefix_v"});
+    const int64_t G = prefix_k->size(0);
+    S = prefix_k->size(2);
+    TORCH_CHECK(prefix_k->sizes() == prefix_v->sizes(), op, ": prefix_k ", prefix_k->sizes(), " and prefix_v ",
+                prefix_v->sizes(), " differ");
+    TORCH_CHECK(G >= 1 && group_rows >= 1 && R % (G * group_rows) == 0, op, ": ", R,
+                " rows are not whole blocks of ", G, " groups x ", group_rows, " rows");
+  }
+  for (const auto& [t, name] : kv) {
+    check_same_device(q, *t, op, name);
+    TORCH_CHECK(t->dim() == 4 && t->size(1) == h && t->size(3) == D, op, ": ", name, " must be [rows, ", h,
+                ", slots, ", D, "], got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), op, ": ", name, " must have the dtype of q");
+    TORCH_CHECK(t->stride(3) == 1, op, ": ", name, " must have unit stride along D");
+  }
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == R, op, ": k ", k.sizes(), " and v ", v.sizes(),
+              " must both be [", R, ", ", h, ", n, ", D, "]");
+  TORCH_CHECK(q_slot >= S && q_slot < S + k.size(2), op, ": the query slot ", q_slot, " must be one of the row's own ",
+              "slots [", S, ", ", S + k.size(2), ")");
+  if (key_start.has_value()) {
+    check_same_device(q, *key_start, op, "key_start");
+    TORCH_CHECK(key_start->scalar_type() == at::kLong && key_start->dim() == 1 && key_start->size(0) == R &&
+                    key_start->is_contiguous(),
+                op, ": key_start must be a contiguous int64 [", R, "]");
+  }
+  check_output(q, out, op, "out", {R, h, D});
+  TORCH_CHECK(out.scalar_type() == q.scalar_type(), op, ": out must have the dtype of q");
 }
 
 }  // namespace tt

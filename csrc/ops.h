@@ -17,6 +17,10 @@ void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const
                        const at::Tensor& rows, const at::Tensor& terms_out, const at::Tensor& tokens_out);
 
 void check_philox_uniform(const at::Tensor& out);
+void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
+                            int64_t group_rows, int64_t q_slot, int64_t transition_dim,
+                            const std::optional<at::Tensor>& key_start, const at::Tensor& out);
 
 void philox_uniform_cpu(int64_t seed, int64_t offset, at::Tensor& out);
 void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
@@ -25,6 +29,10 @@ void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k
 void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
                      const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                      at::Tensor& terms_out, at::Tensor& tokens_out);
+void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
+                          int64_t group_rows, int64_t q_slot, int64_t transition_dim,
+                          const std::optional<at::Tensor>& key_start, at::Tensor& out);
 
 void philox_uniform_cuda(int64_t seed, int64_t offset, at::Tensor& out);
 void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,

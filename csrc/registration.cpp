@@ -22,12 +22,20 @@ TORCH_LIBRARY(tt, m) {
   // The uniforms [n] (float64) that sample_next draws for rows 0..n-1 at (seed, offset): the shared
   // generator, exposed so tests can hold the CPU and CUDA paths against each other and Python.
   m.def("philox_uniform(int seed, int offset, Tensor(a!) out) -> ()");
+  // One query per row q [R, h, D] at window slot q_slot against the row's keys k, v [R, h, n, D]
+  // (slots S..S+n-1) after its group's shared prefix prefix_k, prefix_v [G, h, S, D] (row r reads
+  // group (r / group_rows) % G; none: S = 0), with the TT mask (causal, no value tokens, left
+  // padding before key_start [R]); out [R, h, D]. Inputs may be strided views with unit stride in D.
+  m.def(
+      "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, int group_rows, "
+      "int q_slot, int transition_dim, Tensor? key_start, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("sample_next", &tt::sample_next_cpu);
   m.impl("beam_select", &tt::beam_select_cpu);
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
+  m.impl("decode_attention", &tt::decode_attention_cpu);
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tt import ops, reference
+from tt.cache import SharedPrefix
 
 kernels = pytest.importorskip("tt.kernels.attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernels run interpreted
@@ -153,3 +154,20 @@ def test_long_windows_forward_and_backward():
     (reference.attention(*theirs, transition_dim=17) * grad).sum().backward()
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("G, n, blocks, S, own", [(1, 4, 2, 16, 3), (2, 3, 1, 8, 9), (3, 1, 2, 24, 1)])
+def test_cascade_attention_after_a_shared_prefix_on_triton(monkeypatch, G, n, blocks, S, own):
+    """The cascade (prefix per group, own keys per row, merged by log-sum-exp) on the Triton kernels."""
+    monkeypatch.setenv("TT_ATTENTION", "triton")
+    g = torch.Generator().manual_seed(S + own)
+    R, H, D, T = blocks * G * n, 2, 16, 4
+    q, k, v = (torch.randn(R, H, L, D, generator=g).to(DEVICE) for L in (1, own, own))
+    pk, pv = (torch.randn(G, H, S, D, generator=g).to(DEVICE) for _ in range(2))
+    start = (torch.arange(G, device=DEVICE) % (S // T + 1)) * T
+    start[-1] = S  # a group whose prefix is all padding
+    key_start = start.repeat_interleave(n).repeat(blocks)
+    prefix = SharedPrefix(pk, pv, n)
+    out = ops._attention_after_prefix(q, k, v, prefix, T, S + own - 1, key_start)
+    want = reference.attention(q, k, v, transition_dim=T, q_offset=S + own - 1, key_start=key_start, prefix=prefix)
+    assert (out - want).abs().max() <= 2e-5

@@ -8,6 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 from tt import ops, reference
+from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
 HAS_C = ops._compiled_library()
@@ -285,9 +286,121 @@ def test_attention_reference_matches_explicit_softmax():
         ops.attention(torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2, 4), transition_dim=3)
 
 
+def prefix_problem(G, n, blocks, S, own, D, H=2, T=4, padded=False, dtype=torch.float32, seed=0):
+    """One query per row after a shared prefix, laid out as the cache holds them (strided views)."""
+    g = torch.Generator().manual_seed(seed)
+    R = blocks * G * n
+    cache = torch.randn(2, max(R, G), H, S + own + 3, D, generator=g, dtype=dtype)
+    q = torch.randn(R, H, 1, D, generator=g, dtype=dtype)
+    k, v = cache[0, :R, :, S : S + own], cache[1, :R, :, S : S + own]
+    prefix = SharedPrefix(cache[0, :G, :, :S], cache[1, :G, :, :S], n) if S else None
+    key_start = None
+    if padded:  # per group, whole transitions of padding, up to all of the prefix
+        per_group = torch.randint(0, S // T + 1, (G,), generator=g) * T
+        per_group[0] = S
+        key_start = per_group.repeat_interleave(n).repeat(blocks)
+    return q, k, v, prefix, key_start, S + own - 1
+
+
+PREFIX_SHAPES = [  # G groups x n rows x blocks, S prefix slots, own slots, head dim
+    (1, 1, 1, 0, 1, 8), (1, 1, 1, 4, 1, 5), (1, 32, 2, 80, 12, 32), (2, 3, 2, 32, 5, 16),
+    (3, 2, 1, 48, 17, 33), (1, 5, 3, 8, 40, 64), (4, 1, 2, 12, 7, 7)]
+
+
+@pytest.mark.parametrize("G, n, blocks, S, own, D", PREFIX_SHAPES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_after_a_shared_prefix_matches_whole_windows(G, n, blocks, S, own, D, padded):
+    """Every path of ops.attention with a shared prefix (compiled kernel, cascade of two attentions)
+    equals attention over each row's whole window."""
+    if padded and not S:
+        pytest.skip("padding lives in the prefix")
+    for dtype in (torch.float32, torch.float64):
+        q, k, v, prefix, key_start, slot = prefix_problem(G, n, blocks, S, own, D, padded=padded, dtype=dtype,
+                                                          seed=S + own)
+        want = reference.attention(q, k, v, transition_dim=4, q_offset=slot, key_start=key_start, prefix=prefix)
+        if prefix is not None:  # the reference expands the prefix: check it against explicit windows
+            rows = torch.arange(len(q)) // n % G
+            whole = [torch.cat([p[rows], t], 2) for p, t in ((prefix.k, k), (prefix.v, v))]
+            assert torch.equal(want, reference.attention(q, *whole, transition_dim=4, q_offset=slot,
+                                                         key_start=key_start))
+            cascade = ops._attention_after_prefix(q, k, v, prefix, 4, slot, key_start)
+            torch.testing.assert_close(cascade, want)
+        torch.testing.assert_close(ops.attention(q, k, v, transition_dim=4, q_offset=slot, key_start=key_start,
+                                                 prefix=prefix), want)
+
+
+@needs_c
+@pytest.mark.parametrize("G, n, blocks, S, own, D", PREFIX_SHAPES)
+def test_compiled_decode_attention_writes_every_output(G, n, blocks, S, own, D):
+    q, k, v, prefix, key_start, slot = prefix_problem(G, n, blocks, S, own, D, H=3, T=5, padded=bool(S), seed=D)
+    out = torch.full((len(q), 3, D), float("nan"))  # poisoned: an unwritten element fails
+    pk, pv = (prefix.k, prefix.v) if prefix is not None else (None, None)
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, n, slot, 5, key_start, out)
+    want = reference.attention(q, k, v, transition_dim=5, q_offset=slot, key_start=key_start, prefix=prefix)
+    torch.testing.assert_close(out, want[:, :, 0], atol=2e-6, rtol=2e-6)
+
+
+@needs_c
+def test_compiled_decode_attention_extreme_scores_and_ties():
+    """Huge logits (one key takes all the mass), equal keys (exact ties) and -inf-free underflow."""
+    q, k, v, prefix, _, slot = prefix_problem(2, 3, 1, 8, 6, 16, seed=3)
+    k[0, 0, 2] = q[0, 0, 0] * 1e3  # one dominant key
+    k[1] = k[1, :, :1]  # all of row 1's own keys equal
+    prefix.k[1].mul_(50.0)
+    out = torch.empty(len(q), 2, 16)
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, None, out)
+    want = reference.attention(q.double(), k.double(), v.double(), transition_dim=4, q_offset=slot,
+                               prefix=SharedPrefix(prefix.k.double(), prefix.v.double(), 3))
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.double(), want[:, :, 0], atol=1e-5, rtol=1e-5)
+
+
+@needs_c
+def test_compiled_decode_attention_checks_its_arguments():
+    q, k, v, prefix, _, slot = prefix_problem(2, 3, 1, 8, 6, 16)
+    out = torch.empty(6, 2, 16)
+    op = torch.ops.tt.decode_attention
+    with pytest.raises(RuntimeError, match="q must be"):
+        op(q, k, v, prefix.k, prefix.v, 3, slot, 4, None, out)
+    with pytest.raises(RuntimeError, match="not whole blocks"):
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 4, slot, 4, None, out)
+    with pytest.raises(RuntimeError, match="query slot"):
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot + 1, 4, None, out)
+    with pytest.raises(RuntimeError, match="dtype of q"):
+        op(q[:, :, 0], k.double(), v.double(), prefix.k, prefix.v, 3, slot, 4, None, out)
+    with pytest.raises(RuntimeError, match="both prefix_k and prefix_v"):
+        op(q[:, :, 0], k, v, prefix.k, None, 3, slot, 4, None, out)
+    with pytest.raises(RuntimeError, match="key_start must be"):
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, torch.zeros(6, dtype=torch.int32), out)
+    with pytest.raises(RuntimeError, match="out must have shape"):
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, None, out[:5])
+
+
+def test_attention_refuses_a_bad_prefix():
+    q, k, v, prefix, _, slot = prefix_problem(2, 3, 1, 8, 6, 16)
+    with pytest.raises(ValueError, match="whole blocks"):
+        ops.attention(q[:5], k[:5], v[:5], transition_dim=4, q_offset=slot, prefix=prefix)
+    with pytest.raises(ValueError, match="whole transitions"):
+        ops.attention(q, k, v, transition_dim=3, q_offset=slot, prefix=prefix)
+    with pytest.raises(ValueError, match="no dropout"):
+        ops.attention(q, k, v, transition_dim=4, q_offset=slot, prefix=prefix, dropout_p=0.1)
+
+
+def test_cache_shared_prefix_is_read_not_written():
+    cache = KVCache.empty(1, 4, 1, 10, 2)
+    cache.share(4, groups=2, group_rows=2)
+    with pytest.raises(ValueError, match="shared prefix"):
+        cache.write(0, 4, 3, torch.zeros(4, 1, 1, 2), torch.zeros(4, 1, 1, 2))
+    k, _ = cache.write(0, 4, 4, torch.ones(4, 1, 2, 2), torch.ones(4, 1, 2, 2))
+    assert k.shape == (4, 1, 2, 2) and cache.prefix(0).k.shape == (2, 1, 4, 2)
+    cache.share(0)
+    assert cache.prefix(0) is None and cache.write(0, 4, 0, k, k)[0].shape == (4, 1, 2, 2)
+
+
 def test_backends_report_and_reference_override(monkeypatch):
     report = ops.backends()
-    assert set(report) == {"attention", "sample_next", "beam_select"}
+    assert set(report) == {"attention", "sample_next", "beam_select", "decode_attention"}
+    assert report["decode_attention"]["cpu"] == ("C++" if HAS_C else "reference")
     assert report["sample_next"]["cpu"] == ("C++" if HAS_C else "reference")
     monkeypatch.setenv("TT_BACKEND", "reference")
     assert ops.backends()["sample_next"]["cpu"] == "reference"

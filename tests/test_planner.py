@@ -41,7 +41,7 @@ def assert_matches_reference(model, disc, cfg, prefixes, philox_seed=0):
     for b, prefix in enumerate(prefixes):
         tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(philox_seed))
         assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the reference"
-        assert result.score[b].item() == pytest.approx(score.item(), abs=1e-6)
+        assert result.score[b].item() == pytest.approx(score.item(), rel=2e-6, abs=1e-6)  # float32: a few ulps
 
 
 @pytest.mark.parametrize("O, A, C, H, W, E", [
@@ -77,6 +77,24 @@ def test_greedy_cached_plans_equal_the_uncropped_reference(O, A, C, H, W, E):
     assert (C + H) <= 12  # the block size holds the whole plan
     assert_matches_reference(model, disc, cfg, random_prefixes(model, [C, max(C - 1, 0)],
                                                                torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("window", ["exact", "cached"])
+def test_beams_share_the_context_prefix_and_plan_as_with_whole_windows(monkeypatch, window):
+    """The context is encoded once per plan and read by every beam (the cache's shared prefix):
+    float32 plans equal the reference planner's and the reference ops' (whole windows per row)."""
+    model = random_model(3, 2, K=8, dtype=torch.float32)
+    disc = random_discretizer(15, 7)
+    cfg = PlanConfig(horizon=3, beam_width=5, n_expand=2, max_context_transitions=None, window=window, **GREEDY)
+    prefixes = random_prefixes(model, [4, 2], torch.Generator().manual_seed(5))
+    cache = model.setup_cache(2 * 2 * 5)
+    fast = beam_plan(model, pad_prefixes(prefixes, 7), disc, cfg, Philox(0), cache)
+    assert cache.shared == (4 * 7 if window == "cached" else 0)  # exact re-encodes every transition
+    assert_matches_reference(model, disc, cfg, prefixes)
+    monkeypatch.setenv("TT_BACKEND", "reference")
+    slow = beam_plan(model, pad_prefixes(prefixes, 7), disc, cfg, Philox(0))
+    assert torch.equal(fast.tokens, slow.tokens)
+    torch.testing.assert_close(fast.score, slow.score)
 
 
 def test_cached_mode_slides_when_the_block_is_full():

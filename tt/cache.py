@@ -8,15 +8,44 @@ import torch
 
 
 @dataclass
+class SharedPrefix:
+    """Keys and values `[G, h, S, D]` of window slots [0, S) that whole groups of rows share:
+    row r reads group `(r // group_rows) % G` (the planner's [E, B, W] rows: G plans of W beams).
+    Attention reads them once per group instead of once per row."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    group_rows: int
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    def groups_of(self, rows: int) -> torch.Tensor:
+        """The group of each of `rows` rows `[rows]`."""
+        return torch.arange(rows, device=self.k.device) // self.group_rows % self.k.shape[0]
+
+    def expand(self, rows: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole windows `[rows, h, S + n, D]`: each row's group prefix, then its own `k, v`."""
+        group = self.groups_of(rows)
+        return torch.cat([self.k[group], k], 2), torch.cat([self.v[group], v], 2)
+
+
+@dataclass
 class KVCache:
     """Keys and values `[n_layer, max_rows, n_head, max_len, head_dim]`.
 
     Row r, slot s holds the K/V of the token at window slot s of sequence r. The model writes
-    slots as it runs; the planner moves rows between beams with `copy_rows` / `gather_rows`.
+    slots as it runs; the planner moves rows between beams with `tile_rows` / `gather_rows`.
+    After `share`, slots [0, shared) are no longer per row: every row reads them from the first
+    row of its group (rows 0..groups-1), and writes, tiles and gathers start at slot `shared`.
     """
 
     k: torch.Tensor
     v: torch.Tensor
+    shared: int = 0
+    groups: int = 1
+    group_rows: int = 1
 
     @classmethod
     def empty(cls, n_layer: int, max_rows: int, n_head: int, max_len: int, head_dim: int,
@@ -32,15 +61,33 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def share(self, slots: int, groups: int = 1, group_rows: int = 1) -> None:
+        """Declare slots [0, slots) of rows 0..groups-1 the prefix that row r shares with group
+        `(r // group_rows) % groups`; `share(0)` makes every slot per row again."""
+        if slots and groups > self.max_rows:
+            raise ValueError(f"cache holds {self.max_rows} rows; cannot share a prefix among {groups} groups")
+        self.shared, self.groups, self.group_rows = slots, groups, group_rows
+
+    def prefix(self, layer: int) -> SharedPrefix | None:
+        """The shared prefix of `layer`, or None when nothing is shared."""
+        if not self.shared:
+            return None
+        slots = slice(0, self.shared)
+        return SharedPrefix(self.k[layer, : self.groups, :, slots], self.v[layer, : self.groups, :, slots],
+                            self.group_rows)
+
     def write(self, layer: int, rows: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store `k, v [rows, h, n, D]` at slots start..start+n; return the filled prefix views."""
+        """Store `k, v [rows, h, n, D]` at slots start..start+n; return the rows' own slots
+        [shared, start+n) (all of [0, start+n) when nothing is shared)."""
         end = start + k.shape[2]
         if end > self.max_len or rows > self.max_rows:
             raise ValueError(f"cache holds {self.max_rows} rows x {self.max_len} slots; "
                              f"asked for {rows} rows up to slot {end}")
+        if start < self.shared:
+            raise ValueError(f"slots [0, {self.shared}) are a shared prefix: cannot write slot {start}")
         self.k[layer, :rows, :, start:end] = k
         self.v[layer, :rows, :, start:end] = v
-        return self.k[layer, :rows, :, :end], self.v[layer, :rows, :, :end]
+        return self.k[layer, :rows, :, self.shared : end], self.v[layer, :rows, :, self.shared : end]
 
     def tile_rows(self, rows: int, times: int, slots: slice) -> None:
         """Copy rows [0, rows) to rows [rows, rows*times) (in tiles) over `slots`."""
@@ -49,8 +96,9 @@ class KVCache:
             self.k[:, t * rows : (t + 1) * rows, :, slots] = src_k
             self.v[:, t * rows : (t + 1) * rows, :, slots] = src_v
 
-    def gather_rows(self, index: torch.Tensor, length: int) -> None:
-        """Row i becomes old row `index[i]` over slots [0, length), for i < len(index)."""
-        n = len(index)
-        self.k[:, :n, :, :length] = self.k[:, index, :, :length]
-        self.v[:, :n, :, :length] = self.v[:, index, :, :length]
+    def gather_rows(self, index: torch.Tensor, end: int, start: int | None = None) -> None:
+        """Row i becomes old row `index[i]` over slots [start, end) (start: the first unshared slot),
+        for i < len(index)."""
+        n, slots = len(index), slice(self.shared if start is None else start, end)
+        self.k[:, :n, :, slots] = self.k[:, index, :, slots]
+        self.v[:, :n, :, slots] = self.v[:, index, :, slots]

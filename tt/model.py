@@ -64,10 +64,12 @@ class SelfAttention(nn.Module):
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, start: int = 0, key_start=None):
         B, L, C = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        prefix = None
         if cache is not None:
             k, v = cache.write(layer, B, start, k, v)
+            prefix = cache.prefix(layer)
         y = ops.attention(q, k, v, transition_dim=self.transition_dim, q_offset=start, key_start=key_start,
-                          dropout_p=self.dropout if self.training else 0.0)
+                          dropout_p=self.dropout if self.training else 0.0, prefix=prefix)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
 
 

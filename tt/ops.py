@@ -15,9 +15,10 @@ import warnings
 import torch
 
 from tt import reference
+from tt.cache import SharedPrefix
 from tt.rng import Philox
 
-OPS = ("attention", "sample_next", "beam_select")
+OPS = ("attention", "sample_next", "beam_select", "decode_attention")
 
 
 @functools.cache
@@ -42,6 +43,10 @@ def _compiled_library() -> bool:
     def _(seed, offset, out):
         return None
 
+    @torch.library.register_fake("tt::decode_attention")
+    def _(q, k, v, prefix_k, prefix_v, group_rows, q_slot, transition_dim, key_start, out):
+        return None
+
     return True
 
 
@@ -63,12 +68,17 @@ def _triton_attention():
     return module
 
 
+def _reference_attention_forced() -> bool:
+    return (os.environ.get("TT_BACKEND", "").lower() == "reference"
+            or os.environ.get("TT_ATTENTION", "").lower() == "reference")
+
+
 def _use_triton_attention(device: torch.device) -> bool:
     """Triton on CUDA; `TT_ATTENTION=triton` forces it anywhere (on CPU with TRITON_INTERPRET=1),
     `TT_ATTENTION=reference` or `TT_BACKEND=reference` forces the reference."""
-    choice = os.environ.get("TT_ATTENTION", "").lower()
-    if os.environ.get("TT_BACKEND", "").lower() == "reference" or choice == "reference":
+    if _reference_attention_forced():
         return False
+    choice = os.environ.get("TT_ATTENTION", "").lower()
     if choice == "triton":
         if _triton_attention() is None:
             raise RuntimeError("TT_ATTENTION=triton but Triton is not importable")
@@ -83,6 +93,9 @@ def backends() -> dict[str, dict[str, str]]:
               for op in OPS if op != "attention"}
     report["attention"] = {dev: ("Triton" if _use_triton_attention(torch.device(dev)) else "reference")
                            for dev in names}
+    for dev in names:  # one query per row: the compiled kernel where there is one, else attention's path
+        if report["decode_attention"][dev] == "reference" or _reference_attention_forced():
+            report["decode_attention"][dev] = report["attention"][dev]
     return report
 
 
@@ -95,22 +108,92 @@ def attention(
     q_offset: int = 0,
     key_start: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Causal attention that never attends value tokens. q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`;
-    query i sits at slot `q_offset + i`; `key_start [R]` marks left padding (see reference)."""
+    query i sits at slot `q_offset + i`; `key_start [R]` marks left padding (see reference).
+    With a shared `prefix` (slots [0, S) per group of rows), k/v hold each row's slots S.."""
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"attention expects q [R,h,Lq,D] and k, v [R,h,Lk,D]; got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
         raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} disagree")
-    if q_offset + q.shape[2] > k.shape[2]:
-        raise ValueError(f"attention: queries reach slot {q_offset + q.shape[2]} but only {k.shape[2]} keys")
+    n_keys = k.shape[2] + (0 if prefix is None else prefix.length)
+    if q_offset + q.shape[2] > n_keys:
+        raise ValueError(f"attention: queries reach slot {q_offset + q.shape[2]} but only {n_keys} keys")
     if not (q.device == k.device == v.device) or (key_start is not None and key_start.shape != (q.shape[0],)):
         raise ValueError("attention: q, k, v (and key_start [R]) must be on one device")
+    if prefix is not None:
+        _check_prefix(q, prefix, transition_dim, q_offset, dropout_p)
+    if (q.shape[2] == 1 and not dropout_p and q.dtype == torch.float32 and not _reference_attention_forced()
+            and not _use_triton_attention(q.device) and _compiled("decode_attention", q.device)):
+        return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start)
+    if prefix is not None:
+        if _reference_attention_forced():
+            return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
+                                       key_start=key_start, prefix=prefix)
+        return _attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start)
     if _use_triton_attention(q.device):
         return _triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                              key_start=key_start, dropout_p=dropout_p)
     return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                key_start=key_start, dropout_p=dropout_p)
+
+
+def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_offset: int,
+                  dropout_p: float) -> None:
+    R, h, _, D = q.shape
+    G, S = prefix.k.shape[0], prefix.length
+    if prefix.k.shape != prefix.v.shape or prefix.k.shape[1:] != (h, S, D) or prefix.k.device != q.device:
+        raise ValueError(f"attention: shared prefix k/v must be [G, {h}, S, {D}] on {q.device}, "
+                         f"got {tuple(prefix.k.shape)}, {tuple(prefix.v.shape)} on {prefix.k.device}")
+    if R % (G * prefix.group_rows):
+        raise ValueError(f"attention: {R} rows are not whole blocks of {G} groups x {prefix.group_rows} rows")
+    if S % transition_dim or q_offset < S:
+        raise ValueError(f"attention: a shared prefix covers whole transitions before the queries; got {S} "
+                         f"slots (T={transition_dim}) and queries from slot {q_offset}")
+    if dropout_p:
+        raise ValueError("attention: a shared prefix is for inference (no dropout)")
+
+
+def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int, q_slot: int, key_start):
+    """One query per row on the compiled kernel: the prefix and the row's keys in one pass."""
+    out = torch.empty(q.shape[0], q.shape[1], q.shape[3], dtype=q.dtype, device=q.device)
+    pk, pv = (prefix.k, prefix.v) if prefix is not None else (None, None)
+    ks = key_start.to(torch.long).contiguous() if key_start is not None else None
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, prefix.group_rows if prefix is not None else 1,
+                                  q_slot, transition_dim, ks, out)
+    return out[:, :, None]
+
+
+def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tuple[torch.Tensor, torch.Tensor]:
+    """TT-masked attention output `[R, h, Lq, D]` and its log-sum-exp `[R, h, Lq]` (fp32)."""
+    if _use_triton_attention(q.device):
+        return _triton_attention().attention_forward(q, k, v, transition_dim, q_offset, key_start)
+    mask = reference.attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5 + bias
+    lse = scores.logsumexp(-1)
+    return ((scores - lse[..., None]).exp().to(v.dtype) @ v), lse
+
+
+def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, q_offset: int, key_start):
+    """Cascade attention: each group's queries against its shared prefix in one batch (the prefix
+    read once), each row against its own keys, merged by their log-sum-exps."""
+    R, h, Lq, D = q.shape
+    G, S, n = prefix.k.shape[0], prefix.length, prefix.group_rows
+    blocks = R // (G * n)
+    grouped = q.view(blocks, G, n, h, Lq, D).permute(1, 3, 0, 2, 4, 5).reshape(G, h, blocks * n * Lq, D)
+    group_start = None if key_start is None else key_start.view(blocks, G, n)[0, :, 0]
+    # every query sits after the prefix, so only the value-token and padding masks act there
+    out_p, lse_p = _attention_lse(grouped, prefix.k, prefix.v, transition_dim, q_offset, group_start)
+    out_r, lse_r = _attention_lse(q, k, v, transition_dim, q_offset - S, None)
+    if group_start is not None:  # a group whose prefix is all padding contributes nothing
+        lse_p = lse_p.masked_fill((group_start >= S)[:, None, None], float("-inf"))
+    out_p = out_p.view(G, h, blocks, n, Lq, D).permute(2, 0, 3, 1, 4, 5).reshape(R, h, Lq, D)
+    lse_p = lse_p.view(G, h, blocks, n, Lq).permute(2, 0, 3, 1, 4).reshape(R, h, Lq)
+    return reference.merge_attention(out_p, lse_p, out_r, lse_r)
 
 
 def sample_next(

@@ -132,6 +132,7 @@ class _Search:
     def prefill(self, tokens: torch.Tensor, first: int) -> torch.Tensor:
         """Encode `tokens [rows, n]` (history from transition `first` on) as a fresh window."""
         self.set_window(first)
+        self.cache.share(0)
         self.filled = tokens.shape[1]
         return self.model.prefill(tokens, self.cache, self.key_start(len(tokens) // self.B))
 
@@ -178,9 +179,11 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
     for t in range(H):
         u = s.n_ctx + t  # the transition being planned, in prefix coordinates
         if t == 0:
-            # all W beams of a plan are equal: encode one row per plan, then copy it to every row
+            # all W beams of a plan are equal: encode one row per plan; its context transitions become
+            # the prefix every row of the plan shares, its observation is copied to every row
             first = max(0, u - (s.keep if config.window == "exact" else K) + 1)
             logits = s.prefill(s.hist[::W, first * T : u * T + O], first)
+            s.cache.share((u - first) * T, groups=B, group_rows=W)
             s.cache.gather_rows(torch.arange(B, device=device).repeat_interleave(W).repeat(E), s.filled)
             logits = logits.repeat_interleave(W, 0).repeat(E, 1)
         else:

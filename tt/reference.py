@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tt.cache import SharedPrefix
 from tt.rng import Philox
 
 if TYPE_CHECKING:
@@ -55,10 +56,21 @@ def attention(
     q_offset: int = 0,
     key_start: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    prefix: SharedPrefix | None = None,
 ) -> torch.Tensor:
-    """Attention with the Trajectory Transformer mask; q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`."""
+    """Attention with the Trajectory Transformer mask; q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`.
+    With a shared `prefix` (S slots), k/v hold slots S.. of each row, after its group's prefix."""
+    if prefix is not None:
+        k, v = prefix.expand(q.shape[0], k, v)
     mask = attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Attention over keys A and B together from each part's output `[..., D]` and log-sum-exp
+    `[...]` (lse_b finite; lse_a -inf where A had no visible key)."""
+    weight_a = torch.sigmoid(lse_a - lse_b)[..., None]  # softmax mass of A in the union
+    return torch.where(weight_a > 0, torch.lerp(out_b, out_a.to(out_b.dtype), weight_a.to(out_b.dtype)), out_b)
 
 
 # ----------------------------------------------------------------------------- sampling
