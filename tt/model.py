@@ -49,6 +49,20 @@ class GPTConfig:
         return asdict(self)
 
 
+# Decoding runs a whole forward per token: the layers' functions are called directly on their
+# parameters, which skips nn.Module's per-call machinery (a sizeable share of a small step's time).
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _layer_norm(x: torch.Tensor, layer: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
+def _dropout(x: torch.Tensor, layer: nn.Dropout) -> torch.Tensor:
+    return F.dropout(x, layer.p, True) if layer.training and layer.p > 0 else x
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -63,14 +77,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, start: int = 0, key_start=None):
         B, L, C = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = _linear(x, self.qkv).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         prefix = None
         if cache is not None:
             k, v = cache.write(layer, B, start, k, v)
             prefix = cache.prefix(layer)
         y = ops.attention(q, k, v, transition_dim=self.transition_dim, q_offset=start, key_start=key_start,
                           dropout_p=self.dropout if self.training else 0.0, prefix=prefix)
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, L, C)))
+        return _dropout(_linear(y.transpose(1, 2).reshape(B, L, C), self.proj), self.resid_drop)
 
 
 class MLP(nn.Module):
@@ -81,7 +95,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return _dropout(_linear(F.gelu(_linear(x, self.fc)), self.proj), self.drop)
 
 
 class Block(nn.Module):
@@ -93,8 +107,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0, start=0, key_start=None):
-        x = x + self.attn(self.ln1(x), cache, layer, start, key_start)
-        return x + self.mlp(self.ln2(x))
+        x = x + self.attn.forward(_layer_norm(x, self.ln1), cache, layer, start, key_start)
+        return x + self.mlp.forward(_layer_norm(x, self.ln2))
 
 
 class TrajectoryTransformer(nn.Module):
@@ -138,7 +152,7 @@ class TrajectoryTransformer(nn.Module):
         """tokens [R, n] at window `slots` [n] (kind = slot mod T) and `positions` [R|1, n]."""
         N, T = self.config.n_bins, self.transition_dim
         rows = torch.where(tokens == N, N * T, tokens + (slots % T) * N)
-        return self.drop(self.tok_emb(rows) + self.pos_emb[0, positions])
+        return _dropout(F.embedding(rows, self.tok_emb.weight) + self.pos_emb[0, positions], self.drop)
 
     def _logits(self, x: torch.Tensor, first_slot: int) -> torch.Tensor:
         """x [R, n, d] after ln_f at window slots first_slot.. -> logits [R, n, N+1] from head slot mod T."""
@@ -170,7 +184,7 @@ class TrajectoryTransformer(nn.Module):
         x = self._embed(tokens, slots, slots[None])
         for block in self.blocks:
             x = block(x)
-        logits = self._logits(self.ln_f(x), 0)
+        logits = self._logits(_layer_norm(x, self.ln_f), 0)
         if targets is None:
             return logits
         return logits, self.loss(logits, targets, loss_mask)
@@ -211,8 +225,8 @@ class TrajectoryTransformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, start, key_start)
         if last_only:
-            return self._logits(self.ln_f(x[:, -1:]), start + n - 1)[:, 0]
-        return self._logits(self.ln_f(x), start)
+            return self._logits(_layer_norm(x[:, -1:], self.ln_f), start + n - 1)[:, 0]
+        return self._logits(_layer_norm(x, self.ln_f), start)
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""

@@ -52,10 +52,14 @@ def _compiled_library() -> bool:
 
 def _compiled(op: str, device: torch.device) -> bool:
     """Whether the compiled `op` runs for tensors on `device` (and is not overridden)."""
-    if os.environ.get("TT_BACKEND", "").lower() == "reference" or not _compiled_library():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", key)
+    return os.environ.get("TT_BACKEND", "").lower() != "reference" and _has_kernel(op, device.type)
+
+
+@functools.cache
+def _has_kernel(op: str, device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return (key is not None and _compiled_library()
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", key))
 
 
 @functools.cache
@@ -68,22 +72,18 @@ def _triton_attention():
     return module
 
 
-def _reference_attention_forced() -> bool:
-    return (os.environ.get("TT_BACKEND", "").lower() == "reference"
-            or os.environ.get("TT_ATTENTION", "").lower() == "reference")
-
-
-def _use_triton_attention(device: torch.device) -> bool:
-    """Triton on CUDA; `TT_ATTENTION=triton` forces it anywhere (on CPU with TRITON_INTERPRET=1),
-    `TT_ATTENTION=reference` or `TT_BACKEND=reference` forces the reference."""
-    if _reference_attention_forced():
-        return False
+def _attention_backend(device: torch.device) -> str:
+    """"triton" on CUDA, "native" (the compiled decode kernel where built, else PyTorch) elsewhere;
+    `TT_ATTENTION=triton` forces Triton anywhere (on CPU with TRITON_INTERPRET=1),
+    `TT_ATTENTION=reference` or `TT_BACKEND=reference` forces "reference"."""
     choice = os.environ.get("TT_ATTENTION", "").lower()
+    if choice == "reference" or os.environ.get("TT_BACKEND", "").lower() == "reference":
+        return "reference"
     if choice == "triton":
         if _triton_attention() is None:
             raise RuntimeError("TT_ATTENTION=triton but Triton is not importable")
-        return True
-    return device.type == "cuda" and _triton_attention() is not None
+        return "triton"
+    return "triton" if device.type == "cuda" and _triton_attention() is not None else "native"
 
 
 def backends() -> dict[str, dict[str, str]]:
@@ -91,10 +91,10 @@ def backends() -> dict[str, dict[str, str]]:
     names = {"cpu": "C++", "cuda": "CUDA"}
     report = {op: {dev: (names[dev] if _compiled(op, torch.device(dev)) else "reference") for dev in names}
               for op in OPS if op != "attention"}
-    report["attention"] = {dev: ("Triton" if _use_triton_attention(torch.device(dev)) else "reference")
+    report["attention"] = {dev: ("Triton" if _attention_backend(torch.device(dev)) == "triton" else "reference")
                            for dev in names}
     for dev in names:  # one query per row: the compiled kernel where there is one, else attention's path
-        if report["decode_attention"][dev] == "reference" or _reference_attention_forced():
+        if report["decode_attention"][dev] == "reference" or _attention_backend(torch.device(dev)) != "native":
             report["decode_attention"][dev] = report["attention"][dev]
     return report
 
@@ -124,19 +124,17 @@ def attention(
         raise ValueError("attention: q, k, v (and key_start [R]) must be on one device")
     if prefix is not None:
         _check_prefix(q, prefix, transition_dim, q_offset, dropout_p)
-    if (q.shape[2] == 1 and not dropout_p and q.dtype == torch.float32 and not _reference_attention_forced()
-            and not _use_triton_attention(q.device) and _compiled("decode_attention", q.device)):
+    backend = _attention_backend(q.device)
+    if backend == "native" and q.shape[2] == 1 and q.dtype == torch.float32 and not dropout_p \
+            and _has_kernel("decode_attention", q.device.type):
         return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start)
-    if prefix is not None:
-        if _reference_attention_forced():
-            return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
-                                       key_start=key_start, prefix=prefix)
+    if prefix is not None and backend != "reference":
         return _attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start)
-    if _use_triton_attention(q.device):
+    if backend == "triton":
         return _triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                              key_start=key_start, dropout_p=dropout_p)
     return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
-                               key_start=key_start, dropout_p=dropout_p)
+                               key_start=key_start, dropout_p=dropout_p, prefix=prefix)
 
 
 def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_offset: int,
@@ -167,7 +165,7 @@ def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int,
 
 def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tuple[torch.Tensor, torch.Tensor]:
     """TT-masked attention output `[R, h, Lq, D]` and its log-sum-exp `[R, h, Lq]` (fp32)."""
-    if _use_triton_attention(q.device):
+    if _attention_backend(q.device) == "triton":
         return _triton_attention().attention_forward(q, k, v, transition_dim, q_offset, key_start)
     mask = reference.attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))

@@ -190,16 +190,15 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
             # the survivors' next observation, each token conditioned as the authors' cropped forward
             if config.window == "exact" or u - s.window_start > K - 1:
                 first = max(0, u - s.keep + 1)
-                logits, shared_from = s.prefill(s.hist[:, first * T : u * T], first), 0
+                logits = s.prefill(s.hist[:, first * T : u * T], first)
             else:  # cached: move the survivors' rows into place, continue with the value token
-                s.cache.gather_rows(src.repeat(E), s.filled)
-                shared_from = s.filled
+                s.cache.gather_rows(src, s.filled)
                 logits = s.decode(s.hist[:, u * T - 1], blocks=1)
             for i in range(O):
                 token, _ = draw(logits, config.k_obs, config.cdf_obs)
                 s.hist[:, u * T + i] = token
                 logits = s.decode(token, blocks=1)
-            s.cache.tile_rows(BW, E, slice(shared_from, s.filled))
+            s.cache.tile_rows(BW, E, slice(s.cache.shared, s.filled))  # the survivors' rows to every copy
             logits = logits.repeat(E, 1)
         for i in range(A):
             token, _ = draw(logits, config.k_act, config.cdf_act)
