@@ -1,5 +1,6 @@
 """One plan at Hopper shapes (obs 11, act 3, 4 layers, 4 heads, width 128, 100 bins, random
-weights): the authors' algorithm (tt.reference) against the fast planner, exact and cached."""
+weights): the authors' algorithm (tt.reference) against the fast planner, exact and cached, and on
+CUDA also replayed as CUDA graphs (`exact graph`, `cached graph`)."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from common import SMALL, record
 from tt import reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, beam_plan
+from tt.planner import PlanConfig, PlanGraphs, beam_plan
 from tt.rng import Philox
 
 O, A = 11, 3
@@ -29,11 +30,13 @@ def hopper(request):
 
 
 @pytest.mark.parametrize("beam, horizon", SETTINGS)
-@pytest.mark.parametrize("planner", ["reference", "exact", "cached"])
+@pytest.mark.parametrize("planner", ["reference", "exact", "cached", "exact graph", "cached graph"])
 def test_plan(benchmark, timings, hopper, planner, beam, horizon):
     model, discretizer, prefix = hopper
     device = prefix.device
-    config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if planner == "cached" else "exact")
+    if planner.endswith("graph") and device.type != "cuda":
+        pytest.skip("CUDA graphs are for CUDA devices")
+    config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if "cached" in planner else "exact")
     benchmark.group = f"plan {device.type} beam {beam} horizon {horizon}"
     mids = torch.tensor(discretizer.midpoints, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -41,6 +44,12 @@ def test_plan(benchmark, timings, hopper, planner, beam, horizon):
         run = lambda: (reference.beam_plan(model, prefix, mids, config, Philox(0, device)), sync())
         rounds = 1 if beam * horizon > 1000 else 3  # the authors' algorithm takes ~40 s at beam 128 / horizon 15
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if device.type == "cuda" else 0)
+    elif planner.endswith("graph"):
+        graphs = PlanGraphs(model, discretizer, config, Philox(0, device))
+        graphs.plan(prefix[None].cpu())  # captures (this first plan runs eagerly)
+        assert graphs.failed is None and graphs.layouts == 1
+        run = lambda: (graphs.plan(prefix[None].cpu()), sync())
+        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     else:
         cache = model.setup_cache(2 * beam, model.config.block_size)
         run = lambda: (beam_plan(model, prefix[None], discretizer, config, Philox(0, device), cache), sync())

@@ -65,3 +65,37 @@ def test_cuda_greedy_plan_equals_the_reference():
     fast = beam_plan(model, prefix[None], disc, cfg, Philox(0, "cuda"))
     tokens, _ = reference.beam_plan(model, prefix, torch.tensor(disc.midpoints).cuda(), cfg, Philox(0, "cuda"))
     assert torch.equal(fast.tokens[0], tokens)
+
+
+def _graph_planners(window: str, max_graphs: int = 16):
+    from tt.discretize import Discretizer
+    from tt.model import GPTConfig, TrajectoryTransformer
+    from tt.planner import PlanConfig, Planner
+
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(GPTConfig(4, 2, n_bins=20, n_transitions=6, n_layer=2, n_embd=32)).eval()
+    disc = Discretizer(torch.linspace(-1, 1, 21)[:, None].repeat(1, 8).numpy())
+    cfg = dict(horizon=4, beam_width=6, n_expand=2, max_context_transitions=3, window=window)  # stochastic
+    graphed = Planner(model, disc, PlanConfig(**cfg), device="cuda", seed=11)
+    graphed._graphs.max_graphs = max_graphs
+    eager = Planner(model, disc, PlanConfig(**cfg, cuda_graphs=False), device="cuda", seed=11)
+    assert eager._graphs is None
+    return graphed, eager
+
+
+@pytest.mark.parametrize("window, max_graphs", [("exact", 16), ("cached", 16), ("cached", 1)])
+def test_cuda_graph_plans_equal_eager_plans(window, max_graphs):
+    """Same seed, same observations: the replayed graphs plan token for token as the eager search,
+    across layouts (contexts of different lengths, a reset, eviction of captured layouts)."""
+    graphed, eager = _graph_planners(window, max_graphs)
+    g = torch.Generator().manual_seed(0)
+    for step in range(9):
+        obs = (torch.rand(3, 4, generator=g) * 2 - 1).numpy()
+        for planner in (graphed, eager):
+            planner.act(obs)
+        for a, b in zip(graphed.current_plans, eager.current_plans):
+            assert (a.tokens == b.tokens).all() and a.predicted_return == pytest.approx(b.predicted_return)
+        done = [step == 4, False, step == 6]
+        for planner in (graphed, eager):
+            planner.observe([0.5, -0.25, 1.0], done)
+    assert graphed._graphs.failed is None and 1 <= graphed._graphs.layouts <= max_graphs

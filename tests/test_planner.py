@@ -7,7 +7,7 @@ from scipy.stats import chi2_contingency
 from tt import reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+from tt.planner import PlanConfig, Planner, _Search, beam_plan, check_prefix, pad_prefixes
 from tt.rng import Philox
 
 # random models often plan the episode's end; the planner warns about it once per planner
@@ -95,6 +95,31 @@ def test_beams_share_the_context_prefix_and_plan_as_with_whole_windows(monkeypat
     slow = beam_plan(model, pad_prefixes(prefixes, 7), disc, cfg, Philox(0))
     assert torch.equal(fast.tokens, slow.tokens)
     torch.testing.assert_close(fast.score, slow.score)
+
+
+@pytest.mark.parametrize("window", ["exact", "cached"])
+def test_a_prepared_search_reruns_on_new_inputs_as_a_fresh_plan(window):
+    """What a CUDA graph replay relies on: a search run again after `load` puts new prefixes into its
+    tensors plans exactly as a fresh `beam_plan` (no state carried over from the last run)."""
+    model = random_model(3, 1, K=6, dtype=torch.float32)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=4, beam_width=4, n_expand=2, max_context_transitions=4, window=window)
+    g = torch.Generator().manual_seed(9)
+    first, second = (pad_prefixes(random_prefixes(model, contexts, g), 6) for contexts in ([3, 1], [2, 3]))
+    search = _Search(model, first.clone(), check_prefix(model, first), disc, cfg, None)
+    runs = [search.run(Philox(7))]
+    search.load(second, check_prefix(model, second))
+    runs.append(search.run(Philox(8)))
+    for prefix, seed, run in zip((first, second), (7, 8), runs):
+        fresh = beam_plan(model, prefix, disc, cfg, Philox(seed))
+        assert torch.equal(run.tokens, fresh.tokens) and torch.equal(run.score, fresh.score)
+    with pytest.raises(ValueError, match="padded"):
+        search.load(first[:, :] * 0 + 1, [0, 0])
+
+
+def test_cuda_graphs_are_a_cuda_option():
+    model = random_model(2, 1)
+    assert Planner(model, random_discretizer(15, 5), PlanConfig(cuda_graphs=True))._graphs is None  # CPU: eager
 
 
 def test_cached_mode_slides_when_the_block_is_full():

@@ -70,7 +70,7 @@ PLAN_FLAGS = {"horizon": int, "beam_width": int, "n_expand": int, "max_context_t
 
 
 def plan_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in PLAN_FLAGS if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in (*PLAN_FLAGS, "cuda_graphs") if getattr(args, k, None) is not None}
 
 
 def cmd_eval(args) -> None:
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="results directory (default RUN/eval)")
     for flag, kind in PLAN_FLAGS.items():
         ev.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help="PlanConfig." + flag)
+    ev.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                    help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")

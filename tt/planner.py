@@ -16,6 +16,7 @@ Window modes (see DESIGN "The window rule"):
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -46,6 +47,7 @@ class PlanConfig:
     discount: float = 0.99
     plan_freq: int = 1
     window: str = "exact"
+    cuda_graphs: bool = True  # on CUDA, tt.Planner replays each plan's search as a CUDA graph
 
     def __post_init__(self):
         for name in ("horizon", "beam_width", "n_expand", "plan_freq"):
@@ -79,53 +81,73 @@ def pad_prefixes(prefixes: list[torch.Tensor], transition_dim: int) -> torch.Ten
     return torch.stack([torch.cat([p.new_full((length - len(p),), -1), p]) for p in prefixes])
 
 
-class _Search:
-    """State of one batched search: token history of the survivors, the cache and the window."""
+def check_prefix(model: TrajectoryTransformer, prefix: torch.Tensor) -> list[int]:
+    """Check `prefix [B, L]` (c*T + O tokens each, left-padded with -1 by whole transitions) and
+    return each plan's number of padding transitions."""
+    T, O = model.transition_dim, model.config.observation_dim
+    if prefix.dim() != 2:
+        raise ValueError(f"prefix_tokens must be [B, L], got {tuple(prefix.shape)}")
+    B, L = prefix.shape
+    if (L - O) % T or L < O:
+        raise ValueError(f"prefix length {L} is not c*T + O (T={T}, O={O})")
+    if prefix.numel() and int(prefix.max()) > model.stop_token:
+        raise ValueError(f"prefix tokens exceed the stop token {model.stop_token}")
+    n_ctx = (L - O) // T
+    pad = (prefix[:, : n_ctx * T] < 0).view(B, n_ctx, T)
+    if pad.any() and not pad.all(-1).eq(pad.any(-1)).all():
+        raise ValueError("prefix padding (-1) must cover whole transitions")
+    if (prefix[:, n_ctx * T :] < 0).any():
+        raise ValueError("the observation tokens of a prefix cannot be padding")
+    return pad.all(-1).sum(-1).tolist()
 
-    def __init__(self, model: TrajectoryTransformer, prefix: torch.Tensor, config: PlanConfig,
-                 cache: KVCache | None):
+
+class _Search:
+    """A batched search, prepared: its constants and the tensors it reads its inputs from (prefix
+    tokens, padding). `run` does device work only, with no host synchronization, so a CUDA graph
+    can capture it and replay it after `load` has put new inputs into the same tensors."""
+
+    def __init__(self, model: TrajectoryTransformer, prefix: torch.Tensor, pad_transitions: list[int],
+                 discretizer: Discretizer, config: PlanConfig, cache: KVCache | None):
         c = model.config
         self.model, self.config = model, config
         self.O, self.A, self.T = c.observation_dim, c.action_dim, c.transition_dim
-        T = self.T
-        B, L = prefix.shape
-        if (L - self.O) % T or L < self.O:
-            raise ValueError(f"prefix length {L} is not c*T + O (T={T}, O={self.O})")
-        self.B, self.W, self.E = B, config.beam_width, config.n_expand
-        self.n_ctx = (L - self.O) // T  # context transitions of the longest prefix
-        pad = (prefix[:, : self.n_ctx * T] < 0).view(B, self.n_ctx, T)
-        if pad.any() and not pad.all(-1).eq(pad.any(-1)).all():
-            raise ValueError("prefix padding (-1) must cover whole transitions")
-        if (prefix[:, self.n_ctx * T :] < 0).any():
-            raise ValueError("the observation tokens of a prefix cannot be padding")
-        self.pad_transitions = pad.all(-1).sum(-1).tolist()  # per plan, known on the host: no syncs later
+        device = prefix.device
+        self.B, L = prefix.shape
+        self.W, self.E = config.beam_width, config.n_expand
+        self.n_ctx = (L - self.O) // self.T  # context transitions of the longest prefix
+        self.prefix = prefix
+        self.pad = torch.tensor(pad_transitions, device=device)  # padding transitions per plan
+        self.padded = any(pad_transitions)  # fixed for this search: rows pass key_start or never do
         # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
         self.keep = min(config.max_context_transitions or c.n_transitions, c.n_transitions)
-        rows = self.E * B * self.W
-        max_len = c.block_size if config.window == "cached" else self.keep * T
+        rows = self.E * self.B * self.W
+        max_len = c.block_size if config.window == "cached" else self.keep * self.T
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             cache = model.setup_cache(rows, max_len)
         self.cache = cache
-        H = config.horizon
-        self.hist = torch.full((B * self.W, L + H * T), -1, dtype=torch.long, device=prefix.device)
-        self.hist[:, :L] = prefix.repeat_interleave(self.W, 0)
-        self.filled = 0  # cache slots in use
+        self.mids = torch.as_tensor(discretizer.midpoints[:, self.T - 2 :].T, dtype=torch.float32, device=device)
+        self.discounts = config.discount ** torch.arange(config.horizon + 1, device=device, dtype=torch.float32)
         self._key_start: dict[tuple[int, int], torch.Tensor] = {}
-        self.set_window(0)
+
+    def load(self, prefix: torch.Tensor, pad_transitions: list[int]) -> None:
+        """New inputs of the same shape (and padded or not as before) into the search's tensors."""
+        if prefix.shape != self.prefix.shape or any(pad_transitions) != self.padded:
+            raise ValueError("load: the prefix shape and whether it is padded must stay as prepared")
+        self.prefix.copy_(prefix)
+        self.pad.copy_(torch.tensor(pad_transitions))
 
     def set_window(self, first: int) -> None:
         """Cache slot 0 now holds transition `first` (prefix coordinates)."""
         self.window_start = first
-        self._starts = [max(0, p - first) * self.T for p in self.pad_transitions]
         self._key_start.clear()
 
     def key_start(self, n_rows_per_plan: int, blocks: int = 1) -> torch.Tensor | None:
         """Per-row first real key slot of the current window for rows laid out [blocks, B, n]; None if unpadded."""
-        if not any(self._starts):
+        if not self.padded:
             return None
         key = (n_rows_per_plan, blocks)
         if key not in self._key_start:
-            start = torch.tensor(self._starts, device=self.hist.device)
+            start = (self.pad - self.window_start).clamp_min(0) * self.T
             self._key_start[key] = start.repeat_interleave(n_rows_per_plan).repeat(blocks)
         return self._key_start[key]
 
@@ -142,6 +164,64 @@ class _Search:
         self.filled += 1
         return logits
 
+    def run(self, rng: Philox) -> PlanResult:
+        """The search: the same as `tt.reference.beam_plan`'s, token for token."""
+        config, model, cache = self.config, self.model, self.cache
+        O, A, T, B, W, E, H = self.O, self.A, self.T, self.B, self.W, self.E, config.horizon
+        BW, L, K = B * W, self.prefix.shape[1], model.config.n_transitions
+        device = self.prefix.device
+        self.hist = torch.full((BW, L + H * T), -1, dtype=torch.long, device=device)  # survivors' tokens
+        self.hist[:, :L] = self.prefix.repeat_interleave(W, 0)
+        self.filled = 0  # cache slots in use
+        rewards = torch.zeros(E * BW, H + 1, device=device)
+        step_tokens = torch.empty(E * BW, A + 2, dtype=torch.long, device=device)
+
+        def draw(logits, top_k, cdf, midpoints=None):
+            return ops.sample_next(logits, temperature=config.temperature, top_k=top_k, cdf=cdf,
+                                   midpoints=midpoints, rng=rng)
+
+        src = torch.arange(E * BW, device=device)  # where each survivor came from (set by the top-k)
+        for t in range(H):
+            u = self.n_ctx + t  # the transition being planned, in prefix coordinates
+            if t == 0:
+                # all W beams of a plan are equal: encode one row per plan; its context transitions become
+                # the prefix every row of the plan shares, its observation is copied to every row
+                first = max(0, u - (self.keep if config.window == "exact" else K) + 1)
+                logits = self.prefill(self.hist[::W, first * T : u * T + O], first)
+                cache.share((u - first) * T, groups=B, group_rows=W)
+                cache.gather_rows(torch.arange(B, device=device).repeat_interleave(W).repeat(E), self.filled)
+                logits = logits.repeat_interleave(W, 0).repeat(E, 1)
+            else:
+                # the survivors' next observation, each token conditioned as the authors' cropped forward
+                if config.window == "exact" or u - self.window_start > K - 1:
+                    first = max(0, u - self.keep + 1)
+                    logits = self.prefill(self.hist[:, first * T : u * T], first)
+                else:  # cached: move the survivors' rows into place, continue with the value token
+                    cache.gather_rows(src, self.filled)
+                    logits = self.decode(self.hist[:, u * T - 1], blocks=1)
+                for i in range(O):
+                    token, _ = draw(logits, config.k_obs, config.cdf_obs)
+                    self.hist[:, u * T + i] = token
+                    logits = self.decode(token, blocks=1)
+                cache.tile_rows(BW, E, slice(cache.shared, self.filled))  # the survivors' rows to every copy
+                logits = logits.repeat(E, 1)
+            for i in range(A):
+                token, _ = draw(logits, config.k_act, config.cdf_act)
+                step_tokens[:, i] = token
+                logits = self.decode(token, blocks=E)
+            step_tokens[:, A], r = draw(logits, config.k_rew, config.cdf_rew, self.mids[0])
+            logits = self.decode(step_tokens[:, A], blocks=E)
+            step_tokens[:, A + 1], v = draw(logits, config.k_rew, config.cdf_rew, self.mids[1])
+            rewards[:, t], rewards[:, t + 1] = r, v
+            # top-k per plan over its candidates e*W + w
+            scores = (rewards * self.discounts).sum(-1).view(E, B, W).permute(1, 0, 2).reshape(B, E * W)
+            values, _, src, kept_rewards, kept_tokens = ops.beam_select(scores, W, W, rewards, step_tokens)
+            self.hist = self.hist[src % BW]  # src: the source row of each survivor
+            self.hist[:, u * T + O : (u + 1) * T] = kept_tokens
+            rewards = kept_rewards.repeat(E, 1)
+        start = self.n_ctx * T
+        return PlanResult(self.hist[::W, start : start + H * T], values[:, 0])
+
 
 @torch.no_grad()
 def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discretizer: Discretizer,
@@ -153,69 +233,73 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
     if model.training:
         raise RuntimeError("beam_plan needs the model in eval mode (dropout off): call model.eval()")
     device = model.tok_emb.weight.device
-    prefix = prefix_tokens.to(device)
-    if prefix.dim() != 2:
-        raise ValueError(f"prefix_tokens must be [B, L], got {tuple(prefix.shape)}")
-    if prefix.numel() and int(prefix.max()) > model.stop_token:
-        raise ValueError(f"prefix tokens exceed the stop token {model.stop_token}")
-    s = _Search(model, prefix, config, cache)
-    O, A, T, B, W, E, H = s.O, s.A, s.T, s.B, s.W, s.E, config.horizon
-    BW = B * W
-    mids = torch.as_tensor(discretizer.midpoints[:, T - 2 :].T, dtype=torch.float32, device=device)
-    discounts = config.discount ** torch.arange(H + 1, device=device, dtype=torch.float32)
-    rewards = torch.zeros(E * BW, H + 1, device=device)
-    step_tokens = torch.empty(E * BW, A + 2, dtype=torch.long, device=device)
-    plan_rows = torch.arange(B, device=device)[:, None] * W  # first survivor row of each plan
-
+    pad_transitions = check_prefix(model, prefix_tokens)
     if not isinstance(rng, Philox):
         rng = Philox.from_generator(rng, device)
+    return _Search(model, prefix_tokens.to(device), pad_transitions, discretizer, config, cache).run(rng)
 
-    def draw(logits, top_k, cdf, midpoints=None):
-        return ops.sample_next(logits, temperature=config.temperature, top_k=top_k, cdf=cdf,
-                               midpoints=midpoints, rng=rng)
 
-    K = model.config.n_transitions
-    src = torch.arange(E * BW, device=device)  # where each survivor came from (set by the top-k)
-    for t in range(H):
-        u = s.n_ctx + t  # the transition being planned, in prefix coordinates
-        if t == 0:
-            # all W beams of a plan are equal: encode one row per plan; its context transitions become
-            # the prefix every row of the plan shares, its observation is copied to every row
-            first = max(0, u - (s.keep if config.window == "exact" else K) + 1)
-            logits = s.prefill(s.hist[::W, first * T : u * T + O], first)
-            s.cache.share((u - first) * T, groups=B, group_rows=W)
-            s.cache.gather_rows(torch.arange(B, device=device).repeat_interleave(W).repeat(E), s.filled)
-            logits = logits.repeat_interleave(W, 0).repeat(E, 1)
-        else:
-            # the survivors' next observation, each token conditioned as the authors' cropped forward
-            if config.window == "exact" or u - s.window_start > K - 1:
-                first = max(0, u - s.keep + 1)
-                logits = s.prefill(s.hist[:, first * T : u * T], first)
-            else:  # cached: move the survivors' rows into place, continue with the value token
-                s.cache.gather_rows(src, s.filled)
-                logits = s.decode(s.hist[:, u * T - 1], blocks=1)
-            for i in range(O):
-                token, _ = draw(logits, config.k_obs, config.cdf_obs)
-                s.hist[:, u * T + i] = token
-                logits = s.decode(token, blocks=1)
-            s.cache.tile_rows(BW, E, slice(s.cache.shared, s.filled))  # the survivors' rows to every copy
-            logits = logits.repeat(E, 1)
-        for i in range(A):
-            token, _ = draw(logits, config.k_act, config.cdf_act)
-            step_tokens[:, i] = token
-            logits = s.decode(token, blocks=E)
-        step_tokens[:, A], r = draw(logits, config.k_rew, config.cdf_rew, mids[0])
-        logits = s.decode(step_tokens[:, A], blocks=E)
-        step_tokens[:, A + 1], v = draw(logits, config.k_rew, config.cdf_rew, mids[1])
-        rewards[:, t], rewards[:, t + 1] = r, v
-        # top-k per plan over its candidates e*W + w
-        scores = (rewards * discounts).sum(-1).view(E, B, W).permute(1, 0, 2).reshape(B, E * W)
-        values, _, src, kept_rewards, kept_tokens = ops.beam_select(scores, W, W, rewards, step_tokens)
-        s.hist = s.hist[src % BW]  # src: the source row of each survivor
-        s.hist[:, u * T + O : (u + 1) * T] = kept_tokens
-        rewards = kept_rewards.repeat(E, 1)
-    start = s.n_ctx * T
-    return PlanResult(s.hist[plan_rows[:, 0], start : start + H * T], values[:, 0])
+class PlanGraphs:
+    """`beam_plan` replayed as CUDA graphs: a plan's whole search (hundreds of small kernels per
+    planned transition) is captured once per input layout (number of plans, prefix length, padded
+    or not) and replayed with new prefixes, one launch per plan.
+
+    The Philox state is captured by address and advanced by every replay, so a sequence of plans
+    draws exactly as the same sequence of eager plans. The first plan of a layout runs eagerly (it
+    also warms up lazy initializations outside the capture); the next ones replay. At most
+    `max_graphs` layouts are kept, the least recently used dropped first.
+    """
+
+    def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig, rng: Philox,
+                 max_graphs: int = 16):
+        self.model, self.discretizer, self.config, self.rng = model, discretizer, config, rng
+        self.max_graphs = max_graphs
+        self.failed: str | None = None  # why capturing failed, if it did (plans then run eagerly)
+        self._graphs: OrderedDict[tuple, tuple[_Search, torch.cuda.CUDAGraph, PlanResult]] = OrderedDict()
+
+    @property
+    def layouts(self) -> int:
+        """How many captured layouts are held."""
+        return len(self._graphs)
+
+    @torch.no_grad()
+    def plan(self, prefix_tokens: torch.Tensor, cache: KVCache | None = None) -> PlanResult:
+        """`beam_plan(model, prefix_tokens, discretizer, config, rng, cache)`, from a graph when one
+        is captured for this layout. Its tensors are the caller's (copies of the graph's outputs)."""
+        if self.failed:
+            return beam_plan(self.model, prefix_tokens, self.discretizer, self.config, self.rng, cache)
+        pad_transitions = check_prefix(self.model, prefix_tokens)
+        key = (tuple(prefix_tokens.shape), any(pad_transitions))
+        if key not in self._graphs:
+            return self._capture(key, prefix_tokens, pad_transitions, cache)
+        self._graphs.move_to_end(key)
+        search, graph, result = self._graphs[key]
+        search.load(prefix_tokens, pad_transitions)
+        graph.replay()
+        return PlanResult(result.tokens.clone(), result.score.clone())
+
+    def _capture(self, key: tuple, prefix_tokens: torch.Tensor, pad_transitions: list[int],
+                 cache: KVCache | None) -> PlanResult:
+        device = self.rng.device
+        search = _Search(self.model, prefix_tokens.to(device, copy=True), pad_transitions, self.discretizer,
+                         self.config, cache)
+        side = torch.cuda.Stream(device)  # the eager plan warms up off the capture's stream, as torch advises
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            eager = search.run(self.rng)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):  # records the search; nothing runs (the Philox state is untouched)
+                result = search.run(self.rng)
+        except RuntimeError as e:  # an op that cannot be captured: plan eagerly from now on
+            warnings.warn(f"capturing the plan as a CUDA graph failed ({e}); planning eagerly", stacklevel=3)
+            self.failed = str(e)
+            return eager
+        self._graphs[key] = (search, graph, result)
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return eager
 
 
 @dataclass
@@ -247,6 +331,12 @@ class Planner:
         self.rng = Philox(seed if seed is not None else torch.seed() % 2**62, self.device)
         self.stats = {"plans": 0, "stop_tokens_in_actions": 0}
         self._cache: KVCache | None = None
+        self._graphs = None
+        if config.cuda_graphs and self.device.type == "cuda":
+            if ops.backends()["sample_next"]["cuda"] == "CUDA":
+                self._graphs = PlanGraphs(self.model, discretizer, config, self.rng)
+            else:
+                warnings.warn("CUDA graphs need tt._C's CUDA kernels (not built): planning eagerly", stacklevel=2)
         self.reset()
 
     @classmethod
@@ -340,7 +430,10 @@ class Planner:
         length = self.model.config.block_size
         if self._cache is None or self._cache.max_rows < rows:
             self._cache = self.model.setup_cache(rows, length)
-        result = beam_plan(self.model, prefix, self.discretizer, config, self.rng, self._cache)
+        if self._graphs is not None:
+            result = self._graphs.plan(prefix, self._cache)
+        else:
+            result = beam_plan(self.model, prefix, self.discretizer, config, self.rng, self._cache)
         self.stats["plans"] += len(envs)
         tokens = result.tokens.view(len(envs), config.horizon, self.T).cpu().numpy()
         return [Plan(t, self.discretizer.reconstruct(t), float(s)) for t, s in zip(tokens, result.score.tolist())]
