@@ -108,6 +108,8 @@ class _Search:
 
     def __init__(self, model: TrajectoryTransformer, prefix: torch.Tensor, pad_transitions: list[int],
                  discretizer: Discretizer, config: PlanConfig, cache: KVCache | None):
+        if model.training:
+            raise RuntimeError("planning needs the model in eval mode (dropout off): call model.eval()")
         c = model.config
         self.model, self.config = model, config
         self.O, self.A, self.T = c.observation_dim, c.action_dim, c.transition_dim
@@ -230,8 +232,6 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
     """Plan B trajectories at once from `prefix_tokens [B, L]` (rows left-padded with -1 by whole
     transitions when their contexts differ in length). Same search as `tt.reference.beam_plan`;
     with the same `Philox` state a single plan draws exactly as the reference's."""
-    if model.training:
-        raise RuntimeError("beam_plan needs the model in eval mode (dropout off): call model.eval()")
     device = model.tok_emb.weight.device
     pad_transitions = check_prefix(model, prefix_tokens)
     if not isinstance(rng, Philox):
@@ -280,22 +280,23 @@ class PlanGraphs:
 
     def _capture(self, key: tuple, prefix_tokens: torch.Tensor, pad_transitions: list[int],
                  cache: KVCache | None) -> PlanResult:
-        device = self.rng.device
+        device = self.model.tok_emb.weight.device
         search = _Search(self.model, prefix_tokens.to(device, copy=True), pad_transitions, self.discretizer,
                          self.config, cache)
-        side = torch.cuda.Stream(device)  # the eager plan warms up off the capture's stream, as torch advises
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            eager = search.run(self.rng)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):  # records the search; nothing runs (the Philox state is untouched)
-                result = search.run(self.rng)
-        except RuntimeError as e:  # an op that cannot be captured: plan eagerly from now on
-            warnings.warn(f"capturing the plan as a CUDA graph failed ({e}); planning eagerly", stacklevel=3)
-            self.failed = str(e)
-            return eager
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()  # the eager plan warms up off the capture's stream, as torch advises
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                eager = search.run(self.rng)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):  # records the search; nothing runs (the Philox state is untouched)
+                    result = search.run(self.rng)
+            except RuntimeError as e:  # an op that cannot be captured: plan eagerly from now on
+                warnings.warn(f"capturing the plan as a CUDA graph failed ({e}); planning eagerly", stacklevel=3)
+                self.failed = str(e)
+                return eager
         self._graphs[key] = (search, graph, result)
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
