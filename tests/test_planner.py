@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from tt import reference
+from tt import ops, reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.planner import PlanConfig, Planner, _Search, beam_plan, check_prefix, pad_prefixes
@@ -115,6 +115,36 @@ def test_a_prepared_search_reruns_on_new_inputs_as_a_fresh_plan(window):
         assert torch.equal(run.tokens, fresh.tokens) and torch.equal(run.score, fresh.score)
     with pytest.raises(ValueError, match="padded"):
         search.load(first[:, :] * 0 + 1, [0, 0])
+
+
+@pytest.mark.skipif(not ops._compiled_library(), reason="the reference sampling reads its Philox state on the host")
+@pytest.mark.parametrize("window", ["exact", "cached"])
+def test_the_search_never_waits_for_the_device(monkeypatch, window):
+    """CUDA graph capture forbids host synchronization, data-dependent shapes and copies from
+    host memory. Under FakeTensorMode (tensors without data) the first two raise; the third is
+    checked by refusing `torch.tensor` / `torch.as_tensor` while the search runs."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    model = random_model(3, 1, K=6, dtype=torch.float32)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=7, beam_width=4, n_expand=2, max_context_transitions=4, window=window)  # slides
+    prefix = pad_prefixes(random_prefixes(model, [3, 1], torch.Generator().manual_seed(4)), 6)  # padded
+    search = _Search(model, prefix.clone(), check_prefix(model, prefix), disc, cfg, None)
+
+    def from_host(*args, **kwargs):
+        raise AssertionError("a tensor built from host data inside the search")
+
+    def run_without_data(search):
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True), monkeypatch.context() as patch:
+            rng = Philox(0)  # its state on the "device", as a graph captures it
+            patch.setattr(torch, "tensor", from_host)
+            patch.setattr(torch, "as_tensor", from_host)
+            return search.run(rng)
+
+    assert run_without_data(search).tokens.shape == (2, 42)
+    monkeypatch.setenv("TT_BACKEND", "reference")  # the reference draw reads its state on the host: the check can fail
+    with pytest.raises(DataDependentOutputException):
+        run_without_data(search)
 
 
 def test_cuda_graphs_are_a_cuda_option():
