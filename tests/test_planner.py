@@ -41,7 +41,9 @@ def assert_matches_reference(model, disc, cfg, prefixes, philox_seed=0):
     for b, prefix in enumerate(prefixes):
         tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(philox_seed))
         assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the reference"
-        assert result.score[b].item() == pytest.approx(score.item(), rel=2e-6, abs=1e-6)  # float32: a few ulps
+        # float32 models: the fast attention sums in another order, which the model carries into the score
+        tol = dict(rel=1e-5) if model.tok_emb.weight.dtype == torch.float32 else dict(abs=1e-6)
+        assert result.score[b].item() == pytest.approx(score.item(), **tol)
 
 
 @pytest.mark.parametrize("O, A, C, H, W, E", [

@@ -4,12 +4,14 @@
 // Tasks are (group, head, row of the group), so a thread takes the rows of one group and head in
 // a run: it transposes that prefix's keys once ([D, S], a small buffer) and scores every row's
 // query against all S of them with FMAs across keys, no horizontal sums. A row's own keys are
-// few and read once. Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time.
+// few and read once. The mask is a bias row built once per key_start; exp is a polynomial; sums
+// run in independent lanes or banks, so the loops vectorize and pipeline (with -fno-trapping-math).
+// Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -19,8 +21,12 @@ namespace tt {
 
 namespace {
 
-constexpr int64_t kLanes = 16;
+constexpr int64_t kLanes = 16;  // independent partial sums of a reduction (one AVX-512 register)
+constexpr int64_t kChunk = 32;  // prefix keys scored at once (two AVX-512 registers)
+constexpr int64_t kBanks = 4;   // independent sums in the weighted sum of values
 constexpr int64_t kMaxHeadDim = 256;
+
+inline int64_t padded_prefix(int64_t slots) { return (slots + kChunk - 1) / kChunk * kChunk; }
 
 // Everything below `attend` is inlined into each of its per-ISA clones, so it is compiled for that ISA.
 #if defined(__GNUC__)
@@ -73,8 +79,9 @@ TT_INLINE float dot(const float* a, const float* b, int64_t dim) {
 // exp(x) for x <= 0 to ~1 ulp (range reduction by ln 2, Cephes' expf polynomial), branch free so
 // that a loop over it vectorizes; x < -87 (and -inf) gives 0.
 TT_INLINE float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  const float clamped = std::max(x, -87.0f);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (no libm call, so the loop vectorizes)
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -83,73 +90,117 @@ TT_INLINE float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  union {
+    int32_t bits;
+    float value;
+  } scale;  // 2^n, built in the exponent field (punning through a union: GCC vectorizes it)
+  scale.bits = (static_cast<int32_t>(n) + 127) << 23;
+  return x < -87.0f ? 0.0f : p * scale.value;
 }
 
-// Tasks [begin, end) in (group, head, row of the group) order; `scratch` holds L scores and, with
-// a prefix, its keys transposed [D, S].
+// Reductions over n floats in kLanes independent lanes, then a tree: loops that vectorize.
+TT_INLINE float max_of(const float* x, int64_t n) {
+  float lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[j + l] > lanes[l] ? x[j + l] : lanes[l];
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
+    for (int64_t l = 0; l < width; ++l) lanes[l] = lanes[l + width] > lanes[l] ? lanes[l + width] : lanes[l];
+  float m = lanes[0];
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+TT_INLINE float sum_of(const float* x, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
+    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  float sum = lanes[0];
+  for (; j < n; ++j) sum += x[j];
+  return sum;
+}
+
+// acc[0, D) += sum over n slots of weights[j] * values[j * stride, ...+D), in kBanks independent
+// sums so that consecutive FMAs do not wait on each other.
+template <class Dim>
+TT_INLINE void add_values(const float* weights, const float* values, int64_t stride, int64_t n, float* acc,
+                          int64_t dim) {
+  const int64_t D = Dim::size(dim);
+  float banks[kBanks][kMaxHeadDim];
+  for (int64_t b = 0; b < kBanks; ++b)
+    for (int64_t d = 0; d < D; ++d) banks[b][d] = 0.f;
+  int64_t j = 0;
+  for (; j + kBanks <= n; j += kBanks)
+    for (int64_t b = 0; b < kBanks; ++b)
+      for (int64_t d = 0; d < D; ++d) banks[b][d] += weights[j + b] * values[(j + b) * stride + d];
+  for (; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) banks[0][d] += weights[j] * values[j * stride + d];
+  for (int64_t b = 0; b < kBanks; ++b)
+    for (int64_t d = 0; d < D; ++d) acc[d] += banks[b][d];
+}
+
+// Tasks [begin, end) in (group, head, row of the group) order. `scratch` holds L scores, L mask
+// biases (0 or -inf: the same for every row with the same key_start) and, with a prefix, its keys
+// transposed [D, S_pad].
 template <class Dim>
 TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float* scratch) {
   const int64_t D = Dim::size(p.dim), S = p.prefix_slots, T = p.transition_dim, L = S + p.own_slots;
-  const int64_t rows_per_group = p.rows / p.groups;
+  const int64_t S_pad = padded_prefix(S), rows_per_group = p.rows / p.groups;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float neg_inf = -std::numeric_limits<float>::infinity();
   float* scores = scratch;
-  float* prefix_keys = scratch + L;  // [D, S]
+  float* bias = scratch + L;
+  float* prefix_keys = scratch + 2 * L;  // [D, S_pad]
   float acc[kMaxHeadDim];
   int64_t transposed = -1;  // the (group, head) whose prefix keys are in prefix_keys
+  int64_t masked_for = -1;  // the key_start whose mask is in bias
   for (int64_t task = begin; task < end; ++task) {
     const int64_t group_head = task / rows_per_group, i = task % rows_per_group;
     const int64_t group = group_head / p.heads, h = group_head % p.heads;
     const int64_t r = (i / p.group_rows) * p.groups * p.group_rows + group * p.group_rows + i % p.group_rows;
     const int64_t start = p.key_start ? p.key_start[r] : 0;
-    const bool query_real = p.q_slot >= start;
+    if (masked_for != start) {  // visible: causal, not a value token, padding only to padding (reference.attention_mask)
+      const bool query_real = p.q_slot >= start;
+      for (int64_t j = 0, phase = 0; j < L; ++j, phase = phase + 1 == T ? 0 : phase + 1)
+        bias[j] = j <= p.q_slot && phase != T - 1 && (j >= start) == query_real ? 0.f : neg_inf;
+      masked_for = start;
+    }
     const float* q = p.q.at(r, h, 0);
-    float max_score = neg_inf;
-    // visible: causal, not a value token, padding only to padding (see reference.attention_mask)
-    auto mask = [&](int64_t j, int64_t phase, float s) {
-      const bool visible = j <= p.q_slot && phase != T - 1 && (j >= start) == query_real;
-      s = visible ? s * scale : neg_inf;
-      max_score = s > max_score ? s : max_score;
-      return s;
-    };
-    if (S) {
-      if (transposed != group_head) {
+    if (S) {  // against the prefix: FMAs across keys of the transposed keys
+      if (transposed != group_head) {  // [D, S_pad]: keys in columns, zero-padded to whole chunks
         const float* key = p.prefix_k.at(group, h, 0);
-        for (int64_t j = 0; j < S; ++j, key += p.prefix_k.slot)
-          for (int64_t d = 0; d < D; ++d) prefix_keys[d * S + j] = key[d];
+        for (int64_t j = 0; j < S_pad; ++j, key += p.prefix_k.slot)
+          for (int64_t d = 0; d < D; ++d) prefix_keys[d * S_pad + j] = j < S ? key[d] : 0.f;
         transposed = group_head;
       }
-      for (int64_t j = 0; j < S; ++j) scores[j] = 0.f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float qd = q[d];
-        const float* keys = prefix_keys + d * S;
-        for (int64_t j = 0; j < S; ++j) scores[j] += qd * keys[j];
+      for (int64_t chunk = 0; chunk < S_pad; chunk += kChunk) {  // kChunk scores stay in registers over d,
+        float even[kChunk] = {}, odd[kChunk] = {};                // in two independent sums
+        for (int64_t d = 0; d + 1 < D; d += 2) {
+          const float* keys = prefix_keys + d * S_pad + chunk;
+          for (int64_t l = 0; l < kChunk; ++l) even[l] += q[d] * keys[l];
+          for (int64_t l = 0; l < kChunk; ++l) odd[l] += q[d + 1] * keys[S_pad + l];
+        }
+        if (D % 2)
+          for (int64_t l = 0; l < kChunk; ++l) even[l] += q[D - 1] * prefix_keys[(D - 1) * S_pad + chunk + l];
+        for (int64_t l = 0; l < kChunk && chunk + l < S; ++l) scores[chunk + l] = even[l] + odd[l];
       }
-      for (int64_t j = 0, phase = 0; j < S; ++j, phase = phase + 1 == T ? 0 : phase + 1)
-        scores[j] = mask(j, phase, scores[j]);
     }
     const float* key = p.k.at(r, h, 0);
-    for (int64_t j = S, phase = S % T; j < L; ++j, key += p.k.slot, phase = phase + 1 == T ? 0 : phase + 1)
-      scores[j] = mask(j, phase, dot<Dim>(q, key, D));
+    for (int64_t j = S; j < L; ++j, key += p.k.slot) scores[j] = dot<Dim>(q, key, D);
+    for (int64_t j = 0; j < L; ++j) scores[j] = scores[j] * scale + bias[j];
 
     for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
     float total = 0.f;
+    const float max_score = max_of(scores, L);
     if (max_score != neg_inf) {
       for (int64_t j = 0; j < L; ++j) scores[j] = exp_nonpositive(scores[j] - max_score);
-      const float* value = S ? p.prefix_v.at(group, h, 0) : nullptr;
-      for (int64_t j = 0; j < L; ++j) {
-        if (j == S) value = p.v.at(r, h, 0);
-        const float w = scores[j];
-        if (w != 0.f) {
-          total += w;
-          for (int64_t d = 0; d < D; ++d) acc[d] += w * value[d];
-        }
-        value += j < S ? p.prefix_v.slot : p.v.slot;
-      }
+      total = sum_of(scores, L);
+      if (S) add_values<Dim>(scores, p.prefix_v.at(group, h, 0), p.prefix_v.slot, S, acc, D);
+      add_values<Dim>(scores + S, p.v.at(r, h, 0), p.v.slot, L - S, acc, D);
     }
     float* out = p.out + (r * p.heads + h) * D;
     const float norm = total > 0.f ? 1.0f / total : 0.f;  // no visible key: zeros, as SDPA on CPU
@@ -161,7 +212,7 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void attend(const Problem& p, int64_t begin, int64_t end) {
-  std::vector<float> scratch(p.prefix_slots + p.own_slots + p.prefix_slots * p.dim);
+  std::vector<float> scratch(2 * (p.prefix_slots + p.own_slots) + padded_prefix(p.prefix_slots) * p.dim);
   switch (p.dim) {
     case 16: return attend_tasks<HeadDim<16>>(p, begin, end, scratch.data());
     case 32: return attend_tasks<HeadDim<32>>(p, begin, end, scratch.data());
