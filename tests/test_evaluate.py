@@ -19,11 +19,12 @@ def tiny_run(tmp_path_factory, pendulum_medium):
 def test_eval_writes_results_and_plots(tiny_run, tmp_path, capsys):
     out = str(tmp_path / "eval")
     assert main(["eval", "--run", tiny_run, "--episodes", "3", "--envs", "2", "--horizon", "2", "--beam-width", "2",
-                 "--n-expand", "1", "--out", out]) == 0
+                 "--n-expand", "1", "--no-cuda-graphs", "--out", out]) == 0
     results = json.load(open(os.path.join(out, "eval.json")))
     assert results["episodes"] == 3 and len(results["returns"]) == 3 and results["lengths"] == [200] * 3
     assert results["dataset_id"] == "tt/pendulum/medium-v0"
     assert results["plan_config"]["horizon"] == 2 and results["plan_config"]["beam_width"] == 2
+    assert results["plan_config"]["cuda_graphs"] is False
     assert all(-2000 < r <= 0 for r in results["returns"])
     for png in ("returns.png", "plan_vs_actual.png"):
         assert os.path.getsize(os.path.join(out, png)) > 1000
