@@ -1,11 +1,13 @@
 """Each compiled op against its chain of PyTorch ops (tt.reference), at planner shapes:
-256 rows (beam 128 x expansion 2) of 101 logits, and top-128 of 256 candidates per plan."""
+256 rows (beam 128 x expansion 2) of 101 logits, top-128 of 256 candidates per plan, and the CPU
+decode attention of a cached plan at beam 32."""
 
 import pytest
 import torch
 from common import SMALL, record
 
 from tt import ops, reference
+from tt.cache import SharedPrefix
 from tt.rng import Philox
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -53,4 +55,30 @@ def test_beam_select(benchmark, timings, device, plans, impl):
     impl_fn = reference.beam_select if impl == "reference" else ops.beam_select
     benchmark.group = f"beam_select {device} {plans}x{E * W} top-{W}"
     benchmark(timed(lambda: impl_fn(scores, W, W, terms, tokens), device))
+    record(benchmark, timings, benchmark.group, impl)
+
+
+@pytest.mark.parametrize("own", [12, 76])
+@pytest.mark.parametrize("impl", ["reference", "compiled whole", "compiled prefix"])
+def test_decode_attention(benchmark, timings, own, impl):
+    """One query per row against its window, at a cached plan's shapes (64 rows = beam 32 x 2
+    copies, 4 heads of 32, an 80-slot context every row shares, `own` slots of its own): SDPA with
+    the TT mask over whole windows (the reference), tt::decode_attention over whole windows, and
+    tt::decode_attention reading the shared context once per group."""
+    rows, S = (8, 16) if SMALL else (64, 80)
+    own = min(own, 8) if SMALL else own
+    g = torch.Generator().manual_seed(0)
+    cache = torch.randn(2, rows, 4, S + own, 32, generator=g)
+    cache[:, :, :, :S] = cache[:, :1, :, :S].clone()  # the same context in every row, as in a plan
+    q = torch.randn(rows, 4, 1, 32, generator=g)
+    k, v, slot = cache[0], cache[1], S + own - 1
+    if impl == "reference":
+        fn = lambda: reference.attention(q, k, v, transition_dim=16, q_offset=slot)
+    elif impl == "compiled whole":
+        fn = lambda: ops.attention(q, k, v, transition_dim=16, q_offset=slot)
+    else:
+        prefix = SharedPrefix(k[:1, :, :S], v[:1, :, :S], rows)
+        fn = lambda: ops.attention(q, k[:, :, S:], v[:, :, S:], transition_dim=16, q_offset=slot, prefix=prefix)
+    benchmark.group = f"decode attention cpu {rows} rows {S}+{own} slots"
+    benchmark(fn)
     record(benchmark, timings, benchmark.group, impl)
