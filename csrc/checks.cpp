@@ -139,4 +139,43 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(out.scalar_type() == q.scalar_type(), op, ": out must have the dtype of q");
 }
 
+void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
+                         const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
+                         int64_t group_rows) {
+  const char* op = "tt::decode_layers";
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [R, C], got ", x.sizes());
+  const int64_t R = x.size(0), C = x.size(1);
+  TORCH_CHECK(n_head >= 1 && C % n_head == 0, op, ": ", C, " channels are not a multiple of ", n_head, " heads");
+  TORCH_CHECK(cache_k.dim() == 5 && cache_k.sizes() == cache_v.sizes(), op,
+              ": cache_k and cache_v must both be [n_layer, rows, heads, len, D], got ", cache_k.sizes(), ", ",
+              cache_v.sizes());
+  const int64_t n_layer = cache_k.size(0);
+  TORCH_CHECK(cache_k.size(2) == n_head && cache_k.size(4) == C / n_head, op, ": the cache holds ", cache_k.size(2),
+              " heads of ", cache_k.size(4), ", the model ", n_head, " of ", C / n_head);
+  TORCH_CHECK(R <= cache_k.size(1) && slot >= shared && slot < cache_k.size(3), op, ": ", R, " rows at slot ", slot,
+              " (after ", shared, " shared) do not fit a cache of ", cache_k.size(1), " rows x ", cache_k.size(3),
+              " slots");
+  TORCH_CHECK(shared == 0 || (groups >= 1 && groups <= cache_k.size(1)), op, ": ", groups, " groups");
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == n_layer * kWeightsPerLayer, op, ": expected ",
+              n_layer * kWeightsPerLayer, " weights (", kWeightsPerLayer, " per block), got ", weights.size());
+  for (const auto* t : {&cache_k, &cache_v}) {
+    check_same_device(x, *t, op, "the cache");
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": the cache must have the dtype of x");
+  }
+  for (const at::Tensor& w : weights) {
+    check_same_device(x, w, op, "a weight");
+    TORCH_CHECK(w.scalar_type() == x.scalar_type(), op, ": weights must have the dtype of x, got ", w.scalar_type());
+  }
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
+    const int64_t hidden = w[8].size(0);
+    const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {3 * C, C}, {3 * C}, {C, C}, {C}, {C}, {C},
+                                                      {hidden, C}, {hidden}, {C, hidden}, {C}};
+    for (int64_t i = 0; i < kWeightsPerLayer; ++i)
+      TORCH_CHECK(w[i].sizes() == at::IntArrayRef(shapes[i]), op, ": weight ", i, " of block ", l, " must be ",
+                  at::IntArrayRef(shapes[i]), ", got ", w[i].sizes());
+  }
+  (void)group_rows;  // checked by decode_attention
+}
+
 }  // namespace tt

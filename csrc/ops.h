@@ -8,6 +8,10 @@
 
 namespace tt {
 
+// Parameters of one transformer block, in the order tt::decode_layers takes them: ln1 weight, bias;
+// qkv weight, bias; attention proj weight, bias; ln2 weight, bias; fc weight, bias; MLP proj weight, bias.
+constexpr int64_t kWeightsPerLayer = 12;
+
 // Argument checks shared by the CPU and CUDA implementations (host code).
 void check_sample_next(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
                        const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state,
@@ -29,6 +33,12 @@ void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k
 void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
                      const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                      at::Tensor& terms_out, at::Tensor& tokens_out);
+void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
+                         const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
+                         int64_t group_rows);
+at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
+                             const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
+                             int64_t group_rows, int64_t transition_dim, const std::optional<at::Tensor>& key_start);
 void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                           int64_t group_rows, int64_t q_slot, int64_t transition_dim,

@@ -29,6 +29,13 @@ TORCH_LIBRARY(tt, m) {
   m.def(
       "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, int group_rows, "
       "int q_slot, int transition_dim, Tensor? key_start, Tensor(a!) out) -> ()");
+  // The transformer blocks of one decode step: x [R, C] (embedded tokens at window slot `slot`),
+  // weights (12 per block, see ops.h), the cache's keys and values [n_layer, rows, h, len, D] (this
+  // step's K/V are written at `slot`, the first `shared` slots are read per group of rows, as in
+  // decode_attention). Returns the residual stream after the last block [R, C].
+  m.def(
+      "decode_layers(Tensor x, Tensor[] weights, Tensor(a!) cache_k, Tensor(b!) cache_v, int n_head, int slot, "
+      "int shared, int groups, int group_rows, int transition_dim, Tensor? key_start) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tt, CPU, m) {
@@ -36,6 +43,7 @@ TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("beam_select", &tt::beam_select_cpu);
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
   m.impl("decode_attention", &tt::decode_attention_cpu);
+  m.impl("decode_layers", &tt::decode_layers_cpu);
 }
 
 extern "C" PyObject* PyInit__C(void) {

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tt import ops
 from tt.model import GPTConfig, TrajectoryTransformer
 
 SHAPES = [  # (observation_dim, action_dim, n_bins, n_transitions, n_layer, n_head, n_embd)
@@ -170,3 +171,61 @@ def test_bad_tokens_and_lengths_raise():
         model(torch.full((1, 4), 21))
     with pytest.raises(ValueError, match="tokens must be"):
         model(torch.zeros(4, dtype=torch.long))
+
+
+needs_c = pytest.mark.skipif(not ops._compiled_library(), reason="tt._C is not built")
+
+
+@needs_c
+@pytest.mark.parametrize("rows, shared, padded", [(1, 0, False), (6, 5, False), (6, 5, True), (12, 10, True)])
+def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, shared, padded):
+    """tt::decode_layers runs the same ATen ops as Block.forward in the same order: the logits and
+    everything it writes to the cache are equal to the Python path's, bit for bit."""
+    torch.manual_seed(rows + shared)
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16)).eval()
+    T = model.transition_dim
+    groups = 2 if rows % 2 == 0 and shared else 1
+    group_start = torch.tensor([T, 0][:groups])  # the first group's window is left-padded by a transition
+    key_start = group_start.repeat_interleave(rows // groups) if padded else None
+    prefix = torch.randint(0, 7, (groups, shared + 3))
+    token = torch.randint(0, 7, (rows,))
+    out = {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(ops, "fused_decode", lambda x: False)
+        assert ops.fused_decode(torch.zeros(1)) == fused
+        cache = model.setup_cache(rows + 2, 20)
+        cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))  # poisoned: what is read must be written
+        with torch.no_grad():
+            model.prefill(prefix, cache, group_start if padded else None)
+            cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
+            if shared:  # the rows' own slots after the prefix: the prefix rows' last 3 tokens, per group
+                group = torch.arange(rows) // max(rows // groups, 1) % groups
+                cache.k[:, :rows, :, shared : shared + 3] = cache.k[:, group, :, shared : shared + 3]
+                cache.v[:, :rows, :, shared : shared + 3] = cache.v[:, group, :, shared : shared + 3]
+            else:
+                cache.k[:, :rows, :, :3] = cache.k[:, :1, :, :3]
+                cache.v[:, :rows, :, :3] = cache.v[:, :1, :, :3]
+            logits = model.decode(token, cache, shared + 3, key_start)
+        out[fused] = (logits, cache.k[:, :rows, :, : shared + 4].clone(), cache.v[:, :rows, :, : shared + 4].clone())
+    for a, b in zip(out[True], out[False]):  # rows past the groups keep their poison in the shared slots
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert out[True][0].isfinite().all() and out[True][1][:, :, :, shared:].isfinite().all()
+
+
+@needs_c
+def test_fused_decode_checks_its_arguments():
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=16)).eval()
+    cache = model.setup_cache(4, 20)
+    x = torch.zeros(4, 16)
+    weights = model._block_weights()
+    with pytest.raises(RuntimeError, match="expected 24 weights"):
+        torch.ops.tt.decode_layers(x, weights[:12], cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+    with pytest.raises(RuntimeError, match="weight 2 of block 1 must be"):
+        bad = list(weights)
+        bad[14] = bad[14][:, :8]
+        torch.ops.tt.decode_layers(x, bad, cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+    with pytest.raises(RuntimeError, match="do not fit"):
+        torch.ops.tt.decode_layers(torch.zeros(5, 16), weights, cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+    with pytest.raises(RuntimeError, match="dtype of x"):
+        torch.ops.tt.decode_layers(x.double(), weights, cache.k.double(), cache.v.double(), 2, 3, 0, 1, 1, 5, None)

@@ -222,11 +222,21 @@ class TrajectoryTransformer(nn.Module):
         slots = torch.arange(start, start + n, device=tokens.device)
         positions = slots[None] if key_start is None else (slots[None] - key_start[:, None]).clamp_min(0)
         x = self._embed(tokens.clamp_min(0), slots, positions)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, start, key_start)
+        if n == 1 and not self.training and ops.fused_decode(x):  # the blocks in one compiled call
+            x = ops.decode_layers(x[:, 0], self._block_weights(), self.config.n_head, cache, start,
+                                  self.transition_dim, key_start)[:, None]
+        else:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, cache, layer, start, key_start)
         if last_only:
             return self._logits(_layer_norm(x[:, -1:], self.ln_f), start + n - 1)[:, 0]
         return self._logits(_layer_norm(x, self.ln_f), start)
+
+    def _block_weights(self) -> list[torch.Tensor]:
+        """The blocks' parameters in `tt::decode_layers` order (12 per block, csrc/ops.h)."""
+        return [p for b in self.blocks for p in (b.ln1.weight, b.ln1.bias, b.attn.qkv.weight, b.attn.qkv.bias,
+                                                  b.attn.proj.weight, b.attn.proj.bias, b.ln2.weight, b.ln2.bias,
+                                                  b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)]
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""

@@ -15,10 +15,10 @@ import warnings
 import torch
 
 from tt import reference
-from tt.cache import SharedPrefix
+from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
-OPS = ("attention", "sample_next", "beam_select", "decode_attention")
+OPS = ("attention", "sample_next", "beam_select", "decode_attention", "decode_layers")
 
 
 @functools.cache
@@ -46,6 +46,10 @@ def _compiled_library() -> bool:
     @torch.library.register_fake("tt::decode_attention")
     def _(q, k, v, prefix_k, prefix_v, group_rows, q_slot, transition_dim, key_start, out):
         return None
+
+    @torch.library.register_fake("tt::decode_layers")
+    def _(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, transition_dim, key_start):
+        return torch.empty_like(x)
 
     return True
 
@@ -96,6 +100,7 @@ def backends() -> dict[str, dict[str, str]]:
     for dev in names:  # one query per row: the compiled kernel where there is one, else attention's path
         if report["decode_attention"][dev] == "reference" or _attention_backend(torch.device(dev)) != "native":
             report["decode_attention"][dev] = report["attention"][dev]
+        report["decode_layers"][dev] = names[dev] if _fused_decode_on(torch.device(dev)) else "Python blocks"
     return report
 
 
@@ -135,6 +140,25 @@ def attention(
                                              key_start=key_start, dropout_p=dropout_p)
     return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                key_start=key_start, dropout_p=dropout_p, prefix=prefix)
+
+
+def fused_decode(x: torch.Tensor) -> bool:
+    """Whether a decode step on `x` runs its blocks in one compiled call (`decode_layers`): float32
+    on CPU with tt._C built and the native attention backend."""
+    return x.dtype == torch.float32 and _fused_decode_on(x.device)
+
+
+def _fused_decode_on(device: torch.device) -> bool:
+    return _attention_backend(device) == "native" and _has_kernel("decode_layers", device.type)
+
+
+def decode_layers(x: torch.Tensor, weights: list[torch.Tensor], n_head: int, cache: KVCache, slot: int,
+                  transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
+    """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
+    token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs)."""
+    ks = key_start.to(torch.long).contiguous() if key_start is not None else None
+    return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
+                                      cache.groups, cache.group_rows, transition_dim, ks)
 
 
 def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_offset: int,

@@ -1,0 +1,43 @@
+// tt::decode_layers on CPU: the transformer blocks of one decode step (one new token per row),
+// as tt.model.Block runs them, in one call. A decode step is a few hundred small ATen calls;
+// from Python each costs microseconds of interpreter and dispatch time, which at planner sizes
+// is about half of the step. Here the same ATen ops run in the same order (so the result is the
+// Python path's, bit for bit), with the K/V written to the cache and attention on decode_attention.
+#include <ATen/ATen.h>
+
+#include "../ops.h"
+
+namespace tt {
+
+at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
+                             const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
+                             int64_t group_rows, int64_t transition_dim, const std::optional<at::Tensor>& key_start) {
+  check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows);
+  const int64_t R = x.size(0), C = x.size(1), D = C / n_head, n_layer = cache_k.size(0);
+  at::Tensor h = x;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
+    // attention: ln1, qkv, K/V into the cache at `slot`, decode attention, proj, residual
+    const at::Tensor a = at::layer_norm(h, {C}, w[0], w[1]);
+    const at::Tensor qkv = at::addmm(w[3], a, w[2].t()).view({R, 3, n_head, D});
+    const at::Tensor k_layer = cache_k.select(0, l).narrow(0, 0, R), v_layer = cache_v.select(0, l).narrow(0, 0, R);
+    k_layer.select(2, slot).copy_(qkv.select(1, 1));
+    v_layer.select(2, slot).copy_(qkv.select(1, 2));
+    std::optional<at::Tensor> prefix_k, prefix_v;
+    if (shared > 0) {
+      prefix_k = cache_k.select(0, l).narrow(0, 0, groups).narrow(2, 0, shared);
+      prefix_v = cache_v.select(0, l).narrow(0, 0, groups).narrow(2, 0, shared);
+    }
+    at::Tensor att = at::empty({R, n_head, D}, x.options());
+    decode_attention_cpu(qkv.select(1, 0), k_layer.narrow(2, shared, slot + 1 - shared),
+                         v_layer.narrow(2, shared, slot + 1 - shared), prefix_k, prefix_v, group_rows, slot,
+                         transition_dim, key_start, att);
+    h = h + at::addmm(w[5], att.view({R, C}), w[4].t());
+    // MLP: ln2, fc, GELU, proj, residual
+    const at::Tensor m = at::gelu(at::addmm(w[9], at::layer_norm(h, {C}, w[6], w[7]), w[8].t()));
+    h = h + at::addmm(w[11], m, w[10].t());
+  }
+  return h;
+}
+
+}  // namespace tt
