@@ -215,6 +215,9 @@ class TrajectoryTransformer(nn.Module):
         Writes their K/V to the cache and attends to slots [0, start+n). `key_start [R]`
         (a multiple of T) marks rows whose window is left-padded: their positions count from
         it. Returns logits [R, n, N+1], or [R, N+1] for the last token when `last_only`.
+        One token per row in inference runs the blocks as one compiled call where there is one
+        (`ops.decode_layers`, the same ops and the same bits as the blocks here; hooks on them
+        are not called there).
         """
         R, n = tokens.shape
         if start + n > self.config.block_size:
@@ -222,7 +225,7 @@ class TrajectoryTransformer(nn.Module):
         slots = torch.arange(start, start + n, device=tokens.device)
         positions = slots[None] if key_start is None else (slots[None] - key_start[:, None]).clamp_min(0)
         x = self._embed(tokens.clamp_min(0), slots, positions)
-        if n == 1 and not self.training and ops.fused_decode(x):  # the blocks in one compiled call
+        if n == 1 and not (self.training or torch.is_grad_enabled()) and ops.fused_decode(x):  # one compiled call
             x = ops.decode_layers(x[:, 0], self._block_weights(), self.config.n_head, cache, start,
                                   self.transition_dim, key_start)[:, None]
         else:
