@@ -218,7 +218,7 @@ def test_fused_decode_checks_its_arguments():
     model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=16)).eval()
     cache = model.setup_cache(4, 20)
     x = torch.zeros(4, 16)
-    weights = model._block_weights()
+    weights = model.block_weights()
     with pytest.raises(RuntimeError, match="expected 24 weights"):
         torch.ops.tt.decode_layers(x, weights[:12], cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
     with pytest.raises(RuntimeError, match="weight 2 of block 1 must be"):

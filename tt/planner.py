@@ -127,6 +127,7 @@ class _Search:
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             cache = model.setup_cache(rows, max_len)
         self.cache = cache
+        self.block_weights = model.block_weights()  # fetched once: the model does not change during a search
         self.mids = torch.as_tensor(discretizer.midpoints[:, self.T - 2 :].T, dtype=torch.float32, device=device)
         self.discounts = config.discount ** torch.arange(config.horizon + 1, device=device, dtype=torch.float32)
         self._key_start: dict[tuple[int, int], torch.Tensor] = {}
@@ -162,7 +163,7 @@ class _Search:
 
     def decode(self, token: torch.Tensor, blocks: int) -> torch.Tensor:
         """Append one token per row; rows are `blocks` copies of the B*W survivors."""
-        logits = self.model.decode(token, self.cache, self.filled, self.key_start(self.W, blocks))
+        logits = self.model.decode(token, self.cache, self.filled, self.key_start(self.W, blocks), self.block_weights)
         self.filled += 1
         return logits
 
