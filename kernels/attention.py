@@ -48,6 +48,14 @@ def _mask(q_pos, k_pos, Lk, ks, T: tl.constexpr, HAS_KS: tl.constexpr):
 
 
 @triton.jit
+def _kept(seed, pid_rh, offs_m, offs_n, Lq, Lk, dropout_p):
+    """Which attention weights dropout keeps: one uniform per (row*head, query, key), so the
+    forward and both backward kernels drop the same entries."""
+    rnd = tl.rand(seed, ((pid_rh * Lq + offs_m[:, None]) * Lk + offs_n[None, :]).to(tl.uint32))
+    return rnd >= dropout_p
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, KS,
                 s_qr, s_qh, s_qm, s_qd, s_kr, s_kh, s_kn, s_kd, s_vr, s_vh, s_vn, s_vd,
                 s_os, s_or, s_oh, s_om, s_od, s_ls, s_lr, s_lh,
@@ -87,8 +95,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KS,
         p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if DROPOUT:
-            rnd = tl.rand(seed, ((pid_rh * Lq + offs_m[:, None]) * Lk + offs_n[None, :]).to(tl.uint32))
-            p = tl.where(rnd >= dropout_p, p / (1.0 - dropout_p), 0.0)
+            p = tl.where(_kept(seed, pid_rh, offs_m, offs_n, Lq, Lk, dropout_p), p / (1.0 - dropout_p), 0.0)
         v = tl.load(V + r * s_vr + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok, other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
@@ -136,8 +143,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         p = _probs(q, k, lse, offs_m, offs_n, L, sm_scale, T, IEEE)
         dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
-            rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
-            keep = rnd >= dropout_p
+            keep = _kept(seed, pid_rh, offs_m, offs_n, L, L, dropout_p)
             p_drop = tl.where(keep, p / (1.0 - dropout_p), 0.0)
             dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         else:
@@ -182,8 +188,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         p = _probs(q, k, lse, offs_m, offs_n, L, sm_scale, T, IEEE)
         dp = _dot(do, tl.trans(v), IEEE)
         if DROPOUT:
-            rnd = tl.rand(seed, ((pid_rh * L + offs_m[:, None]) * L + offs_n[None, :]).to(tl.uint32))
-            dp = tl.where(rnd >= dropout_p, dp / (1.0 - dropout_p), 0.0)
+            dp = tl.where(_kept(seed, pid_rh, offs_m, offs_n, L, L, dropout_p), dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
     tl.store(DQ + base + offs_m[:, None] * s_m + offs_d[None, :] * s_d, (dq * sm_scale).to(DQ.dtype.element_ty),
