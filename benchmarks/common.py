@@ -10,6 +10,26 @@ SMALL = os.environ.get("TT_BENCH_SIZE", "").lower() == "small"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def devices() -> list[str]:
+    """The devices benchmarked: `TT_BENCH_DEVICES` (e.g. "cuda", "cpu,cuda"), else CPU and any GPU."""
+    asked = [d.strip() for d in os.environ.get("TT_BENCH_DEVICES", "").split(",") if d.strip()]
+    found = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in asked:
+        if device not in found:
+            raise RuntimeError(f"TT_BENCH_DEVICES asks for {device!r}, but this machine has {found}")
+    return asked or found
+
+
+DEVICES = devices()
+
+
+def timings_path() -> str:
+    """Where a session's mean times go: timings.json for the suite of record, else a name that says
+    what was left out (small sizes, some devices only)."""
+    suffix = ("-small" if SMALL else "") + ("" if "TT_BENCH_DEVICES" not in os.environ else "-" + "-".join(DEVICES))
+    return os.path.join(HERE, f"timings{suffix}.json")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

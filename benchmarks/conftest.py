@@ -2,25 +2,26 @@
 
 `TT_BENCH_SIZE=small` shrinks every benchmark so `pytest benchmarks/ --benchmark-disable`
 checks they all run (CI); the default sizes are the ones of record in RESULTS.md.
+`TT_BENCH_DEVICES=cuda` (or `cpu`) benchmarks one kind of device only (benchmarks/gpu.sh runs the
+CUDA groups first, so a GPU's minutes go to them).
 """
 
 import json
-import os
 
 import pytest
-from common import HERE, SMALL, commit, machine
+from common import SMALL, commit, machine, timings_path
 
 TIMINGS = pytest.StashKey[dict]()
 
 
 @pytest.fixture(scope="session")
 def timings(request):
-    """Mean seconds per benchmark, by group; written to timings.json at the end of the session."""
+    """Mean seconds per benchmark, by group; written to `timings_path()` at the end of the session."""
     collected = request.config.stash.setdefault(TIMINGS, {})
     yield collected
     if collected:
         report = {"machine": machine(), "commit": commit(), "small": SMALL, "groups": ratios(collected)}
-        with open(os.path.join(HERE, "timings-small.json" if SMALL else "timings.json"), "w") as f:
+        with open(timings_path(), "w") as f:
             json.dump(report, f, indent=2)
 
 

@@ -5,11 +5,11 @@ planner decode (256 rows, one new token against a cache of 79 slots). CUDA only.
 
 import pytest
 import torch
-from common import SMALL, record
+from common import DEVICES, SMALL, record
 
 from tt import reference
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA benchmarks")
+pytestmark = pytest.mark.skipif("cuda" not in DEVICES, reason="CUDA benchmarks")
 
 T = 16
 TRAIN = (32, 4, 159, 32) if SMALL else (256, 4, 159, 32)  # windows, heads, block size, head dim

@@ -4,13 +4,12 @@ decode attention of a cached plan at beam 32."""
 
 import pytest
 import torch
-from common import SMALL, record
+from common import DEVICES, SMALL, record
 
 from tt import ops, reference
 from tt.cache import SharedPrefix
 from tt.rng import Philox
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ROWS = 32 if SMALL else 256
 
 
@@ -58,6 +57,7 @@ def test_beam_select(benchmark, timings, device, plans, impl):
     record(benchmark, timings, benchmark.group, impl)
 
 
+@pytest.mark.skipif("cpu" not in DEVICES, reason="a CPU op")
 @pytest.mark.parametrize("own", [12, 76])
 @pytest.mark.parametrize("impl", ["reference", "compiled whole", "compiled prefix"])
 def test_decode_attention(benchmark, timings, own, impl):

@@ -4,7 +4,7 @@ CUDA also replayed as CUDA graphs (`exact graph`, `cached graph`)."""
 
 import pytest
 import torch
-from common import SMALL, record
+from common import DEVICES, SMALL, record
 
 from tt import reference
 from tt.discretize import Discretizer
@@ -14,7 +14,6 @@ from tt.rng import Philox
 
 O, A = 11, 3
 SETTINGS = [(8, 3)] if SMALL else [(32, 5), (128, 15)]  # (beam width, horizon)
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module", params=DEVICES)

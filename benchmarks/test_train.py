@@ -4,12 +4,10 @@ and in the benchmark's extra_info, so tokens/s = tokens / mean time."""
 
 import pytest
 import torch
-from common import SMALL, record
+from common import DEVICES, SMALL, record
 
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.train import TrainConfig, configure_optimizer
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
