@@ -1,5 +1,6 @@
 """Fused attention with the Trajectory Transformer mask (Triton): training forward and backward,
-and KV-cache decode with an optional split over the cache length.
+KV-cache decode with an optional split over the cache length, and one-query decode after a
+prefix that groups of rows share (the planner's context, read once per group).
 
 Shapes: q `[R, H, Lq, D]`, k and v `[R, H, Lk, D]`, any strides (the cache is read in place).
 Query i sits at window slot `q_offset + i`, key j at slot j. A query attends a key when
@@ -195,6 +196,78 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
              mask=q_ok)
 
 
+@triton.jit
+def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
+                                s_qr, s_qh, s_qd, s_pg, s_ph, s_pn, s_pd, s_kr, s_kh, s_kn, s_kd,
+                                s_or, s_oh, s_od,
+                                G, n, S, Lk, q_offset, sm_scale,
+                                T: tl.constexpr, D: tl.constexpr, HAS_KS: tl.constexpr, IEEE: tl.constexpr,
+                                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                BLOCK_D: tl.constexpr):
+    """One query per row at slot q_offset: a tile of rows of one group reads the group's shared
+    prefix keys (slots [0, S)) as one matrix product, then each row's own keys (slots S + j), in
+    one online softmax (no partial outputs, no merge)."""
+    pid_m, bg, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g = bg % G
+    offs_j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_j < n
+    rows = bg * n + offs_j
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + rows[:, None] * s_qr + h * s_qh + offs_d[None, :] * s_qd, mask=q_ok, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    q_pos = tl.full([BLOCK_M], q_offset, tl.int32)
+    ks = tl.zeros([BLOCK_M], tl.int32)
+    if HAS_KS:
+        ks = tl.load(KS + rows, mask=row_ok, other=0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, S, BLOCK_N):  # the group's prefix: keys shared by every row of the tile
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kv_ok = (offs_n < S)[:, None] & d_ok[None, :]
+        base = g * s_pg + h * s_ph + offs_n[:, None] * s_pn + offs_d[None, :] * s_pd
+        k = tl.load(PK + base, mask=kv_ok, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = _dot(q, tl.trans(k), IEEE) * sm_scale
+        allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] % T != T - 1) & (offs_n[None, :] < S)
+        if HAS_KS:
+            allowed = allowed & ((offs_n[None, :] >= ks[:, None]) == (q_pos[:, None] >= ks[:, None]))
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(PV + base, mask=kv_ok, other=0.0)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        m_i = m_new
+    for j in range(0, Lk):  # each row's own keys, one slot at a time (they differ from row to row)
+        pos = S + j
+        base = rows[:, None] * s_kr + h * s_kh + j * s_kn + offs_d[None, :] * s_kd
+        k = tl.load(K + base, mask=q_ok, other=0.0).to(tl.float32)
+        s = tl.sum(q.to(tl.float32) * k, 1) * sm_scale
+        allowed = (pos <= q_pos) & (pos % T != T - 1)
+        if HAS_KS:
+            allowed = allowed & ((pos >= ks) == (q_pos >= ks))
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe)
+        l_i = l_i * alpha + p
+        v = tl.load(V + base, mask=q_ok, other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + p[:, None] * v
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(O + rows[:, None] * s_or + h * s_oh + offs_d[None, :] * s_od, out.to(O.dtype.element_ty), mask=q_ok)
+
+
 def _precision(dtype: torch.dtype) -> dict:
     """IEEE fp32 products for fp32 inputs; bf16 tiles go through fp32 in the interpreter, whose
     bf16 dot is wrong (on GPUs bf16 runs natively)."""
@@ -232,6 +305,31 @@ def attention_forward(q, k, v, transition_dim: int, q_offset: int = 0, key_start
     total = torch.logsumexp(lse, dim=0)  # combine the splits by their softmax mass
     weights = torch.exp(lse - total).nan_to_num(0.0)
     return (weights[..., None] * out).sum(0).to(q.dtype), total
+
+
+def decode_after_prefix(q, k, v, prefix_k, prefix_v, group_rows: int, transition_dim: int, q_offset: int,
+                        key_start=None, out=None):
+    """One query per row `q [R, H, 1, D]` against its group's shared prefix `prefix_k/v [G, H, S, D]`
+    (slots [0, S)) and its own keys `k, v [R, H, Lk, D]` (slots S..); rows are laid out
+    `[blocks, G, group_rows]`. Returns `[R, H, 1, D]` (written into `out` when given)."""
+    if prefix_k.stride() != prefix_v.stride():  # the kernel reads keys and values with one set of strides
+        prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
+    if k.stride() != v.stride():
+        k, v = k.contiguous(), v.contiguous()
+    R, H, _, D = q.shape
+    G, S = prefix_k.shape[0], prefix_k.shape[2]
+    _, BLOCK_N, BLOCK_D = _blocks(D)
+    BLOCK_M = min(32, max(16, triton.next_power_of_2(group_rows)))
+    out = torch.empty((R, H, 1, D), device=q.device, dtype=q.dtype) if out is None else out
+    ks = key_start.to(device=q.device, dtype=torch.int32) if key_start is not None else out
+    grid = (triton.cdiv(group_rows, BLOCK_M), R // group_rows, H)
+    _decode_after_prefix_kernel[grid](
+        q, prefix_k, prefix_v, k, v, out, ks, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),
+        *k.stride(), out.stride(0), out.stride(1), out.stride(3),
+        G, group_rows, S, k.shape[2], q_offset, 1.0 / math.sqrt(D),
+        T=transition_dim, D=D, HAS_KS=key_start is not None, **_precision(q.dtype),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+    return out
 
 
 class TTAttention(torch.autograd.Function):

@@ -112,7 +112,8 @@ def test_model_training_step_with_triton_matches_the_reference(monkeypatch):
         torch.testing.assert_close(grad, results["reference"][1][name], rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_greedy_plan_with_triton_equals_the_reference_path(monkeypatch):
+@pytest.mark.parametrize("window", ["exact", "cached"])
+def test_greedy_plan_with_triton_equals_the_reference_path(monkeypatch, window):
     from tt.discretize import Discretizer
     from tt.model import GPTConfig, TrajectoryTransformer
     from tt.planner import PlanConfig, pad_prefixes
@@ -128,7 +129,8 @@ def test_greedy_plan_with_triton_equals_the_reference_path(monkeypatch):
     disc = Discretizer(np.sort(np.random.default_rng(0).normal(size=(16, 6)), axis=0))
     g = torch.Generator().manual_seed(1)
     prefix = pad_prefixes([torch.randint(0, 15, (c * 6 + 3,), generator=g) for c in (3, 1)], 6)
-    cfg = PlanConfig(horizon=3, beam_width=3, n_expand=2, max_context_transitions=3, k_act=1, cdf_act=None)
+    cfg = PlanConfig(horizon=3, beam_width=3, n_expand=2, max_context_transitions=3, k_act=1, cdf_act=None,
+                     window=window)
     tokens = {}
     for backend in ("triton", "reference"):
         monkeypatch.setenv("TT_ATTENTION", backend)
@@ -156,18 +158,53 @@ def test_long_windows_forward_and_backward():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("G, n, blocks, S, own", [(1, 4, 2, 16, 3), (2, 3, 1, 8, 9), (3, 1, 2, 24, 1)])
-def test_cascade_attention_after_a_shared_prefix_on_triton(monkeypatch, G, n, blocks, S, own):
-    """The cascade (prefix per group, own keys per row, merged by log-sum-exp) on the Triton kernels."""
+@pytest.mark.parametrize("G, n, blocks, S, own, Lq", [(1, 4, 2, 16, 3, 1), (2, 3, 1, 8, 9, 1), (3, 1, 2, 24, 1, 1),
+                                                    (2, 3, 2, 8, 5, 3)])
+def test_cascade_attention_after_a_shared_prefix_on_triton(monkeypatch, G, n, blocks, S, own, Lq):
+    """Attention after a shared prefix on Triton: one query per row in one fused kernel, several by
+    the cascade (prefix per group, own keys per row, merged by log-sum-exp)."""
     monkeypatch.setenv("TT_ATTENTION", "triton")
     g = torch.Generator().manual_seed(S + own)
     R, H, D, T = blocks * G * n, 2, 16, 4
-    q, k, v = (torch.randn(R, H, L, D, generator=g).to(DEVICE) for L in (1, own, own))
+    q, k, v = (torch.randn(R, H, L, D, generator=g).to(DEVICE) for L in (Lq, own, own))
     pk, pv = (torch.randn(G, H, S, D, generator=g).to(DEVICE) for _ in range(2))
     start = (torch.arange(G, device=DEVICE) % (S // T + 1)) * T
     start[-1] = S  # a group whose prefix is all padding
     key_start = start.repeat_interleave(n).repeat(blocks)
     prefix = SharedPrefix(pk, pv, n)
-    out = ops._attention_after_prefix(q, k, v, prefix, T, S + own - 1, key_start)
-    want = reference.attention(q, k, v, transition_dim=T, q_offset=S + own - 1, key_start=key_start, prefix=prefix)
+    out = ops._attention_after_prefix(q, k, v, prefix, T, S + own - Lq, key_start)
+    want = reference.attention(q, k, v, transition_dim=T, q_offset=S + own - Lq, key_start=key_start, prefix=prefix)
     assert (out - want).abs().max() <= 2e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("G, n, blocks, S, own, D, T, padded", [
+    (1, 1, 1, 16, 1, 16, 4, False),    # batch 1, one own key
+    (1, 40, 2, 80, 12, 32, 16, False),  # a planner's shapes: more rows per group than one tile
+    (3, 5, 2, 21, 9, 24, 7, True),     # odd sizes, padding (one group all padding)
+    (2, 17, 1, 10, 30, 128, 5, True),  # wide heads, own keys past the query (causal)
+])
+def test_decode_after_prefix_kernel_matches_the_reference(G, n, blocks, S, own, D, T, padded, dtype):
+    """The fused one-query decode after a shared prefix: cache-shaped strided inputs, a poisoned
+    output, extreme and tied scores."""
+    g = torch.Generator().manual_seed(G * 100 + own)
+    R, H = blocks * G * n, 3
+    cache = torch.randn(2, 2 * R, H, S + own + 3, D, generator=g).to(DEVICE, dtype)  # read in place, strided
+    k, v = cache[0, :R, :, S : S + own], cache[1, :R, :, S : S + own]
+    pk, pv = cache[0, R : R + G, :, :S], cache[1, R : R + G, :, :S]
+    q = torch.randn(R, H, 1, D, generator=g).to(DEVICE, dtype)
+    q[0] *= 30.0  # extreme scores
+    if own > 1:
+        cache[0, 1, :, S + 1] = cache[0, 1, :, S]  # tied keys
+    q_offset = S + min(own, 20) - 1
+    key_start = None
+    if padded:
+        start = (torch.arange(G) % (S // T + 1)) * T
+        start[-1] = S + 1  # all of the group's prefix is padding
+        key_start = start.repeat_interleave(n).repeat(blocks).to(DEVICE)
+    out = torch.full((R, H, 1, D), float("nan"), device=DEVICE, dtype=dtype)
+    kernels.decode_after_prefix(q, k, v, pk, pv, n, T, q_offset, key_start, out=out)
+    want = reference.attention(q, k, v, transition_dim=T, q_offset=q_offset, key_start=key_start,
+                               prefix=SharedPrefix(pk, pv, n))
+    assert not out.isnan().any()
+    assert (out.float() - want.float()).abs().max() <= TOL[dtype]

@@ -202,9 +202,13 @@ def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tu
 
 def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, q_offset: int, key_start):
     """Cascade attention: each group's queries against its shared prefix in one batch (the prefix
-    read once), each row against its own keys, merged by their log-sum-exps."""
+    read once), each row against its own keys, merged by their log-sum-exps (on Triton, one
+    query per row runs both parts in one kernel)."""
     R, h, Lq, D = q.shape
     G, S, n = prefix.k.shape[0], prefix.length, prefix.group_rows
+    if Lq == 1 and _attention_backend(q.device) == "triton":  # decode: one kernel, no partial outputs
+        return _triton_attention().decode_after_prefix(q, k, v, prefix.k, prefix.v, n, transition_dim, q_offset,
+                                                       key_start)
     blocks = R // (G * n)
     grouped = q.view(blocks, G, n, h, Lq, D).permute(1, 3, 0, 2, 4, 5).reshape(G, h, blocks * n * Lq, D)
     group_start = None if key_start is None else key_start.view(blocks, G, n)[0, :, 0]
