@@ -3,6 +3,7 @@
 import os
 import platform
 import subprocess
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,7 +49,19 @@ def commit() -> str:
         return "unknown"
 
 
-def record(benchmark, timings, group: str, name: str) -> None:
+@dataclass
+class Timings:
+    """Mean seconds per benchmark by group and name, and the bytes a memory-bound one must move."""
+
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes_moved: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def record(benchmark, timings: Timings, group: str, name: str, bytes_moved: int | None = None) -> None:
+    """Keep a benchmark's mean time (and, for a memory-bound kernel, the bytes it must at least
+    read and write, so the summary can print its bandwidth against the device's)."""
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None:
-        timings.setdefault(group, {})[name] = stats.stats.mean
+        timings.seconds.setdefault(group, {})[name] = stats.stats.mean
+        if bytes_moved is not None:
+            timings.bytes_moved.setdefault(group, {})[name] = bytes_moved

@@ -9,37 +9,42 @@ CUDA groups first, so a GPU's minutes go to them).
 import json
 
 import pytest
-from common import SMALL, commit, machine, timings_path
+from common import SMALL, Timings, commit, machine, timings_path
 
-TIMINGS = pytest.StashKey[dict]()
+TIMINGS = pytest.StashKey[Timings]()
 
 
 @pytest.fixture(scope="session")
 def timings(request):
     """Mean seconds per benchmark, by group; written to `timings_path()` at the end of the session."""
-    collected = request.config.stash.setdefault(TIMINGS, {})
+    collected = request.config.stash.setdefault(TIMINGS, Timings())
     yield collected
-    if collected:
+    if collected.seconds:
         report = {"machine": machine(), "commit": commit(), "small": SMALL, "groups": ratios(collected)}
         with open(timings_path(), "w") as f:
             json.dump(report, f, indent=2)
 
 
-def ratios(collected: dict) -> dict:
+def ratios(collected: Timings) -> dict:
     out = {}
-    for group, times in collected.items():
+    for group, times in collected.seconds.items():
         ref = times.get("reference")
         out[group] = {"seconds": times, "speedup": {k: (ref / v if ref else None) for k, v in times.items()}}
+        moved = collected.bytes_moved.get(group, {})
+        if moved:
+            out[group]["GB/s"] = {k: moved[k] / times[k] / 1e9 for k in moved}
     return out
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    collected = config.stash.get(TIMINGS, {})
-    if not collected:
+    collected = config.stash.get(TIMINGS, None)
+    if collected is None or not collected.seconds:
         return
     terminalreporter.section("speed-ups against the reference (mean time, this run)")
     for group, entry in ratios(collected).items():
         for name, seconds in entry["seconds"].items():
             ratio = entry["speedup"][name]
+            bandwidth = entry.get("GB/s", {}).get(name)
             terminalreporter.write_line(f"{group:28s} {name:12s} {seconds * 1e3:10.2f} ms   "
-                                        + (f"{ratio:7.2f}x" if ratio else "   (no reference)"))
+                                        + (f"{ratio:7.2f}x" if ratio else "   (no reference)")
+                                        + (f"   {bandwidth:8.1f} GB/s" if bandwidth else ""))
