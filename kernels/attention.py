@@ -275,6 +275,16 @@ def _precision(dtype: torch.dtype) -> dict:
     return dict(IEEE=dtype == torch.float32 or upcast, UPCAST=upcast)
 
 
+def _key_start(key_start, device: torch.device, unused: torch.Tensor) -> torch.Tensor:
+    """`key_start` as the kernels read it: int32 or int64 (the planner's, without a conversion
+    kernel per call), contiguous, on the device; `unused` stands in for the pointer when None."""
+    if key_start is None:
+        return unused
+    if key_start.dtype not in (torch.int32, torch.int64):
+        key_start = key_start.long()
+    return key_start.to(device).contiguous()
+
+
 def _blocks(D: int) -> tuple[int, int, int]:
     block_d = max(16, triton.next_power_of_2(D))
     return 32, 32, block_d
@@ -293,7 +303,7 @@ def attention_forward(q, k, v, transition_dim: int, q_offset: int = 0, key_start
     splits = triton.cdiv(Lk, split_len)
     out = torch.empty((splits, R, H, Lq, D), device=q.device, dtype=q.dtype if splits == 1 else torch.float32)
     lse = torch.empty((splits, R, H, Lq), device=q.device, dtype=torch.float32)
-    ks = key_start.to(device=q.device, dtype=torch.int32) if key_start is not None else lse
+    ks = _key_start(key_start, q.device, lse)
     grid = (triton.cdiv(Lq, BLOCK_M), R * H, splits)
     _fwd_kernel[grid](
         q, k, v, out, lse, ks, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:3],
@@ -321,7 +331,7 @@ def decode_after_prefix(q, k, v, prefix_k, prefix_v, group_rows: int, transition
     _, BLOCK_N, BLOCK_D = _blocks(D)
     BLOCK_M = min(32, max(16, triton.next_power_of_2(group_rows)))
     out = torch.empty((R, H, 1, D), device=q.device, dtype=q.dtype) if out is None else out
-    ks = key_start.to(device=q.device, dtype=torch.int32) if key_start is not None else out
+    ks = _key_start(key_start, q.device, out)
     grid = (triton.cdiv(group_rows, BLOCK_M), R // group_rows, H)
     _decode_after_prefix_kernel[grid](
         q, prefix_k, prefix_v, k, v, out, ks, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),

@@ -201,7 +201,7 @@ def test_decode_after_prefix_kernel_matches_the_reference(G, n, blocks, S, own, 
     if padded:
         start = (torch.arange(G) % (S // T + 1)) * T
         start[-1] = S + 1  # all of the group's prefix is padding
-        key_start = start.repeat_interleave(n).repeat(blocks).to(DEVICE)
+        key_start = start.repeat_interleave(n).repeat(blocks).to(DEVICE, torch.int32 if G == 3 else torch.int64)
     out = torch.full((R, H, 1, D), float("nan"), device=DEVICE, dtype=dtype)
     kernels.decode_after_prefix(q, k, v, pk, pv, n, T, q_offset, key_start, out=out)
     want = reference.attention(q, k, v, transition_dim=T, q_offset=q_offset, key_start=key_start,
