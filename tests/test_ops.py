@@ -386,6 +386,16 @@ def test_attention_refuses_a_bad_prefix():
         ops.attention(q, k, v, transition_dim=4, q_offset=slot, prefix=prefix, dropout_p=0.1)
 
 
+def test_attention_refuses_bad_key_starts():
+    q, k, v, _, _, slot = prefix_problem(1, 4, 1, 8, 6, 16)
+    for bad in (torch.zeros(3, dtype=torch.long), torch.zeros(4), torch.zeros(4, dtype=torch.bool),
+                torch.zeros(4, dtype=torch.long, device="meta")):
+        with pytest.raises(ValueError, match="key_start must be integers"):
+            ops.attention(q, k, v, transition_dim=4, q_offset=4, key_start=bad)
+    with pytest.raises(ValueError, match="one device"):
+        ops.attention(q, k.to("meta"), v, transition_dim=4, q_offset=4)
+
+
 def test_cache_shared_prefix_is_read_not_written():
     cache = KVCache.empty(1, 4, 1, 10, 2)
     cache.share(4, groups=2, group_rows=2)

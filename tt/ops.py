@@ -125,8 +125,12 @@ def attention(
     n_keys = k.shape[2] + (0 if prefix is None else prefix.length)
     if q_offset + q.shape[2] > n_keys:
         raise ValueError(f"attention: queries reach slot {q_offset + q.shape[2]} but only {n_keys} keys")
-    if not (q.device == k.device == v.device) or (key_start is not None and key_start.shape != (q.shape[0],)):
-        raise ValueError("attention: q, k, v (and key_start [R]) must be on one device")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if key_start is not None and (key_start.shape != (q.shape[0],) or key_start.device != q.device
+                                  or key_start.dtype.is_floating_point or key_start.dtype == torch.bool):
+        raise ValueError(f"attention: key_start must be integers [{q.shape[0]}] on {q.device}, got "
+                         f"{key_start.dtype} {tuple(key_start.shape)} on {key_start.device}")
     if prefix is not None:
         _check_prefix(q, prefix, transition_dim, q_offset, dropout_p)
     backend = _attention_backend(q.device)
