@@ -4,7 +4,7 @@
 # Needs torch, triton, numpy, scipy, safetensors, tqdm, pytest, pytest-benchmark, setuptools and
 # ninja (the GPU image has them), not the RL packages (minari, gymnasium, mujoco): the tests it runs
 # do not import them. Each phase has a time limit, so the whole run ends inside 10 minutes and
-# leaves its logs and JSON in OUT_DIR (7 files) even when a phase runs out of time.
+# leaves its logs, JSON and a profile in OUT_DIR (8 files) even when a phase runs out of time.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default $OUT, else /tmp/tt-gpu)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +41,15 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/te
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "tests done at $(elapsed)"
 
+profile() {  # where a plan's time goes on the GPU, eager (graphs replay the same kernels)
+  echo "== profile"
+  for window in exact cached; do
+    timeout 90 python3 benchmarks/profile_plan.py --device cuda --window "$window" 2>&1 | grep -v '^\(USDT\|ERROR\|WARNING\)'
+  done > "$out/profile.txt"
+  grep '^# plan' "$out/profile.txt"
+  echo "profiled at $(elapsed)"
+}
+
 for device in cuda cpu; do
   echo "== benchmarks ($device)"
   left=$(( 570 - $(date +%s) + begin ))
@@ -50,5 +59,6 @@ for device in cuda cpu; do
   sed -n '/speed-ups against the reference/,/^---/p' "$out/benchmarks-$device.log" | grep -v '^---'
   tail -3 "$out/benchmarks-$device.log"
   echo "benchmarks ($device) done at $(elapsed)"
+  [ "$device" = cuda ] && profile
 done
 exit $status
