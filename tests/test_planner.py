@@ -7,7 +7,7 @@ from scipy.stats import chi2_contingency
 from tt import ops, reference
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner, _Search, beam_plan, check_prefix, pad_prefixes
+from tt.planner import PlanConfig, PlanGraphs, Planner, _Search, beam_plan, check_prefix, pad_prefixes
 from tt.rng import Philox
 
 # random models often plan the episode's end; the planner warns about it once per planner
@@ -152,6 +152,72 @@ def test_the_search_never_waits_for_the_device(monkeypatch, window):
 def test_cuda_graphs_are_a_cuda_option():
     model = random_model(2, 1)
     assert Planner(model, random_discretizer(15, 5), PlanConfig(cuda_graphs=True))._graphs is None  # CPU: eager
+
+
+class ReplayingRecorder:
+    """A CUDA graph's contract on CPU, for PlanGraphs' host logic: recording leaves no trace (the
+    Philox state is put back), a replay reruns the recorded search on whatever its input tensors
+    hold now and rewrites the recorded outputs in place."""
+
+    def __init__(self, rng: Philox, fail: bool = False):
+        self.rng, self.fail, self.replays = rng, fail, 0
+
+    def warm_up(self, run):
+        return run()
+
+    def record(self, run):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        saved = self.rng.state.clone()
+        result = run()
+        self.rng.state.copy_(saved)
+
+        def replay():
+            self.replays += 1
+            fresh = run()
+            result.tokens.copy_(fresh.tokens)
+            result.score.copy_(fresh.score)
+
+        return replay, result
+
+
+@pytest.mark.parametrize("window, max_graphs", [("exact", 16), ("cached", 1)])
+def test_plan_graphs_plan_as_eager_plans_across_layouts(window, max_graphs):
+    """PlanGraphs' host side (one graph per layout, inputs loaded into the recorded search, least
+    recently used layouts dropped): a stochastic sequence of plans equals the eager sequence."""
+    model = random_model(3, 1, dtype=torch.float32)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=3, beam_width=3, n_expand=2, max_context_transitions=3, window=window)
+    rng, eager_rng = Philox(5), Philox(5)
+    recorder = ReplayingRecorder(rng)
+    graphs = PlanGraphs(model, disc, cfg, rng, max_graphs=max_graphs, recorder=recorder)
+    g = torch.Generator().manual_seed(0)
+    # layouts: padded, unpadded, the first one's shape unpadded, repeats
+    for contexts in ([3, 1], [2], [3, 1], [3, 1], [2], [0, 0], [3, 3], [3, 1]):
+        prefix = pad_prefixes(random_prefixes(model, contexts, g), model.transition_dim)
+        graphed = graphs.plan(prefix)
+        eager = beam_plan(model, prefix, disc, cfg, eager_rng)
+        assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.score, eager.score)
+    assert graphs.failed is None and graphs.layouts == min(4, max_graphs)
+    assert recorder.replays == (4 if max_graphs > 1 else 1)  # with one graph held, only the repeat in a row replays
+
+
+def test_plan_graphs_fall_back_to_eager_plans_when_capture_fails():
+    model = random_model(3, 1, dtype=torch.float32)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=2, beam_width=3, n_expand=2, max_context_transitions=3)
+    rng, eager_rng = Philox(7), Philox(7)
+    graphs = PlanGraphs(model, disc, cfg, rng, recorder=ReplayingRecorder(rng, fail=True))
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        prefix = pad_prefixes(random_prefixes(model, [2], g), model.transition_dim)
+        if step == 0:
+            with pytest.warns(UserWarning, match="planning eagerly"):
+                graphed = graphs.plan(prefix)
+        else:
+            graphed = graphs.plan(prefix)
+        assert torch.equal(graphed.tokens, beam_plan(model, prefix, disc, cfg, eager_rng).tokens)
+    assert "capturing" in graphs.failed and graphs.layouts == 0
 
 
 def test_cached_mode_slides_when_the_block_is_full():

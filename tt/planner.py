@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -240,6 +241,32 @@ def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discret
     return _Search(model, prefix_tokens.to(device), pad_transitions, discretizer, config, cache).run(rng)
 
 
+class CUDAGraphRecorder:
+    """How `PlanGraphs` runs a search eagerly and records it: on the CUDA device of the search."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def warm_up(self, run):
+        """Run once eagerly, off the capture's stream as torch advises (lazy initializations happen here)."""
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                result = run()
+            torch.cuda.current_stream().wait_stream(side)
+        return result
+
+    def record(self, run):
+        """Record `run` as a graph (nothing executes, so state such as the Philox offset is untouched);
+        returns the replay function and the output tensors every replay rewrites."""
+        with torch.cuda.device(self.device):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                result = run()
+        return graph.replay, result
+
+
 class PlanGraphs:
     """`beam_plan` replayed as CUDA graphs: a plan's whole search (hundreds of small kernels per
     planned transition) is captured once per input layout (number of plans, prefix length, padded
@@ -248,15 +275,17 @@ class PlanGraphs:
     The Philox state is captured by address and advanced by every replay, so a sequence of plans
     draws exactly as the same sequence of eager plans. The first plan of a layout runs eagerly (it
     also warms up lazy initializations outside the capture); the next ones replay. At most
-    `max_graphs` layouts are kept, the least recently used dropped first.
+    `max_graphs` layouts are kept, the least recently used dropped first. `recorder` says how to
+    run and record a search (a `CUDAGraphRecorder` by default).
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig, rng: Philox,
-                 max_graphs: int = 16):
+                 max_graphs: int = 16, recorder=None):
         self.model, self.discretizer, self.config, self.rng = model, discretizer, config, rng
         self.max_graphs = max_graphs
+        self.recorder = recorder if recorder is not None else CUDAGraphRecorder(model.tok_emb.weight.device)
         self.failed: str | None = None  # why capturing failed, if it did (plans then run eagerly)
-        self._graphs: OrderedDict[tuple, tuple[_Search, torch.cuda.CUDAGraph, PlanResult]] = OrderedDict()
+        self._graphs: OrderedDict[tuple, tuple[_Search, Callable[[], None], PlanResult]] = OrderedDict()
 
     @property
     def layouts(self) -> int:
@@ -274,9 +303,9 @@ class PlanGraphs:
         if key not in self._graphs:
             return self._capture(key, prefix_tokens, pad_transitions, cache)
         self._graphs.move_to_end(key)
-        search, graph, result = self._graphs[key]
+        search, replay, result = self._graphs[key]
         search.load(prefix_tokens, pad_transitions)
-        graph.replay()
+        replay()
         return PlanResult(result.tokens.clone(), result.score.clone())
 
     def _capture(self, key: tuple, prefix_tokens: torch.Tensor, pad_transitions: list[int],
@@ -284,21 +313,14 @@ class PlanGraphs:
         device = self.model.tok_emb.weight.device
         search = _Search(self.model, prefix_tokens.to(device, copy=True), pad_transitions, self.discretizer,
                          self.config, cache)
-        with torch.cuda.device(device):
-            side = torch.cuda.Stream()  # the eager plan warms up off the capture's stream, as torch advises
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                eager = search.run(self.rng)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):  # records the search; nothing runs (the Philox state is untouched)
-                    result = search.run(self.rng)
-            except RuntimeError as e:  # an op that cannot be captured: plan eagerly from now on
-                warnings.warn(f"capturing the plan as a CUDA graph failed ({e}); planning eagerly", stacklevel=3)
-                self.failed = str(e)
-                return eager
-        self._graphs[key] = (search, graph, result)
+        eager = self.recorder.warm_up(lambda: search.run(self.rng))
+        try:
+            replay, result = self.recorder.record(lambda: search.run(self.rng))
+        except RuntimeError as e:  # an op that cannot be captured: plan eagerly from now on
+            warnings.warn(f"capturing the plan as a CUDA graph failed ({e}); planning eagerly", stacklevel=3)
+            self.failed = str(e)
+            return eager
+        self._graphs[key] = (search, replay, result)
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return eager
