@@ -75,13 +75,18 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_drop = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, start: int = 0, key_start=None):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, start: int = 0, key_start=None,
+                last_only: bool = False):
+        """Attention output for every token of x, or for the last one only (`last_only`: the K/V of
+        all of them still go to the cache)."""
         B, L, C = x.shape
         q, k, v = _linear(x, self.qkv).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         prefix = None
         if cache is not None:
             k, v = cache.write(layer, B, start, k, v)
             prefix = cache.prefix(layer)
+        if last_only:
+            q, start, L = q[:, :, -1:], start + L - 1, 1
         y = ops.attention(q, k, v, transition_dim=self.transition_dim, q_offset=start, key_start=key_start,
                           dropout_p=self.dropout if self.training else 0.0, prefix=prefix)
         return _dropout(_linear(y.transpose(1, 2).reshape(B, L, C), self.proj), self.resid_drop)
@@ -106,8 +111,11 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, start=0, key_start=None):
-        x = x + self.attn.forward(_layer_norm(x, self.ln1), cache, layer, start, key_start)
+    def forward(self, x, cache=None, layer=0, start=0, key_start=None, last_only: bool = False):
+        """The block on x [B, L, C]; with `last_only`, its output for the last token [B, 1, C] (all
+        tokens' K/V still cached), which is all a model's last block owes a prefill."""
+        y = self.attn.forward(_layer_norm(x, self.ln1), cache, layer, start, key_start, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp.forward(_layer_norm(x, self.ln2))
 
 
@@ -229,9 +237,9 @@ class TrajectoryTransformer(nn.Module):
             weights = block_weights if block_weights is not None else self.block_weights()
             x = ops.decode_layers(x[:, 0], weights, self.config.n_head, cache, start, self.transition_dim,
                                   key_start)[:, None]
-        else:
+        else:  # with last_only, the last block runs attention and MLP for the last token only
             for layer, block in enumerate(self.blocks):
-                x = block(x, cache, layer, start, key_start)
+                x = block(x, cache, layer, start, key_start, last_only and layer == len(self.blocks) - 1)
         if last_only:
             return self._logits(_layer_norm(x[:, -1:], self.ln_f), start + n - 1)[:, 0]
         return self._logits(_layer_norm(x, self.ln_f), start)
