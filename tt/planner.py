@@ -162,6 +162,21 @@ class _Search:
         self.filled = tokens.shape[1]
         return self.model.prefill(tokens, self.cache, self.key_start(len(tokens) // self.B))
 
+    def reencode(self, first: int, end: int) -> torch.Tensor:
+        """Encode the survivors' transitions [first, end) as a fresh window; logits of its last token.
+        The plan's context transitions in it are the same in every row of a plan: they are encoded
+        once per plan and shared, and only the planned transitions once per row."""
+        T, W = self.T, self.W
+        context = self.n_ctx - first  # context transitions in the window (end > n_ctx: one is planned)
+        if context <= 0:
+            return self.prefill(self.hist[:, first * T : end * T], first)
+        self.prefill(self.hist[::W, first * T : self.n_ctx * T], first)
+        self.cache.share(context * T, groups=self.B, group_rows=W)
+        tokens = self.hist[:, self.n_ctx * T : end * T]
+        logits = self.model.step(tokens, self.cache, context * T, self.key_start(W), last_only=True)
+        self.filled = (end - first) * T
+        return logits
+
     def decode(self, token: torch.Tensor, blocks: int) -> torch.Tensor:
         """Append one token per row; rows are `blocks` copies of the B*W survivors."""
         logits = self.model.decode(token, self.cache, self.filled, self.key_start(self.W, blocks), self.block_weights)
@@ -198,8 +213,7 @@ class _Search:
             else:
                 # the survivors' next observation, each token conditioned as the authors' cropped forward
                 if config.window == "exact" or u - self.window_start > K - 1:
-                    first = max(0, u - self.keep + 1)
-                    logits = self.prefill(self.hist[:, first * T : u * T], first)
+                    logits = self.reencode(max(0, u - self.keep + 1), u)
                 else:  # cached: move the survivors' rows into place, continue with the value token
                     cache.gather_rows(src, self.filled)
                     logits = self.decode(self.hist[:, u * T - 1], blocks=1)
