@@ -156,8 +156,9 @@ class TrajectoryTransformer(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _embed(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens [R, n] at window `slots` [n] (kind = slot mod T) and `positions` [R|1, n]."""
+    def _embed(self, tokens: torch.Tensor, slots: torch.Tensor | int, positions: torch.Tensor | int) -> torch.Tensor:
+        """tokens [R, n] at window `slots` [n] (kind = slot mod T) and `positions` [R|1, n]; a
+        decode step's one slot and position may be ints (fewer small ops, i.e. kernels on a GPU)."""
         N, T = self.config.n_bins, self.transition_dim
         rows = torch.where(tokens == N, N * T, tokens + (slots % T) * N)
         return _dropout(F.embedding(rows, self.tok_emb.weight) + self.pos_emb[0, positions], self.drop)
@@ -230,8 +231,8 @@ class TrajectoryTransformer(nn.Module):
         R, n = tokens.shape
         if start + n > self.config.block_size:
             raise ValueError(f"window slot {start + n} exceeds the block size {self.config.block_size}")
-        slots = torch.arange(start, start + n, device=tokens.device)
-        positions = slots[None] if key_start is None else (slots[None] - key_start[:, None]).clamp_min(0)
+        slots = start if n == 1 else torch.arange(start, start + n, device=tokens.device)
+        positions = slots if key_start is None else (slots - key_start[:, None]).clamp_min(0)
         x = self._embed(tokens.clamp_min(0), slots, positions)
         if n == 1 and not (self.training or torch.is_grad_enabled()) and ops.fused_decode(x):  # one compiled call
             weights = block_weights if block_weights is not None else self.block_weights()
