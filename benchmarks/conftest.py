@@ -6,10 +6,10 @@ checks they all run (CI); the default sizes are the ones of record in RESULTS.md
 CUDA groups first, so a GPU's minutes go to them).
 """
 
-import json
-
 import pytest
 from common import SMALL, Timings, commit, machine, timings_path
+
+from tt.io import write_json
 
 TIMINGS = pytest.StashKey[Timings]()
 
@@ -20,9 +20,8 @@ def timings(request):
     collected = request.config.stash.setdefault(TIMINGS, Timings())
     yield collected
     if collected.seconds:
-        report = {"machine": machine(), "commit": commit(), "small": SMALL, "groups": ratios(collected)}
-        with open(timings_path(), "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(timings_path(), {"machine": machine(), "commit": commit(), "small": SMALL,
+                                    "groups": ratios(collected)})
 
 
 def ratios(collected: Timings) -> dict:

@@ -11,7 +11,6 @@ the fast planner's cost grows linearly with the horizon (least-squares fit and i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from common import commit, machine  # noqa: E402
 
 from tt import reference  # noqa: E402
 from tt.discretize import Discretizer  # noqa: E402
+from tt.io import atomic_write, write_json  # noqa: E402
 from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
 from tt.planner import PlanConfig, beam_plan, pad_prefixes  # noqa: E402
 from tt.rng import Philox  # noqa: E402
@@ -117,8 +117,7 @@ def main() -> None:
         results[f"{window}_linear_in_horizon"] = {"seconds_per_step": slope, "intercept": intercept, "r2": r2}
         print(f"{window}: {slope * 1e3:.1f} ms per planned transition + {intercept * 1e3:.1f} ms, R^2 {r2:.4f}")
     suffix = "" if args.device == "cpu" else f"-{args.device}"
-    with open(os.path.join(args.out, f"scaling{suffix}.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(args.out, f"scaling{suffix}.json"), results)
     plot(results, os.path.join(args.out, f"scaling{suffix}.png"))
 
 
@@ -143,7 +142,8 @@ def plot(results: dict, path: str) -> None:
     fig.suptitle(f"plan time, Hopper shapes, {results['device']} ({results['machine']}, {results['commit']})",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
