@@ -400,11 +400,11 @@ def test_cache_shared_prefix_is_read_not_written():
     cache = KVCache.empty(1, 4, 1, 10, 2)
     cache.share(4, groups=2, group_rows=2)
     with pytest.raises(ValueError, match="shared prefix"):
-        cache.write(0, 4, 3, torch.zeros(4, 1, 1, 2), torch.zeros(4, 1, 1, 2))
-    k, _ = cache.write(0, 4, 4, torch.ones(4, 1, 2, 2), torch.ones(4, 1, 2, 2))
+        cache.write(0, 3, torch.zeros(2, 4, 1, 1, 2))
+    k, _ = cache.write(0, 4, torch.ones(2, 4, 1, 2, 2))
     assert k.shape == (4, 1, 2, 2) and cache.prefix(0).k.shape == (2, 1, 4, 2)
     cache.share(0)
-    assert cache.prefix(0) is None and cache.write(0, 4, 0, k, k)[0].shape == (4, 1, 2, 2)
+    assert cache.prefix(0) is None and cache.write(0, 0, torch.stack([k, k]))[0].shape == (4, 1, 2, 2)
 
 
 def test_backends_report_and_reference_override(monkeypatch):

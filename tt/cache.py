@@ -33,7 +33,9 @@ class SharedPrefix:
 
 @dataclass
 class KVCache:
-    """Keys and values `[n_layer, max_rows, n_head, max_len, head_dim]`.
+    """Keys and values in one tensor `kv [2, n_layer, max_rows, n_head, max_len, head_dim]`
+    (`k = kv[0]`, `v = kv[1]`, each contiguous), so that a write, a tile or a gather moves keys and
+    values in one copy.
 
     Row r, slot s holds the K/V of the token at window slot s of sequence r. The model writes
     slots as it runs; the planner moves rows between beams with `tile_rows` / `gather_rows`.
@@ -41,8 +43,7 @@ class KVCache:
     row of its group (rows 0..groups-1), and writes, tiles and gathers start at slot `shared`.
     """
 
-    k: torch.Tensor
-    v: torch.Tensor
+    kv: torch.Tensor
     shared: int = 0
     groups: int = 1
     group_rows: int = 1
@@ -50,16 +51,25 @@ class KVCache:
     @classmethod
     def empty(cls, n_layer: int, max_rows: int, n_head: int, max_len: int, head_dim: int,
               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> KVCache:
-        shape = (n_layer, max_rows, n_head, max_len, head_dim)
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        return cls(torch.empty((2, n_layer, max_rows, n_head, max_len, head_dim), dtype=dtype, device=device))
+
+    @property
+    def k(self) -> torch.Tensor:
+        """Keys `[n_layer, max_rows, n_head, max_len, head_dim]` (a view)."""
+        return self.kv[0]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Values, as `k`."""
+        return self.kv[1]
 
     @property
     def max_rows(self) -> int:
-        return self.k.shape[1]
+        return self.kv.shape[2]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.kv.shape[4]
 
     def share(self, slots: int, groups: int = 1, group_rows: int = 1) -> None:
         """Declare slots [0, slots) of rows 0..groups-1 the prefix that row r shares with group
@@ -72,33 +82,31 @@ class KVCache:
         """The shared prefix of `layer`, or None when nothing is shared."""
         if not self.shared:
             return None
-        slots = slice(0, self.shared)
-        return SharedPrefix(self.k[layer, : self.groups, :, slots], self.v[layer, : self.groups, :, slots],
-                            self.group_rows)
+        k, v = self.kv[:, layer, : self.groups, :, : self.shared]
+        return SharedPrefix(k, v, self.group_rows)
 
-    def write(self, layer: int, rows: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store `k, v [rows, h, n, D]` at slots start..start+n; return the rows' own slots
-        [shared, start+n) (all of [0, start+n) when nothing is shared)."""
-        end = start + k.shape[2]
+    def write(self, layer: int, start: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store keys and values `kv [2, rows, h, n, D]` at slots start..start+n of rows 0..rows-1;
+        return the rows' own keys and values, slots [shared, start+n) (all of [0, start+n) when
+        nothing is shared)."""
+        rows, end = kv.shape[1], start + kv.shape[3]
         if end > self.max_len or rows > self.max_rows:
             raise ValueError(f"cache holds {self.max_rows} rows x {self.max_len} slots; "
                              f"asked for {rows} rows up to slot {end}")
         if start < self.shared:
             raise ValueError(f"slots [0, {self.shared}) are a shared prefix: cannot write slot {start}")
-        self.k[layer, :rows, :, start:end] = k
-        self.v[layer, :rows, :, start:end] = v
-        return self.k[layer, :rows, :, self.shared : end], self.v[layer, :rows, :, self.shared : end]
+        self.kv[:, layer, :rows, :, start:end] = kv
+        k, v = self.kv[:, layer, :rows, :, self.shared : end]
+        return k, v
 
     def tile_rows(self, rows: int, times: int, slots: slice) -> None:
         """Copy rows [0, rows) to rows [rows, rows*times) (in tiles) over `slots`."""
-        src_k, src_v = self.k[:, :rows, :, slots], self.v[:, :rows, :, slots]
+        source = self.kv[:, :, :rows, :, slots]
         for t in range(1, times):
-            self.k[:, t * rows : (t + 1) * rows, :, slots] = src_k
-            self.v[:, t * rows : (t + 1) * rows, :, slots] = src_v
+            self.kv[:, :, t * rows : (t + 1) * rows, :, slots] = source
 
     def gather_rows(self, index: torch.Tensor, end: int, start: int | None = None) -> None:
         """Row i becomes old row `index[i]` over slots [start, end) (start: the first unshared slot),
         for i < len(index)."""
         n, slots = len(index), slice(self.shared if start is None else start, end)
-        self.k[:, :n, :, slots] = self.k[:, index, :, slots]
-        self.v[:, :n, :, slots] = self.v[:, index, :, slots]
+        self.kv[:, :, :n, :, slots] = self.kv[:, :, index, :, slots]

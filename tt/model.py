@@ -80,10 +80,11 @@ class SelfAttention(nn.Module):
         """Attention output for every token of x, or for the last one only (`last_only`: the K/V of
         all of them still go to the cache)."""
         B, L, C = x.shape
-        q, k, v = _linear(x, self.qkv).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = _linear(x, self.qkv).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv
         prefix = None
         if cache is not None:
-            k, v = cache.write(layer, B, start, k, v)
+            k, v = cache.write(layer, start, qkv[1:])
             prefix = cache.prefix(layer)
         if last_only:
             q, start, L = q[:, :, -1:], start + L - 1, 1
