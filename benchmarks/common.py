@@ -51,17 +51,23 @@ def commit() -> str:
 
 @dataclass
 class Timings:
-    """Mean seconds per benchmark by group and name, and the bytes a memory-bound one must move."""
+    """Mean seconds per benchmark by group and name, and for a kernel the bytes it must move and
+    the floating-point operations it must do (so the summary can set it against the device)."""
 
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     bytes_moved: dict[str, dict[str, int]] = field(default_factory=dict)
+    flops: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def record(benchmark, timings: Timings, group: str, name: str, bytes_moved: int | None = None) -> None:
-    """Keep a benchmark's mean time (and, for a memory-bound kernel, the bytes it must at least
-    read and write, so the summary can print its bandwidth against the device's)."""
+def record(benchmark, timings: Timings, group: str, name: str, bytes_moved: int | None = None,
+           flops: int | None = None) -> None:
+    """Keep a benchmark's mean time (and, for a kernel, the bytes it must at least read and write
+    and the operations it must do: the summary prints GB/s and TFLOP/s to read against the
+    device's bandwidth and peak)."""
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None:
         timings.seconds.setdefault(group, {})[name] = stats.stats.mean
         if bytes_moved is not None:
             timings.bytes_moved.setdefault(group, {})[name] = bytes_moved
+        if flops is not None:
+            timings.flops.setdefault(group, {})[name] = flops

@@ -29,9 +29,9 @@ def ratios(collected: Timings) -> dict:
     for group, times in collected.seconds.items():
         ref = times.get("reference")
         out[group] = {"seconds": times, "speedup": {k: (ref / v if ref else None) for k, v in times.items()}}
-        moved = collected.bytes_moved.get(group, {})
-        if moved:
-            out[group]["GB/s"] = {k: moved[k] / times[k] / 1e9 for k in moved}
+        for unit, amounts, scale in (("GB/s", collected.bytes_moved, 1e9), ("TFLOP/s", collected.flops, 1e12)):
+            if amounts.get(group):
+                out[group][unit] = {k: n / times[k] / scale for k, n in amounts[group].items()}
     return out
 
 
@@ -43,7 +43,7 @@ def pytest_terminal_summary(terminalreporter, config):
     for group, entry in ratios(collected).items():
         for name, seconds in entry["seconds"].items():
             ratio = entry["speedup"][name]
-            bandwidth = entry.get("GB/s", {}).get(name)
+            rates = "".join(f"   {entry[unit][name]:8.1f} {unit}" for unit in ("GB/s", "TFLOP/s")
+                            if name in entry.get(unit, {}))
             terminalreporter.write_line(f"{group:28s} {name:12s} {seconds * 1e3:10.2f} ms   "
-                                        + (f"{ratio:7.2f}x" if ratio else "   (no reference)")
-                                        + (f"   {bandwidth:8.1f} GB/s" if bandwidth else ""))
+                                        + (f"{ratio:7.2f}x" if ratio else "   (no reference)") + rates)

@@ -55,7 +55,10 @@ def test_training_attention(benchmark, timings, impl, dtype):
 
     benchmark.group = f"attention cuda train fwd+bwd {dtype} {B}x{H}x{L}x{D}"
     benchmark(cuda_timed(step))
-    record(benchmark, timings, benchmark.group, impl)
+    # causal: half of the forward's two and the backward's five L x L x D products (FlashAttention's count)
+    size = torch.finfo(dtype).bits // 8
+    record(benchmark, timings, benchmark.group, impl, bytes_moved=8 * B * H * L * D * size,
+           flops=7 * B * H * L * L * D)
 
 
 @pytest.mark.parametrize("impl", ["reference", "triton"])

@@ -72,6 +72,7 @@ def test_decode_attention(benchmark, timings, own, impl):
     cache[:, :, :, :S] = cache[:, :1, :, :S].clone()  # the same context in every row, as in a plan
     q = torch.randn(rows, 4, 1, 32, generator=g)
     k, v, slot = cache[0], cache[1], S + own - 1
+    moved = 4 * rows * 4 * 32 * (2 * (S + own) + 2)  # float32 queries, keys, values and outputs read once
     if impl == "reference":
         fn = lambda: reference.attention(q, k, v, transition_dim=16, q_offset=slot)
     elif impl == "compiled whole":
@@ -79,6 +80,7 @@ def test_decode_attention(benchmark, timings, own, impl):
     else:
         prefix = SharedPrefix(k[:1, :, :S], v[:1, :, :S], rows)
         fn = lambda: ops.attention(q, k[:, :, S:], v[:, :, S:], transition_dim=16, q_offset=slot, prefix=prefix)
+        moved = 4 * 4 * 32 * (2 * S + rows * (2 * own + 2))
     benchmark.group = f"decode attention cpu {rows} rows {S}+{own} slots"
     benchmark(fn)
-    record(benchmark, timings, benchmark.group, impl)
+    record(benchmark, timings, benchmark.group, impl, bytes_moved=moved)
