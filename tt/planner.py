@@ -261,7 +261,7 @@ class CUDAGraphRecorder:
     def __init__(self, device: torch.device):
         self.device = device
 
-    def warm_up(self, run):
+    def warm_up(self, run: Callable[[], PlanResult]) -> PlanResult:
         """Run once eagerly, off the capture's stream as torch advises (lazy initializations happen here)."""
         with torch.cuda.device(self.device):
             side = torch.cuda.Stream()
@@ -271,7 +271,7 @@ class CUDAGraphRecorder:
             torch.cuda.current_stream().wait_stream(side)
         return result
 
-    def record(self, run):
+    def record(self, run: Callable[[], PlanResult]) -> tuple[Callable[[], None], PlanResult]:
         """Record `run` as a graph (nothing executes, so state such as the Philox offset is untouched);
         returns the replay function and the output tensors every replay rewrites."""
         with torch.cuda.device(self.device):
@@ -294,7 +294,7 @@ class PlanGraphs:
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig, rng: Philox,
-                 max_graphs: int = 16, recorder=None):
+                 max_graphs: int = 16, recorder: CUDAGraphRecorder | None = None):
         self.model, self.discretizer, self.config, self.rng = model, discretizer, config, rng
         self.max_graphs = max_graphs
         self.recorder = recorder if recorder is not None else CUDAGraphRecorder(model.tok_emb.weight.device)
