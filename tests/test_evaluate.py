@@ -34,6 +34,13 @@ def test_eval_writes_results_and_plots(tiny_run, tmp_path, capsys):
     assert "normalized score" in capsys.readouterr().out
 
 
+def test_eval_and_train_name_a_missing_device(tiny_run, tmp_path, capsys):
+    assert main(["eval", "--run", tiny_run, "--episodes", "1", "--device", "cuda:99"]) == 2
+    assert "'cuda:99' asked for" in capsys.readouterr().err
+    assert main(["train", "--dataset", "pendulum-medium", "--out", str(tmp_path / "r"), "--device", "cuda:99"]) == 2
+    assert "'cuda:99' asked for" in capsys.readouterr().err
+
+
 def test_eval_rejects_an_impossible_plan_config(tiny_run, capsys):
     assert main(["eval", "--run", tiny_run, "--episodes", "1", "--max-context-transitions", "1"]) == 2
     assert "max_context_transitions=1" in capsys.readouterr().err

@@ -423,3 +423,12 @@ def test_cuda_kernels_are_built_and_registered():
     assert HAS_C
     for op in ("sample_next", "beam_select", "philox_uniform"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", "CUDA"), op
+
+
+def test_resolve_device_names_what_is_missing():
+    assert ops.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ops.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'cuda:99' asked for, but this machine has"):
+        ops.resolve_device("cuda:99")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        ops.resolve_device("gpu")

@@ -21,6 +21,23 @@ from tt.rng import Philox
 OPS = ("attention", "sample_next", "beam_select", "decode_attention", "decode_layers")
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device to run on: "auto" is CUDA where there is one, else the CPU; a CUDA device this
+    machine or torch build does not have is an error that says so (not a driver traceback later)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: {e}") from e
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s) "
+                             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
+    return device
+
+
 @functools.cache
 def _compiled_library() -> bool:
     """Load tt._C (registers torch.ops.tt.*) and its fake implementations; False if it is missing."""

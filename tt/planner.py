@@ -361,7 +361,7 @@ class Planner:
         if discretizer.transition_dim != model.transition_dim or discretizer.n_bins != model.config.n_bins:
             raise ValueError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                              f"match the model ({model.config.n_bins} bins, {model.transition_dim} dims)")
-        self.device = torch.device(device) if device is not None else model.tok_emb.weight.device
+        self.device = ops.resolve_device(device) if device is not None else model.tok_emb.weight.device
         self.model = model.to(self.device).eval()
         self.discretizer = discretizer
         self.config = config
@@ -383,7 +383,7 @@ class Planner:
         """A planner for a trained run directory; keyword arguments override `PlanConfig` fields."""
         from tt.checkpoint import load_run
 
-        model, discretizer, _, _ = load_run(run_dir, device or "cpu")
+        model, discretizer, _, _ = load_run(run_dir, ops.resolve_device(device or "cpu"))
         return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed)
 
     def reset(self, n_envs: int | None = None) -> None:

@@ -21,6 +21,7 @@ from tt.data import TokenWindows, Trajectories, load_dataset, trajectories_from_
 from tt.discretize import Discretizer
 from tt.io import atomic_write
 from tt.model import GPTConfig, TrajectoryTransformer
+from tt.ops import resolve_device
 from tt.progress import progress as progress_bar
 
 
@@ -68,12 +69,6 @@ def make_config(preset: str = "published", **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
     return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def configure_optimizer(model: TrajectoryTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
