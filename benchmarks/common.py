@@ -31,6 +31,23 @@ def timings_path() -> str:
     return os.path.join(HERE, f"timings{suffix}.json")
 
 
+def hopper(device: str, plans: int = 1):
+    """The published model at Hopper shapes (obs 11, act 3; 1 layer of width 32 with
+    TT_BENCH_SIZE=small) with random weights, a uniform discretizer, and `plans` random prefixes
+    of 5 context transitions and an observation."""
+    from tt.discretize import Discretizer
+    from tt.model import GPTConfig, TrajectoryTransformer
+
+    torch.manual_seed(0)
+    config = GPTConfig(11, 3, n_layer=1 if SMALL else 4, n_embd=32 if SMALL else 128)
+    model = TrajectoryTransformer(config).eval().to(device)
+    T, N = config.transition_dim, config.n_bins
+    discretizer = Discretizer(torch.linspace(-1, 1, N + 1)[:, None].repeat(1, T).numpy())
+    g = torch.Generator().manual_seed(1)
+    prefixes = [torch.randint(0, N, (5 * T + 11,), generator=g).to(device) for _ in range(plans)]
+    return model, discretizer, prefixes
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

@@ -15,8 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import commit, machine  # noqa: E402
-from scaling import seconds, setup  # noqa: E402
+from common import commit, hopper, machine  # noqa: E402
+from scaling import seconds  # noqa: E402
 
 from tt.planner import PlanConfig, beam_plan  # noqa: E402
 from tt.rng import Philox  # noqa: E402
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="operators listed")
     args = parser.parse_args()
 
-    model, discretizer, prefixes = setup(args.device)
+    model, discretizer, prefixes = hopper(args.device)
     config = PlanConfig(horizon=args.horizon, beam_width=args.beam, window=args.window)
     cache = model.setup_cache(config.n_expand * args.beam, model.config.block_size)
     plan = lambda: beam_plan(model, prefixes[0][None], discretizer, config, Philox(0, args.device), cache)

@@ -19,27 +19,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import commit, machine  # noqa: E402
+from common import HERE, commit, hopper, machine  # noqa: E402
 
 from tt import reference  # noqa: E402
-from tt.discretize import Discretizer  # noqa: E402
 from tt.io import atomic_write, write_json  # noqa: E402
-from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
 from tt.planner import PlanConfig, beam_plan, pad_prefixes  # noqa: E402
 from tt.rng import Philox  # noqa: E402
-
-O, A = 11, 3
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def setup(device: str):
-    torch.manual_seed(0)
-    model = TrajectoryTransformer(GPTConfig(O, A)).eval().to(device)
-    T = model.transition_dim
-    discretizer = Discretizer(torch.linspace(-1, 1, 101)[:, None].repeat(1, T).numpy())
-    g = torch.Generator().manual_seed(1)
-    prefixes = [torch.randint(0, 100, (5 * T + O,), generator=g).to(device) for _ in range(8)]
-    return model, discretizer, prefixes
 
 
 def seconds(fn, device: str, repeats: int) -> float:
@@ -62,14 +47,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer points and repeats (a check, not a record)")
     parser.add_argument("--out", default=HERE)
     args = parser.parse_args()
-    model, disc, prefixes = setup(args.device)
+    model, disc, prefixes = hopper(args.device, plans=8)
     T = model.transition_dim
     mids = torch.tensor(disc.midpoints, device=args.device)
     repeats = 1 if args.quick else 3
     cache = model.setup_cache(2 * 128 * 8, model.config.block_size)
 
     def prefix_length(cfg):  # as many context transitions as the planner keeps
-        return cfg.get("max_context_transitions", 5) * T + O
+        return cfg.get("max_context_transitions", 5) * T + model.config.observation_dim
 
     def fast(window, rows=1, **cfg):
         config = PlanConfig(window=window, **cfg)

@@ -8,35 +8,26 @@ import copy
 
 import pytest
 import torch
-from common import DEVICES, SMALL, record
+from common import DEVICES, SMALL, hopper, record
 
 from tt import reference
-from tt.discretize import Discretizer
-from tt.model import GPTConfig, TrajectoryTransformer
 from tt.planner import PlanConfig, PlanGraphs, beam_plan
 from tt.rng import Philox
 
-O, A = 11, 3
 SETTINGS = [(8, 3)] if SMALL else [(32, 5), (128, 15)]  # (beam width, horizon)
 
 
 @pytest.fixture(scope="module", params=DEVICES)
-def hopper(request):
-    torch.manual_seed(0)
-    config = GPTConfig(O, A, n_layer=1 if SMALL else 4, n_embd=32 if SMALL else 128)
-    model = TrajectoryTransformer(config).eval().to(request.param)
-    thresholds = torch.linspace(-1, 1, config.n_bins + 1)[:, None].repeat(1, config.transition_dim)
-    discretizer = Discretizer(thresholds.numpy())
-    g = torch.Generator().manual_seed(1)
-    prefix = torch.randint(0, config.n_bins, (5 * config.transition_dim + O,), generator=g).to(request.param)
-    return model, discretizer, prefix
+def hopper_plan(request):
+    model, discretizer, prefixes = hopper(request.param)
+    return model, discretizer, prefixes[0]
 
 
 @pytest.mark.parametrize("beam, horizon", SETTINGS)
 @pytest.mark.parametrize("planner", ["reference", "exact", "cached", "exact graph", "cached graph",
                                      "exact graph bf16", "cached graph bf16"])
-def test_plan(benchmark, timings, hopper, planner, beam, horizon):
-    model, discretizer, prefix = hopper
+def test_plan(benchmark, timings, hopper_plan, planner, beam, horizon):
+    model, discretizer, prefix = hopper_plan
     device = prefix.device
     if "graph" in planner and device.type != "cuda":
         pytest.skip("CUDA graphs are for CUDA devices")

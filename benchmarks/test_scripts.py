@@ -1,0 +1,34 @@
+"""The scripts benchmarks/gpu.sh runs besides the suite (the scaling sweeps, the plan profile) run
+end to end: checked at small sizes (TT_BENCH_SIZE=small, as in CI), skipped at the sizes of record."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from common import HERE, SMALL
+
+pytestmark = pytest.mark.skipif(not SMALL, reason="a check of the scripts at TT_BENCH_SIZE=small")
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, os.path.join(HERE, script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_profile_plan_reports_a_plan_and_its_operators():
+    out = run("profile_plan.py", "--device", "cpu", "--window", "cached", "--beam", "4", "--horizon", "2",
+              "--rows", "5")
+    assert "# plan cpu cached beam 4 horizon 2:" in out and "aten operator calls" in out
+    assert "aten::addmm" in out or "aten::linear" in out
+
+
+def test_scaling_writes_its_sweeps_and_plot(tmp_path):
+    run("scaling.py", "--quick", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "scaling.json").read_text())
+    assert set(results["sweeps"]) == {"horizon", "beam_width", "context", "envs"}
+    assert all(row["exact"] > 0 and row["cached"] > 0 for row in results["sweeps"]["horizon"])
+    assert results["exact_linear_in_horizon"]["seconds_per_step"] > 0
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
