@@ -49,6 +49,17 @@ def _mask(q_pos, k_pos, Lk, ks, T: tl.constexpr, HAS_KS: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(m_i, l_i, s):
+    """Fold a block of scores `s [M, N]` into running softmax statistics (max `m_i`, sum `l_i`):
+    the new max and sum, the factor that rescales what came before, the block's weights."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), alpha, p
+
+
+@triton.jit
 def _kept(seed, pid_rh, offs_m, offs_n, Lq, Lk, dropout_p):
     """Which attention weights dropout keeps: one uniform per (row*head, query, key), so the
     forward and both backward kernels drop the same entries."""
@@ -90,11 +101,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KS,
             k = k.to(tl.float32)
         s = _dot(q, tl.trans(k), IEEE) * sm_scale
         s = tl.where(_mask(q_pos, offs_n, Lk, ks, T, HAS_KS), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, l_i, alpha, p = _softmax_step(m_i, l_i, s)
         if DROPOUT:
             p = tl.where(_kept(seed, pid_rh, offs_m, offs_n, Lq, Lk, dropout_p), p / (1.0 - dropout_p), 0.0)
         v = tl.load(V + r * s_vr + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok, other=0.0)
@@ -237,21 +244,18 @@ def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
         if HAS_KS:
             allowed = allowed & ((offs_n[None, :] >= ks[:, None]) == (q_pos[:, None] >= ks[:, None]))
         s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, l_i, alpha, p = _softmax_step(m_i, l_i, s)
         v = tl.load(PV + base, mask=kv_ok, other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
+    q32 = q.to(tl.float32)
     for j in range(0, Lk):  # each row's own keys, one slot at a time (they differ from row to row)
         pos = S + j
         base = rows[:, None] * s_kr + h * s_kh + j * s_kn + offs_d[None, :] * s_kd
         k = tl.load(K + base, mask=q_ok, other=0.0).to(tl.float32)
-        s = tl.sum(q.to(tl.float32) * k, 1) * sm_scale
+        s = tl.sum(q32 * k, 1) * sm_scale
         allowed = (pos <= q_pos) & (pos % T != T - 1)
         if HAS_KS:
             allowed = allowed & ((pos >= ks) == (q_pos >= ks))

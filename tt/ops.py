@@ -177,9 +177,13 @@ def decode_layers(x: torch.Tensor, weights: list[torch.Tensor], n_head: int, cac
                   transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
     token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs)."""
-    ks = key_start.to(torch.long).contiguous() if key_start is not None else None
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
-                                      cache.groups, cache.group_rows, transition_dim, ks)
+                                      cache.groups, cache.group_rows, transition_dim, _int64(key_start))
+
+
+def _int64(key_start: torch.Tensor | None) -> torch.Tensor | None:
+    """key_start as the C++ ops read it: contiguous int64 (the planner's already is: no copy)."""
+    return None if key_start is None else key_start.to(torch.long).contiguous()
 
 
 def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_offset: int,
@@ -202,9 +206,8 @@ def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int,
     """One query per row on the compiled kernel: the prefix and the row's keys in one pass."""
     out = torch.empty(q.shape[0], q.shape[1], q.shape[3], dtype=q.dtype, device=q.device)
     pk, pv = (prefix.k, prefix.v) if prefix is not None else (None, None)
-    ks = key_start.to(torch.long).contiguous() if key_start is not None else None
     torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, prefix.group_rows if prefix is not None else 1,
-                                  q_slot, transition_dim, ks, out)
+                                  q_slot, transition_dim, _int64(key_start), out)
     return out[:, :, None]
 
 

@@ -383,7 +383,8 @@ class Planner:
         """A planner for a trained run directory; keyword arguments override `PlanConfig` fields."""
         from tt.checkpoint import load_run
 
-        model, discretizer, _, _ = load_run(run_dir, ops.resolve_device(device or "cpu"))
+        device = ops.resolve_device(device or "cpu")
+        model, discretizer, _, _ = load_run(run_dir, device)
         return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed)
 
     def reset(self, n_envs: int | None = None) -> None:
