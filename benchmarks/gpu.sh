@@ -35,7 +35,8 @@ echo "built and installed at $(elapsed)"
 import torch, tt.kernels.attention, tt.ops as o
 b = o.backends(); print(b)
 assert torch.cuda.is_available(), 'no CUDA device'
-assert b['sample_next']['cuda'] == 'CUDA' and b['attention']['cuda'] == 'Triton', 'a GPU path is missing'
+assert b['sample_next']['cuda'] == 'CUDA' and b['attention']['cuda'] == b['decode_layers']['cuda'] == 'Triton', \
+    'a GPU path is missing'
 ") || return 1
 
 echo "== tests"

@@ -101,3 +101,38 @@ def test_decode_after_prefix(benchmark, timings, own, impl):
     benchmark.group = f"attention cuda decode {R}x{H} after prefix {S}+{own}"
     benchmark(cuda_timed(fn))
     record(benchmark, timings, benchmark.group, impl, bytes_moved=moved)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["python blocks", "triton fused"])
+def test_decode_step(benchmark, timings, monkeypatch, impl, dtype):
+    """One decode step (`model.decode`: embedding, blocks, logits) at an exact plan's shapes, beam
+    128 x 2 copies: 256 rows sharing a 4-transition context (64 slots), 12 slots of their own.
+    The blocks run as PyTorch ops (`python blocks`, ~50 kernels) or as one kernel (`triton fused`)."""
+    from common import hopper
+
+    model, _, _ = hopper("cuda")
+    model = model.to(dtype)
+    R, S, own = 256, 4 * T, 12
+    cache = model.setup_cache(R, model.config.block_size)
+    cache.kv.normal_()
+    cache.share(S, groups=1, group_rows=R)
+    token = torch.randint(0, model.config.n_bins, (R,), device="cuda")
+    monkeypatch.setenv("TT_DECODE", "blocks" if impl == "python blocks" else "fused")
+    weights = model.block_weights()
+    fn = lambda: model.decode(token, cache, S + own, None, weights)
+    with torch.no_grad():
+        if impl == "triton fused":  # the same step as the blocks'
+            monkeypatch.setenv("TT_DECODE", "blocks")
+            want = model.decode(token, cache, S + own, None, model.block_weights()).float()
+            monkeypatch.setenv("TT_DECODE", "fused")
+            tol = 1e-3 if dtype == torch.float32 else 0.1 * want.abs().max().item()
+            torch.testing.assert_close(fn().float(), want, rtol=0, atol=tol)
+        benchmark.group = f"decode step cuda {dtype} {R} rows after prefix {S}+{own}"
+        benchmark(cuda_timed(fn))
+    c, layers = model.config.n_embd, model.config.n_layer
+    params = sum(w.numel() for w in model.blocks.parameters())
+    size = torch.finfo(dtype).bits // 8
+    kv_read = layers * 2 * c * (S + R * (own + 1))  # the prefix once, each row's own slots and the new one
+    record(benchmark, timings, benchmark.group, impl, bytes_moved=size * (params + kv_read + 2 * R * c),
+           flops=2 * R * params + 4 * R * layers * c * (S + own + 1))

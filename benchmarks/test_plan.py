@@ -1,6 +1,7 @@
 """One plan at Hopper shapes (obs 11, act 3, 4 layers, 4 heads, width 128, 100 bins, random
 weights): the authors' algorithm (tt.reference) against the fast planner, exact and cached, and on
-CUDA also replayed as CUDA graphs (`exact graph`, `cached graph`), in float32 and with the weights
+CUDA also replayed as CUDA graphs (`exact graph`, `cached graph`; `exact graph blocks` with the
+decode step's blocks as PyTorch ops instead of one Triton kernel), in float32 and with the weights
 in bfloat16 (`... bf16`: DESIGN's GPU targets allow bf16 where it keeps greedy parity, which
 random weights rounded to bf16 do not promise, so these time the search only)."""
 
@@ -25,14 +26,16 @@ def hopper_plan(request):
 
 @pytest.mark.parametrize("beam, horizon", SETTINGS)
 @pytest.mark.parametrize("planner", ["reference", "exact", "cached", "exact graph", "cached graph",
-                                     "exact graph bf16", "cached graph bf16"])
-def test_plan(benchmark, timings, hopper_plan, planner, beam, horizon):
+                                     "exact graph blocks", "exact graph bf16", "cached graph bf16"])
+def test_plan(benchmark, timings, monkeypatch, hopper_plan, planner, beam, horizon):
     model, discretizer, prefix = hopper_plan
     device = prefix.device
     if "graph" in planner and device.type != "cuda":
         pytest.skip("CUDA graphs are for CUDA devices")
     if planner.endswith("bf16"):
         model = copy.deepcopy(model).to(torch.bfloat16)
+    if planner.endswith("blocks"):
+        monkeypatch.setenv("TT_DECODE", "blocks")
     config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if "cached" in planner else "exact")
     benchmark.group = f"plan {device.type} beam {beam} horizon {horizon}"
     mids = torch.tensor(discretizer.midpoints, device=device)

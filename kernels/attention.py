@@ -203,7 +203,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
              mask=q_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "S", "Lk", "q_offset"])  # one compiled kernel for a plan's steps
 def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
                                 s_qr, s_qh, s_qd, s_pg, s_ph, s_pn, s_pd, s_kr, s_kh, s_kn, s_kd,
                                 s_or, s_oh, s_od,

@@ -176,6 +176,32 @@ def test_bad_tokens_and_lengths_raise():
 needs_c = pytest.mark.skipif(not ops._compiled_library(), reason="tt._C is not built")
 
 
+def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3):
+    """One decode step of `model` after a prefill, as the planner does it: `rows` rows (two groups
+    when even) share `shared` prefix slots, then hold `own` slots each; the step writes slot
+    shared + own. Returns the logits and the cache's K/V of the rows' slots. The cache is
+    poisoned with NaN first: whatever is read must have been written."""
+    torch.manual_seed(rows + shared + own)
+    T, N, dtype = model.transition_dim, model.config.n_bins, model.tok_emb.weight.dtype
+    device = model.tok_emb.weight.device
+    groups = 2 if rows % 2 == 0 and shared else 1
+    group_start = torch.tensor([T, 0][:groups], device=device)  # the first group's window: left-padded
+    key_start = group_start.repeat_interleave(rows // groups) if padded else None
+    prefix = torch.randint(0, N, (groups, shared + own)).to(device)
+    token = torch.randint(0, N, (rows,)).to(device)
+    cache = model.setup_cache(rows + 2, shared + own + 1)
+    cache.kv.fill_(float("nan"))
+    with torch.no_grad():
+        model.prefill(prefix, cache, group_start if padded else None)
+        cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
+        # the rows' own slots after the prefix: the prefix rows' last `own` tokens, per group
+        group = torch.arange(rows, device=device) // max(rows // groups, 1) % groups
+        cache.kv[:, :, :rows, :, shared : shared + own] = cache.kv[:, :, group, :, shared : shared + own]
+        logits = model.decode(token, cache, shared + own, key_start)
+    assert logits.dtype == dtype
+    return logits, cache.kv[:, :, :rows, :, : shared + own + 1].clone()
+
+
 @needs_c
 @pytest.mark.parametrize("rows, shared, padded", [(1, 0, False), (6, 5, False), (6, 5, True), (12, 10, True)])
 def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, shared, padded):
@@ -183,34 +209,71 @@ def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, s
     everything it writes to the cache are equal to the Python path's, bit for bit."""
     torch.manual_seed(rows + shared)
     model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16)).eval()
-    T = model.transition_dim
-    groups = 2 if rows % 2 == 0 and shared else 1
-    group_start = torch.tensor([T, 0][:groups])  # the first group's window is left-padded by a transition
-    key_start = group_start.repeat_interleave(rows // groups) if padded else None
-    prefix = torch.randint(0, 7, (groups, shared + 3))
-    token = torch.randint(0, 7, (rows,))
     out = {}
     for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(ops, "fused_decode", lambda x: False)
-        assert ops.fused_decode(torch.zeros(1)) == fused
-        cache = model.setup_cache(rows + 2, 20)
-        cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))  # poisoned: what is read must be written
-        with torch.no_grad():
-            model.prefill(prefix, cache, group_start if padded else None)
-            cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
-            if shared:  # the rows' own slots after the prefix: the prefix rows' last 3 tokens, per group
-                group = torch.arange(rows) // max(rows // groups, 1) % groups
-                cache.k[:, :rows, :, shared : shared + 3] = cache.k[:, group, :, shared : shared + 3]
-                cache.v[:, :rows, :, shared : shared + 3] = cache.v[:, group, :, shared : shared + 3]
-            else:
-                cache.k[:, :rows, :, :3] = cache.k[:, :1, :, :3]
-                cache.v[:, :rows, :, :3] = cache.v[:, :1, :, :3]
-            logits = model.decode(token, cache, shared + 3, key_start)
-        out[fused] = (logits, cache.k[:, :rows, :, : shared + 4].clone(), cache.v[:, :rows, :, : shared + 4].clone())
+        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+        assert ops.backends()["decode_layers"]["cpu"] == ("C++" if fused else "Python blocks")
+        out[fused] = fused_decode_step(model, rows, shared, padded)
     for a, b in zip(out[True], out[False]):  # rows past the groups keep their poison in the shared slots
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-    assert out[True][0].isfinite().all() and out[True][1][:, :, :, shared:].isfinite().all()
+    assert out[True][0].isfinite().all() and out[True][1][..., shared:, :].isfinite().all()
+
+
+needs_triton = pytest.mark.skipif(ops._triton_attention() is None, reason="Triton is not importable")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the Triton kernels run interpreted
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, shared, own, padded, n_head, n_embd", [
+    (1, 0, 3, False, 2, 16),    # batch 1, no shared prefix, head dim 8 (padded to 16 inside)
+    (6, 5, 4, True, 2, 16),     # two padded groups; the new token is a value token (slot 9, T=5)
+    (34, 10, 3, True, 3, 48),   # two groups of 17 rows: tiles of 16 rows straddle them
+    (37, 5, 6, False, 4, 128),  # the published width, odd rows, one group
+])
+def test_triton_decode_step_matches_the_python_blocks(monkeypatch, rows, shared, own, padded, n_head, n_embd, dtype):
+    """The one-kernel decode step (Triton, interpreted on CPU) against the Python blocks on the
+    reference attention: logits and every K/V it writes, from a NaN-poisoned cache."""
+    torch.manual_seed(n_embd)
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=n_head,
+                                            n_embd=n_embd)).eval().to(DEVICE)
+    with torch.no_grad():  # larger than init so that attention patterns and LayerNorms matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = {}
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("TT_ATTENTION", backend)
+        out[backend] = fused_decode_step(model.to(dtype if backend == "triton" else torch.float32), rows, shared,
+                                         padded, own)
+    assert ops.backends()["decode_layers"][DEVICE] == "Python blocks"
+    monkeypatch.setenv("TT_ATTENTION", "triton")
+    assert ops.backends()["decode_layers"][DEVICE] == "Triton"
+    (logits, kv), (want_logits, want_kv) = out["triton"], out["reference"]
+    slot = shared + own
+    assert logits.isfinite().all() and kv[..., shared:, :].isfinite().all()
+    tol = 2e-4 if dtype == torch.float32 else 3e-2 * want_logits.abs().max().item()
+    torch.testing.assert_close(logits.float(), want_logits, rtol=0, atol=tol)
+    torch.testing.assert_close(kv[..., slot, :].float(), want_kv[..., slot, :], rtol=0,
+                               atol=2e-5 if dtype == torch.float32 else 3e-2 * want_kv[..., slot, :].abs().max().item())
+
+
+@needs_triton
+def test_triton_decode_step_checks_its_arguments():
+    from tt.kernels import decode
+
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=16)).eval()
+    weights = decode.stack_weights(model.block_weights())  # on CPU (not Triton) the list itself
+    cache = model.setup_cache(4, 20)
+    x = torch.zeros(4, 16)
+    with pytest.raises(ValueError, match="the cache must be"):
+        decode.decode_layers(x, weights, 2, cache.kv[0], 3, 0, 1, 1, 5)
+    with pytest.raises(ValueError, match="do not fit"):
+        decode.decode_layers(torch.zeros(5, 16), weights, 2, cache.kv, 3, 0, 1, 1, 5)
+    with pytest.raises(ValueError, match="do not fit"):
+        decode.decode_layers(x, weights, 2, cache.kv, 20, 0, 1, 1, 5)
+    with pytest.raises(ValueError, match="12 weights per block"):
+        decode.stack_weights(list(weights)[:5])
+    assert not decode.supports(512, 2048)
 
 
 @needs_c

@@ -202,6 +202,30 @@ def test_plan_graphs_plan_as_eager_plans_across_layouts(window, max_graphs):
     assert recorder.replays == (4 if max_graphs > 1 else 1)  # with one graph held, only the repeat in a row replays
 
 
+@pytest.mark.parametrize("attention", ["native", "triton"])
+def test_plan_graphs_follow_weights_changed_in_place(monkeypatch, attention):
+    """A graph may replay a copy of the weights (the Triton decode step reads them stacked): after
+    an in-place change of the model, graph plans are the eager plans of the changed model."""
+    device = "cpu"
+    if attention == "triton":
+        pytest.importorskip("tt.kernels.attention")
+        monkeypatch.setenv("TT_ATTENTION", "triton")
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernels run interpreted
+    model = random_model(3, 1, dtype=torch.float32).to(device)
+    disc = random_discretizer(15, 6)
+    cfg = PlanConfig(horizon=2, beam_width=3, n_expand=2, max_context_transitions=3, **GREEDY)
+    rng = Philox(3, device)
+    graphs = PlanGraphs(model, disc, cfg, rng, recorder=ReplayingRecorder(rng))
+    prefix = pad_prefixes(random_prefixes(model, [2], torch.Generator().manual_seed(2)), model.transition_dim)
+    for change in (False, False, True, False):
+        if change:
+            with torch.no_grad():
+                for p in model.blocks.parameters():
+                    p.mul_(-1.5)
+        assert torch.equal(graphs.plan(prefix).tokens, beam_plan(model, prefix, disc, cfg, Philox(3, device)).tokens)
+    assert graphs.layouts == 1
+
+
 def test_plan_graphs_fall_back_to_eager_plans_when_capture_fails():
     model = random_model(3, 1, dtype=torch.float32)
     disc = random_discretizer(15, 6)

@@ -219,15 +219,17 @@ class TrajectoryTransformer(nn.Module):
                              dtype or ref.dtype, ref.device)
 
     def step(self, tokens: torch.Tensor, cache: KVCache, start: int, key_start: torch.Tensor | None = None,
-             last_only: bool = False, block_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+             last_only: bool = False, block_weights: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None
+             ) -> torch.Tensor:
         """Run tokens [R, n] at window slots start..start+n of cache rows 0..R-1.
 
         Writes their K/V to the cache and attends to slots [0, start+n). `key_start [R]`
         (a multiple of T) marks rows whose window is left-padded: their positions count from
         it. Returns logits [R, n, N+1], or [R, N+1] for the last token when `last_only`.
         One token per row in inference runs the blocks as one compiled call where there is one
-        (`ops.decode_layers`, the same ops and the same bits as the blocks here; hooks on them
-        are not called there). A caller stepping many times passes `block_weights()` once fetched.
+        (`ops.decode_layers`: on CPU the same ops and the same bits as the blocks here, on Triton
+        one kernel; hooks on the blocks are not called there). A caller stepping many times
+        passes `block_weights()` once fetched.
         """
         R, n = tokens.shape
         if start + n > self.config.block_size:
@@ -246,19 +248,20 @@ class TrajectoryTransformer(nn.Module):
             return self._logits(_layer_norm(x[:, -1:], self.ln_f), start + n - 1)[:, 0]
         return self._logits(_layer_norm(x, self.ln_f), start)
 
-    def block_weights(self) -> list[torch.Tensor]:
-        """The blocks' parameters in `tt::decode_layers` order (12 per block, csrc/ops.h). Building
-        the list costs tens of microseconds, so a decode loop fetches it once, not per token."""
-        return [p for b in self.blocks for p in (b.ln1.weight, b.ln1.bias, b.attn.qkv.weight, b.attn.qkv.bias,
-                                                  b.attn.proj.weight, b.attn.proj.bias, b.ln2.weight, b.ln2.bias,
-                                                  b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)]
+    def block_weights(self) -> list[torch.Tensor] | tuple[torch.Tensor, ...]:
+        """The blocks' parameters (12 per block, csrc/ops.h order) as `ops.decode_layers` reads
+        them (`ops.decode_weights`). Building them costs tens of microseconds (a copy for Triton),
+        so a decode loop fetches them once, not per token."""
+        return ops.decode_weights([p for b in self.blocks for p in (
+            b.ln1.weight, b.ln1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
+            b.ln2.weight, b.ln2.bias, b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)])
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""
         return self.step(tokens, cache, 0, key_start, last_only=True)
 
     def decode(self, token: torch.Tensor, cache: KVCache, slot: int, key_start: torch.Tensor | None = None,
-               block_weights: list[torch.Tensor] | None = None):
+               block_weights: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None):
         """One new token [R] per row at `slot`; its logits [R, N+1]."""
         return self.step(token[:, None], cache, slot, key_start, last_only=True, block_weights=block_weights)
 

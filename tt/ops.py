@@ -117,7 +117,7 @@ def backends() -> dict[str, dict[str, str]]:
     for dev in names:  # one query per row: the compiled kernel where there is one, else attention's path
         if report["decode_attention"][dev] == "reference" or _attention_backend(torch.device(dev)) != "native":
             report["decode_attention"][dev] = report["attention"][dev]
-        report["decode_layers"][dev] = names[dev] if _fused_decode_on(torch.device(dev)) else "Python blocks"
+        report["decode_layers"][dev] = _decode_backend(torch.device(dev))
     return report
 
 
@@ -164,19 +164,48 @@ def attention(
 
 
 def fused_decode(x: torch.Tensor) -> bool:
-    """Whether a decode step on `x` runs its blocks in one compiled call (`decode_layers`): float32
-    on CPU with tt._C built and the native attention backend."""
-    return x.dtype == torch.float32 and _fused_decode_on(x.device)
+    """Whether a decode step on `x [R, 1, C]` runs its blocks in one call (`decode_layers`): on
+    CPU the C++ op (float32, tt._C built, native attention), on Triton's attention backend the
+    Triton kernel (widths up to kernels.decode.MAX_WIDTH). `TT_DECODE=blocks` turns both off."""
+    backend = _decode_backend(x.device)
+    if backend == "C++":
+        return x.dtype == torch.float32
+    return backend == "Triton" and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1])
 
 
-def _fused_decode_on(device: torch.device) -> bool:
-    return _attention_backend(device) == "native" and _has_kernel("decode_layers", device.type)
+def _decode_backend(device: torch.device) -> str:
+    """"C++", "Triton" or "Python blocks": what runs a decode step's blocks on `device`."""
+    if os.environ.get("TT_DECODE", "").lower() == "blocks":
+        return "Python blocks"
+    backend = _attention_backend(device)
+    if backend == "native" and _has_kernel("decode_layers", device.type):
+        return "C++"
+    return "Triton" if backend == "triton" else "Python blocks"
 
 
-def decode_layers(x: torch.Tensor, weights: list[torch.Tensor], n_head: int, cache: KVCache, slot: int,
+@functools.cache
+def _triton_decode():
+    from tt.kernels import decode as module  # importable wherever the attention backend is Triton
+
+    return module
+
+
+def decode_weights(weights: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, ...]:
+    """The blocks' parameters (12 per block, csrc/ops.h order) in the form `decode_layers` reads on
+    their device: the list itself for the C++ op, stacked per kind `[n_layer, ...]` for Triton."""
+    if weights and _decode_backend(weights[0].device) == "Triton":
+        return _triton_decode().stack_weights(weights)
+    return weights
+
+
+def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: int,
                   transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
-    token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs)."""
+    token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs).
+    `weights` come from `decode_weights`."""
+    if isinstance(weights, tuple):
+        return _triton_decode().decode_layers(x.contiguous(), weights, n_head, cache.kv, slot, cache.shared,
+                                              cache.groups, cache.group_rows, transition_dim, key_start)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, transition_dim, _int64(key_start))
 

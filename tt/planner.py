@@ -290,7 +290,9 @@ class PlanGraphs:
     draws exactly as the same sequence of eager plans. The first plan of a layout runs eagerly (it
     also warms up lazy initializations outside the capture); the next ones replay. At most
     `max_graphs` layouts are kept, the least recently used dropped first. `recorder` says how to
-    run and record a search (a `CUDAGraphRecorder` by default).
+    run and record a search (a `CUDAGraphRecorder` by default). A graph may hold a copy of the
+    model's weights (the fused decode step reads them stacked), so graphs are dropped and
+    recaptured when a parameter has changed in place since (an optimizer step, `load_state_dict`).
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig, rng: Philox,
@@ -300,6 +302,11 @@ class PlanGraphs:
         self.recorder = recorder if recorder is not None else CUDAGraphRecorder(model.tok_emb.weight.device)
         self.failed: str | None = None  # why capturing failed, if it did (plans then run eagerly)
         self._graphs: OrderedDict[tuple, tuple[_Search, Callable[[], None], PlanResult]] = OrderedDict()
+        self._weights_version = self._parameter_versions()
+
+    def _parameter_versions(self) -> tuple[int, ...]:
+        """The parameters' version counters: every in-place change bumps one."""
+        return tuple(p._version for p in self.model.parameters())
 
     @property
     def layouts(self) -> int:
@@ -313,6 +320,10 @@ class PlanGraphs:
         if self.failed:
             return beam_plan(self.model, prefix_tokens, self.discretizer, self.config, self.rng, cache)
         pad_transitions = check_prefix(self.model, prefix_tokens)
+        versions = self._parameter_versions()
+        if versions != self._weights_version:  # the graphs' copies of the weights are stale
+            self._graphs.clear()
+            self._weights_version = versions
         key = (tuple(prefix_tokens.shape), any(pad_transitions))
         if key not in self._graphs:
             return self._capture(key, prefix_tokens, pad_transitions, cache)

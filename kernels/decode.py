@@ -1,0 +1,192 @@
+"""One decode step of the whole transformer in one Triton kernel: every block (LayerNorm, QKV,
+K/V into the cache, attention over the row's cache and its group's shared prefix, projection,
+MLP) for one new token per row.
+
+Why: a decode step through the PyTorch blocks is ~50 small kernels; at planner sizes (a few
+hundred rows of width 128) each moves a few kilobytes, so a plan of ~250 steps is bound by
+launches, even replayed from a CUDA graph. In a decode step a row reads only its own keys and
+its group's shared prefix, which no row writes, so rows are independent from the first block to
+the last: a program takes a tile of rows through all blocks, with the residual stream in
+registers.
+
+Numerics: activations, LayerNorm statistics, softmax and accumulators in fp32; fp32 weights
+multiply with IEEE precision (no TF32), so greedy plans keep the reference's tokens; bf16/fp16
+weights multiply on tensor cores with fp32 accumulation. The cache stores K/V in its dtype and
+attention reads the new key rounded as the cache holds it. Widths up to `MAX_WIDTH`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention import _dot, _key_start, _precision, _softmax_step
+
+MAX_WIDTH = 256  # the residual tile [rows, width] and one head's weights stay in registers
+WEIGHTS_PER_LAYER = 12  # ln1 w, b; qkv w, b; proj w, b; ln2 w, b; fc w, b; mlp proj w, b (csrc/ops.h)
+
+
+def supports(n_embd: int, hidden: int) -> bool:
+    """Whether the kernel takes a model of this width and MLP width."""
+    return n_embd <= MAX_WIDTH and hidden <= 4 * MAX_WIDTH
+
+
+def stack_weights(weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The blocks' parameters (12 per block, in `tt::decode_layers` order) as 12 contiguous
+    tensors `[n_layer, ...]`, the form the kernel reads; built once per search, not per step."""
+    if len(weights) % WEIGHTS_PER_LAYER:
+        raise ValueError(f"expected {WEIGHTS_PER_LAYER} weights per block, got {len(weights)} in all")
+    return tuple(torch.stack(weights[i::WEIGHTS_PER_LAYER]).contiguous() for i in range(WEIGHTS_PER_LAYER))
+
+
+@triton.jit
+def _layer_norm(h, W, B, offs_c, c_ok, C: tl.constexpr, eps):
+    """LayerNorm over the C real columns of h [M, BLOCK_C] (padding columns come out 0)."""
+    mean = tl.sum(h, 1) / C
+    diff = tl.where(c_ok[None, :], h - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 1) / C + eps)
+    w = tl.load(W + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    b = tl.load(B + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+    return diff * rstd[:, None] * w[None, :] + b[None, :]
+
+
+@triton.jit
+def _linear(a, W, B, outs, out_ok, ins, in_ok, ld, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """a [M, len(ins)] (fp32) times the rows `outs` / columns `ins` of the row-major weight W
+    (leading dimension ld), transposed, plus bias B[outs] (when B is given): [M, len(outs)] fp32."""
+    w = tl.load(W + outs[None, :] * ld + ins[:, None], mask=out_ok[None, :] & in_ok[:, None], other=0.0)
+    if UPCAST:
+        w = w.to(tl.float32)
+    y = _dot(a.to(w.dtype), w, IEEE)
+    if B is not None:
+        y += tl.load(B + outs, mask=out_ok, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@triton.jit
+def _attend(q, m_i, l_i, acc, KV, base, s_kind, s_slot, lo, hi, offs_d, row_ok, d_ok, ks, sm_scale,
+            T: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Fold the keys of slots [lo, hi) at `base [M]` (+ slot * s_slot) into the online softmax of
+    the queries q [M, BLOCK_D], which sit after them (values at + s_kind). Rows differ in where they read, so
+    scores are elementwise products summed over the head dimension, not a matrix product."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        ptr = base[:, None, None] + offs_n[None, :, None] * s_slot + offs_d[None, None, :]
+        ok = row_ok[:, None, None] & n_ok[None, :, None] & d_ok[None, None, :]
+        k = tl.load(KV + ptr, mask=ok, other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k, 2) * sm_scale
+        allowed = n_ok[None, :] & (offs_n[None, :] % T != T - 1)
+        if HAS_KS:  # the query is a real token: it sees no padding key (slots before its row's key_start)
+            allowed = allowed & (offs_n[None, :] >= ks[:, None])
+        s = tl.where(allowed, s, float("-inf"))
+        m_i, l_i, alpha, p = _softmax_step(m_i, l_i, s)
+        v = tl.load(KV + s_kind + ptr, mask=ok, other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
+    return m_i, l_i, acc
+
+
+# one compiled kernel for every step of a plan: the slot and the row layout are not specialized on
+@triton.jit(do_not_specialize=["R", "slot", "shared", "groups", "group_rows"])
+def _decode_layers_kernel(X, OUT, KV, KS,
+                          LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, MPW, MPB,
+                          s_kind, s_layer, s_row, s_head, s_slot,
+                          R, slot, shared, groups, group_rows, sm_scale, eps,
+                          N_LAYER: tl.constexpr, C: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
+                          HIDDEN: tl.constexpr, T: tl.constexpr, HAS_KS: tl.constexpr, IEEE: tl.constexpr,
+                          UPCAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    offs_c = tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    offs_h = tl.arange(0, BLOCK_H)
+    rc_ok = row_ok[:, None] & c_ok[None, :]
+    rd_ok = row_ok[:, None] & d_ok[None, :]
+    h = tl.load(X + rows[:, None] * C + offs_c[None, :], mask=rc_ok, other=0.0).to(tl.float32)
+    ks = tl.zeros([BLOCK_R], tl.int32)
+    if HAS_KS:
+        ks = tl.load(KS + rows, mask=row_ok, other=0).to(tl.int32)
+    own_rows = rows.to(tl.int64) * s_row
+    group_rows_base = ((rows // group_rows) % groups).to(tl.int64) * s_row  # where each row's prefix lives
+    for layer in range(N_LAYER):
+        a = _layer_norm(h, LN1W + layer * C, LN1B + layer * C, offs_c, c_ok, C, eps)
+        qkv_w, qkv_b = QKVW + layer * 3 * C * C, QKVB + layer * 3 * C
+        h += tl.load(PROJB + layer * C + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        for head in tl.static_range(H):
+            cols = head * D + offs_d
+            q = _linear(a, qkv_w, qkv_b, cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
+            k = _linear(a, qkv_w, qkv_b, C + cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
+            v = _linear(a, qkv_w, qkv_b, 2 * C + cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
+            head_base = layer * s_layer + head * s_head
+            new = KV + (head_base + own_rows + slot * s_slot)[:, None] + offs_d[None, :]
+            k = k.to(KV.dtype.element_ty)  # attention reads the new key and value as the cache holds them
+            v = v.to(KV.dtype.element_ty)
+            tl.store(new, k, mask=rd_ok)
+            tl.store(new + s_kind, v, mask=rd_ok)
+            m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_R], tl.float32)
+            acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, KV, head_base + group_rows_base, s_kind, s_slot, 0, shared,
+                                    offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, KV, head_base + own_rows, s_kind, s_slot, shared, slot,
+                                    offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
+            # the new key itself (a query sees its own slot unless it is a value token)
+            s = tl.sum(q * k.to(tl.float32), 1) * sm_scale
+            s = tl.where(slot % T != T - 1, s, float("-inf"))
+            m_i, l_i, alpha, p = _softmax_step(m_i, l_i, s[:, None])
+            acc = acc * alpha[:, None] + p * v.to(tl.float32)
+            y = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            # residuals add into h as they come (a holds the LayerNorm of h from before the sublayer)
+            h += _linear(y, PROJW + layer * C * C, None, offs_c, c_ok, cols, d_ok, C, IEEE, UPCAST)
+        a = _layer_norm(h, LN2W + layer * C, LN2B + layer * C, offs_c, c_ok, C, eps)
+        h += tl.load(MPB + layer * C + offs_c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        for j in tl.static_range(0, HIDDEN, BLOCK_H):
+            hid = j + offs_h
+            hid_ok = hid < HIDDEN
+            f = _linear(a, FCW + layer * HIDDEN * C, FCB + layer * HIDDEN, hid, hid_ok, offs_c, c_ok, C,
+                        IEEE, UPCAST)
+            f = 0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))  # exact GELU, as F.gelu
+            h += _linear(f, MPW + layer * C * HIDDEN, None, offs_c, c_ok, hid, hid_ok, HIDDEN, IEEE, UPCAST)
+    tl.store(OUT + rows[:, None] * C + offs_c[None, :], h.to(OUT.dtype.element_ty), mask=rc_ok)
+
+
+def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, kv: torch.Tensor, slot: int,
+                  shared: int, groups: int, group_rows: int, transition_dim: int, key_start=None,
+                  eps: float = 1e-5, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The blocks of one decode step: `x [R, C]` (one new token per row at window `slot`) -> `[R, C]`.
+
+    `weights` are `stack_weights(...)`; `kv [2, n_layer, rows, n_head, len, D]` is the KV cache
+    (the token's K/V are written at `slot`). Row r attends slots [0, shared) of row
+    `(r // group_rows) % groups` (the shared prefix) and its own slots [shared, slot]."""
+    R, C = x.shape
+    n_layer, hidden = weights[0].shape[0], weights[8].shape[1]
+    D = C // n_head
+    if kv.dim() != 6 or kv.shape[:2] != (2, n_layer) or kv.shape[3] != n_head or kv.shape[5] != D:
+        raise ValueError(f"decode_layers: the cache must be [2, {n_layer}, rows, {n_head}, len, {D}], "
+                         f"got {tuple(kv.shape)}")
+    if kv.stride(5) != 1 or not x.is_contiguous():
+        raise ValueError("decode_layers: x and the cache's head dimension must be contiguous")
+    if not (shared <= slot < kv.shape[4] and R <= kv.shape[2]):
+        raise ValueError(f"decode_layers: {R} rows at slot {slot} (after {shared} shared) do not fit a cache "
+                         f"of {kv.shape[2]} rows x {kv.shape[4]} slots")
+    if not supports(C, hidden):
+        raise ValueError(f"decode_layers: width {C} / MLP {hidden} exceed the kernel's {MAX_WIDTH}")
+    out = torch.empty_like(x) if out is None else out
+    ks = _key_start(key_start, x.device, out)
+    BLOCK_R = 16
+    BLOCK_C = max(16, triton.next_power_of_2(C))
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    BLOCK_H = min(32, max(16, triton.next_power_of_2(hidden)))
+    _decode_layers_kernel[(triton.cdiv(R, BLOCK_R),)](
+        x, out, kv, ks, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
+        1.0 / math.sqrt(D), eps,
+        N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
+        **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
+        BLOCK_N=8, num_warps=8)
+    return out
