@@ -1,0 +1,140 @@
+"""Compile every Triton kernel of tt for a GPU without one: the launchers run on CPU tensors at
+the shapes tt uses, each kernel is compiled for the target (PTX and cubin, by Triton's own
+ptxas) instead of launched, and ptxas' register and spill counts are printed per kernel.
+
+The interpreter that runs the kernels in the CPU tests accepts programs the compiler rejects;
+this catches those without a GPU. Run with TRITON_INTERPRET unset:
+
+    python tests/compile_triton.py [--arch 90]
+
+Prints one line per compiled kernel (`name dtype: N registers, S bytes spilled`) and exits 1 if
+any launcher fails to compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import traceback
+
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas' report on stdout (read from the file below)
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="tt-triton-")  # compile afresh, so ptxas reports
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+
+class CompileOnlyDriver:
+    """What a JIT launch asks of the driver, for a GPU that is not there."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+
+def compile_instead_of_launch(kernels: list[JITFunction], compiled: list[str]) -> None:
+    """Launches of `kernels` compile (warmup) and return without running."""
+    for kernel in kernels:
+        def run(*args, grid, warmup, _kernel=kernel, _run=kernel.run, **kwargs):
+            result = _run(*args, grid=grid, warmup=True, **kwargs)
+            compiled.append(_kernel.__name__)
+            return result
+
+        kernel.run = run
+
+
+def cases():
+    """(name, launch) pairs: every launcher at tt's shapes, fp32 and bf16."""
+    from tt.kernels import attention, decode
+
+    def randn(*shape, dtype):
+        return torch.randn(*shape).to(dtype)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+
+        def train(dtype=dtype, dropout=0.0):  # training windows: forward and fused backward
+            q, k, v = (randn(2, 4, 159, 32, dtype=dtype).requires_grad_() for _ in range(3))
+            attention.attention(q, k, v, transition_dim=16, dropout_p=dropout, seed=1).sum().backward()
+
+        def split_decode(dtype=dtype):  # one query per row against a cache, keys split, padded rows
+            q, k, v = (randn(256, 4, n, 32, dtype=dtype) for n in (1, 79, 79))
+            attention.attention_forward(q, k, v, 16, q_offset=78, key_start=torch.zeros(256, dtype=torch.long))
+
+        def after_prefix(dtype=dtype):
+            q, k, v = (randn(256, 4, n, 32, dtype=dtype) for n in (1, 12, 12))
+            pk, pv = (randn(1, 4, 64, 32, dtype=dtype) for _ in range(2))
+            attention.decode_after_prefix(q, k, v, pk, pv, 128, 16, 75, torch.zeros(256, dtype=torch.long))
+
+        def decode_step(dtype=dtype, key_start=None):
+            weights = [randn(*shape, dtype=dtype) for _ in range(4) for shape in (
+                (128,), (128,), (384, 128), (384,), (128, 128), (128,), (128,), (128,), (512, 128), (512,),
+                (128, 512), (128,))]
+            kv = randn(2, 4, 256, 4, 79, 32, dtype=dtype)
+            decode.decode_layers(randn(256, 128, dtype=dtype), decode.stack_weights(weights), 4, kv, 75, 64, 1,
+                                 128, 16, key_start)
+
+        yield f"training attention {name}", train
+        yield f"training attention with dropout {name}", lambda train=train: train(dropout=0.1)
+        yield f"split decode attention {name}", split_decode
+        yield f"decode after a shared prefix {name}", after_prefix
+        yield f"decode step {name}", decode_step
+        yield f"decode step, padded rows {name}", lambda d=decode_step: d(key_start=torch.zeros(256, dtype=torch.long))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("unset TRITON_INTERPRET: the interpreter never compiles")
+    from tt.kernels import attention, decode
+
+    kernels = [f for module in (attention, decode) for f in vars(module).values() if isinstance(f, JITFunction)]
+    compiled: list[str] = []
+    compile_instead_of_launch(kernels, compiled)
+    triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
+    failures = 0
+    for name, launch in cases():
+        log = tempfile.TemporaryFile(mode="w+")
+        saved = os.dup(1)
+        sys.stdout.flush()
+        os.dup2(log.fileno(), 1)  # ptxas' report is printed while compiling
+        try:
+            launch()
+            error = None
+        except Exception:
+            error = traceback.format_exc()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        report = log.read()
+        if error:
+            failures += 1
+            print(f"FAILED {name}\n{error}")
+            continue
+        regs = re.findall(r"Used (\d+) registers", report)
+        spills = re.findall(r"(\d+) bytes spill stores", report)
+        print(f"{name}: {len(regs)} kernel(s) compiled for sm_{args.arch}; registers {', '.join(regs) or '-'}; "
+              f"bytes spilled {', '.join(spills) or '-'}")
+    print(f"{len(compiled)} launches compiled, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
