@@ -166,11 +166,13 @@ def attention(
 def fused_decode(x: torch.Tensor) -> bool:
     """Whether a decode step on `x [R, 1, C]` runs its blocks in one call (`decode_layers`): on
     CPU the C++ op (float32, tt._C built, native attention), on Triton's attention backend the
-    Triton kernel (widths up to kernels.decode.MAX_WIDTH). `TT_DECODE=blocks` turns both off."""
+    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH).
+    `TT_DECODE=blocks` turns both off."""
     backend = _decode_backend(x.device)
     if backend == "C++":
         return x.dtype == torch.float32
-    return backend == "Triton" and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1])
+    return (backend == "Triton" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1]))
 
 
 def _decode_backend(device: torch.device) -> str:
