@@ -10,7 +10,7 @@ the last: a program takes a tile of rows through all blocks, with the residual s
 registers.
 
 Numerics: activations, LayerNorm statistics, softmax and accumulators in fp32; fp32 weights
-multiply with IEEE precision (no TF32), so greedy plans keep the reference's tokens; bf16/fp16
+multiply with IEEE precision (no TF32), close enough for token-for-token greedy plans; bf16/fp16
 weights multiply on tensor cores with fp32 accumulation. The cache stores K/V in its dtype and
 attention reads the new key rounded as the cache holds it. Widths up to `MAX_WIDTH`.
 """
@@ -114,6 +114,7 @@ def _decode_layers_kernel(X, OUT, KV, KS,
         ks = tl.load(KS + rows, mask=row_ok, other=0).to(tl.int32)
     own_rows = rows.to(tl.int64) * s_row
     group_rows_base = ((rows // group_rows) % groups).to(tl.int64) * s_row  # where each row's prefix lives
+    kv_layer = KV  # advanced a layer at a time (no layer * stride product to overflow int32)
     for layer in range(N_LAYER):
         a = _layer_norm(h, LN1W + layer * C, LN1B + layer * C, offs_c, c_ok, C, eps)
         qkv_w, qkv_b = QKVW + layer * 3 * C * C, QKVB + layer * 3 * C
@@ -123,8 +124,8 @@ def _decode_layers_kernel(X, OUT, KV, KS,
             q = _linear(a, qkv_w, qkv_b, cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
             k = _linear(a, qkv_w, qkv_b, C + cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
             v = _linear(a, qkv_w, qkv_b, 2 * C + cols, d_ok, offs_c, c_ok, C, IEEE, UPCAST)
-            head_base = layer * s_layer + head * s_head
-            new = KV + (head_base + own_rows + slot * s_slot)[:, None] + offs_d[None, :]
+            head_base = head * s_head
+            new = kv_layer + (head_base + own_rows + slot * s_slot)[:, None] + offs_d[None, :]
             k = k.to(KV.dtype.element_ty)  # attention reads the new key and value as the cache holds them
             v = v.to(KV.dtype.element_ty)
             tl.store(new, k, mask=rd_ok)
@@ -132,9 +133,9 @@ def _decode_layers_kernel(X, OUT, KV, KS,
             m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_R], tl.float32)
             acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-            m_i, l_i, acc = _attend(q, m_i, l_i, acc, KV, head_base + group_rows_base, s_kind, s_slot, 0, shared,
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, head_base + group_rows_base, s_kind, s_slot, 0, shared,
                                     offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
-            m_i, l_i, acc = _attend(q, m_i, l_i, acc, KV, head_base + own_rows, s_kind, s_slot, shared, slot,
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, head_base + own_rows, s_kind, s_slot, shared, slot,
                                     offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
             # the new key itself (a query sees its own slot unless it is a value token)
             s = tl.sum(q * k.to(tl.float32), 1) * sm_scale
@@ -153,6 +154,7 @@ def _decode_layers_kernel(X, OUT, KV, KS,
                         IEEE, UPCAST)
             f = 0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))  # exact GELU, as F.gelu
             h += _linear(f, MPW + layer * C * HIDDEN, None, offs_c, c_ok, hid, hid_ok, HIDDEN, IEEE, UPCAST)
+        kv_layer += s_layer
     tl.store(OUT + rows[:, None] * C + offs_c[None, :], h.to(OUT.dtype.element_ty), mask=rc_ok)
 
 
