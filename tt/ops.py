@@ -204,9 +204,10 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
                   transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
     token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs).
-    `weights` come from `decode_weights`."""
-    if isinstance(weights, tuple):
-        return _triton_decode().decode_layers(x.contiguous(), weights, n_head, cache.kv, slot, cache.shared,
+    `weights` come from `decode_weights` (a list is stacked here, per call, where Triton runs)."""
+    if _decode_backend(x.device) == "Triton":
+        stacked = weights if isinstance(weights, tuple) else _triton_decode().stack_weights(weights)
+        return _triton_decode().decode_layers(x.contiguous(), stacked, n_head, cache.kv, slot, cache.shared,
                                               cache.groups, cache.group_rows, transition_dim, key_start)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, transition_dim, _int64(key_start))
