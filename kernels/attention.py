@@ -15,6 +15,7 @@ The mask is computed from positions inside the kernels; none is ever materialize
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -289,6 +290,12 @@ def _key_start(key_start, device: torch.device, unused: torch.Tensor) -> torch.T
     return key_start.to(device).contiguous()
 
 
+def _on_device(t: torch.Tensor):
+    """Launch on `t`'s GPU: Triton launches on the current device, which need not be the tensors'
+    (a model on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _blocks(D: int) -> tuple[int, int, int]:
     block_d = max(16, triton.next_power_of_2(D))
     return 32, 32, block_d
@@ -309,11 +316,12 @@ def attention_forward(q, k, v, transition_dim: int, q_offset: int = 0, key_start
     lse = torch.empty((splits, R, H, Lq), device=q.device, dtype=torch.float32)
     ks = _key_start(key_start, q.device, lse)
     grid = (triton.cdiv(Lq, BLOCK_M), R * H, splits)
-    _fwd_kernel[grid](
-        q, k, v, out, lse, ks, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:3],
-        H, Lq, Lk, q_offset, split_len, 1.0 / math.sqrt(D), dropout_p, seed,
-        T=transition_dim, D=D, HAS_KS=key_start is not None, DROPOUT=dropout_p > 0,
-        **_precision(q.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+    with _on_device(q):
+        _fwd_kernel[grid](
+            q, k, v, out, lse, ks, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:3],
+            H, Lq, Lk, q_offset, split_len, 1.0 / math.sqrt(D), dropout_p, seed,
+            T=transition_dim, D=D, HAS_KS=key_start is not None, DROPOUT=dropout_p > 0,
+            **_precision(q.dtype), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     if splits == 1:
         return out[0], lse[0]
     total = torch.logsumexp(lse, dim=0)  # combine the splits by their softmax mass
@@ -337,12 +345,13 @@ def decode_after_prefix(q, k, v, prefix_k, prefix_v, group_rows: int, transition
     out = torch.empty((R, H, 1, D), device=q.device, dtype=q.dtype) if out is None else out
     ks = _key_start(key_start, q.device, out)
     grid = (triton.cdiv(group_rows, BLOCK_M), R // group_rows, H)
-    _decode_after_prefix_kernel[grid](
-        q, prefix_k, prefix_v, k, v, out, ks, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),
-        *k.stride(), out.stride(0), out.stride(1), out.stride(3),
-        G, group_rows, S, k.shape[2], q_offset, 1.0 / math.sqrt(D),
-        T=transition_dim, D=D, HAS_KS=key_start is not None, **_precision(q.dtype),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+    with _on_device(q):
+        _decode_after_prefix_kernel[grid](
+            q, prefix_k, prefix_v, k, v, out, ks, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),
+            *k.stride(), out.stride(0), out.stride(1), out.stride(3),
+            G, group_rows, S, k.shape[2], q_offset, 1.0 / math.sqrt(D),
+            T=transition_dim, D=D, HAS_KS=key_start is not None, **_precision(q.dtype),
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     return out
 
 
@@ -368,8 +377,9 @@ class TTAttention(torch.autograd.Function):
         common = dict(T=ctx.transition_dim, D=D, DROPOUT=ctx.dropout_p > 0, **_precision(q.dtype),
                       BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
         args = (*q.stride(), *lse.stride()[:2], H, L, 1.0 / math.sqrt(D), ctx.dropout_p, ctx.seed)
-        _bwd_dkdv_kernel[(triton.cdiv(L, BLOCK_N), R * H)](q, k, v, dout, lse, delta, dk, dv, *args, **common)
-        _bwd_dq_kernel[(triton.cdiv(L, BLOCK_M), R * H)](q, k, v, dout, lse, delta, dq, *args, **common)
+        with _on_device(q):
+            _bwd_dkdv_kernel[(triton.cdiv(L, BLOCK_N), R * H)](q, k, v, dout, lse, delta, dk, dv, *args, **common)
+            _bwd_dq_kernel[(triton.cdiv(L, BLOCK_M), R * H)](q, k, v, dout, lse, delta, dq, *args, **common)
         return dq, dk, dv, None, None, None
 
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import _dot, _key_start, _precision, _softmax_step
+from .attention import _dot, _key_start, _on_device, _precision, _softmax_step
 
 MAX_WIDTH = 256  # the residual tile [rows, width] and one head's weights stay in registers
 WEIGHTS_PER_LAYER = 12  # ln1 w, b; qkv w, b; proj w, b; ln2 w, b; fc w, b; mlp proj w, b (csrc/ops.h)
@@ -187,10 +187,11 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
     BLOCK_C = max(16, triton.next_power_of_2(C))
     BLOCK_D = max(16, triton.next_power_of_2(D))
     BLOCK_H = min(32, max(16, triton.next_power_of_2(hidden)))
-    _decode_layers_kernel[(triton.cdiv(R, BLOCK_R),)](
-        x, out, kv, ks, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
-        1.0 / math.sqrt(D), eps,
-        N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
-        **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
-        BLOCK_N=8, num_warps=8)
+    with _on_device(x):
+        _decode_layers_kernel[(triton.cdiv(R, BLOCK_R),)](
+            x, out, kv, ks, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
+            1.0 / math.sqrt(D), eps,
+            N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
+            **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
+            BLOCK_N=8, num_warps=8)
     return out
