@@ -260,15 +260,9 @@ def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
         allowed = (pos <= q_pos) & (pos % T != T - 1)
         if HAS_KS:
             allowed = allowed & ((pos >= ks) == (q_pos >= ks))
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, s)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe)
-        l_i = l_i * alpha + p
+        m_i, l_i, alpha, p = _softmax_step(m_i, l_i, tl.where(allowed, s, float("-inf"))[:, None])
         v = tl.load(V + base, mask=q_ok, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + p[:, None] * v
-        m_i = m_new
+        acc = acc * alpha[:, None] + p * v
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(O + rows[:, None] * s_or + h * s_oh + offs_d[None, :] * s_od, out.to(O.dtype.element_ty), mask=q_ok)
 

@@ -60,6 +60,8 @@ def cases():
     """(name, launch) pairs: every launcher at tt's shapes, fp32 and bf16."""
     from tt.kernels import attention, decode
 
+    from tt.model import GPTConfig, TrajectoryTransformer
+
     def randn(*shape, dtype):
         return torch.randn(*shape).to(dtype)
 
@@ -79,13 +81,11 @@ def cases():
             pk, pv = (randn(1, 4, 64, 32, dtype=dtype) for _ in range(2))
             attention.decode_after_prefix(q, k, v, pk, pv, 128, 16, 75, torch.zeros(256, dtype=torch.long))
 
-        def decode_step(dtype=dtype, key_start=None):
-            weights = [randn(*shape, dtype=dtype) for _ in range(4) for shape in (
-                (128,), (128,), (384, 128), (384,), (128, 128), (128,), (128,), (128,), (512, 128), (512,),
-                (128, 512), (128,))]
-            kv = randn(2, 4, 256, 4, 79, 32, dtype=dtype)
-            decode.decode_layers(randn(256, 128, dtype=dtype), decode.stack_weights(weights), 4, kv, 75, 64, 1,
-                                 128, 16, key_start)
+        def decode_step(dtype=dtype, key_start=None):  # the published model at Hopper shapes
+            model = TrajectoryTransformer(GPTConfig(11, 3)).to(dtype)
+            kv = model.setup_cache(256).kv
+            decode.decode_layers(randn(256, 128, dtype=dtype), decode.stack_weights(model.block_weights()), 4, kv,
+                                 75, 64, 1, 128, 16, key_start)
 
         yield f"training attention {name}", train
         yield f"training attention with dropout {name}", lambda train=train: train(dropout=0.1)
