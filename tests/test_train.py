@@ -22,6 +22,18 @@ def test_lr_schedule_warmup_then_cosine_floor():
     assert lr_multiplier(5000, 100, 1000) == pytest.approx(0.1)
 
 
+def test_step_budget_schedule_warms_up_then_ends_at_the_floor(pendulum_medium, tmp_path):
+    """The `cpu` preset's schedule: a fixed number of steps, warmup over the first 5 %, cosine to 10 % at the end."""
+    cfg = make_config("cpu", **{**TINY, "budget_steps": 40, "warmup_fraction": 0.25, "log_every": 1})
+    train(cfg, str(tmp_path / "run"), progress=False)
+    lrs = [json.loads(line)["lr"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(lrs) == 40
+    peak = int(np.argmax(lrs))
+    assert peak == 9 and lrs[peak] == pytest.approx(cfg.learning_rate)  # 10 of 40 steps warm up
+    assert lrs[-1] == pytest.approx(0.1 * cfg.learning_rate)
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
 def test_training_lowers_loss_and_checkpoint_reloads_identically(pendulum_medium, tmp_path):
     cfg = make_config("small", **{**TINY, "max_steps": 60, "learning_rate": 3e-3})
     model = train(cfg, str(tmp_path / "run"), progress=False)

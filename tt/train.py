@@ -47,7 +47,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     epochs: float | None = None
     decay_epochs: float = 20.0  # cosine reaches 10% after this many epochs of tokens
-    max_steps: int | None = None
+    budget_steps: int | None = None  # instead of epochs: this many steps, warmup then cosine to 10% at the end
+    warmup_fraction: float = 0.05  # of budget_steps (the published schedule warms up over one epoch)
+    max_steps: int | None = None  # train this many steps whatever the schedule says
     save_every: int = 1000
     log_every: int = 20
     seed: int = 42
@@ -58,6 +60,9 @@ PRESETS: dict[str, dict] = {
     "published": {},
     # A few minutes on 2 CPU cores for the built-in data sets.
     "small": dict(n_layer=3, n_head=4, n_embd=96, batch_size=64, epochs=8, decay_epochs=8, save_every=500),
+    # About an hour on 2 CPU cores for the locomotion tasks (Hopper's 16-token transitions): the
+    # published model and context, a smaller batch, a fixed number of steps.
+    "cpu": dict(batch_size=32, budget_steps=6000, save_every=250),
 }
 
 
@@ -123,10 +128,17 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
     optimizer = configure_optimizer(model, cfg)
 
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
-    epochs = cfg.epochs if cfg.epochs is not None else 50 * 1e6 / len(windows)
-    total_steps = cfg.max_steps or max(1, int(epochs * steps_per_epoch))
-    tokens_per_epoch = len(windows) * windows.block_size
-    warmup_tokens, final_tokens = tokens_per_epoch, int(cfg.decay_epochs * tokens_per_epoch)
+    if cfg.budget_steps is not None:
+        schedule_steps = cfg.budget_steps
+        step_tokens = cfg.batch_size * windows.block_size
+        warmup_tokens = int(cfg.warmup_fraction * schedule_steps * step_tokens)
+        final_tokens = schedule_steps * step_tokens
+    else:
+        epochs = cfg.epochs if cfg.epochs is not None else 50 * 1e6 / len(windows)
+        schedule_steps = max(1, int(epochs * steps_per_epoch))
+        tokens_per_epoch = len(windows) * windows.block_size
+        warmup_tokens, final_tokens = tokens_per_epoch, int(cfg.decay_epochs * tokens_per_epoch)
+    total_steps = cfg.max_steps or schedule_steps
 
     run_config = {"train": dataclasses.asdict(cfg), "data": data_info, "total_steps": total_steps}
     step, tokens_seen = 0, 0

@@ -1,14 +1,11 @@
-"""Built-in data sets: generated locally in seconds as real Minari data sets.
+"""The pendulums: Pendulum-v1 and MuJoCo InvertedPendulum-v5 with scripted experts.
 
-Each task has a scripted expert; the variants are `expert` (the controller), `medium` (the
-controller with action noise and random actions mixed in) and `mixed` (medium episodes plus
-random-policy episodes). Generation is deterministic by seed. Reference scores (random and
-expert mean returns) are stored, so `minari.get_normalized_score` works.
+Variants: `expert` (the controller), `medium` (the controller with action noise and random
+actions mixed in) and `mixed` (medium episodes plus random-policy episodes).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +15,7 @@ import numpy as np
 from tt.progress import progress as progress_bar
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+VARIANTS = ("expert", "medium", "mixed")
 
 
 def pendulum_expert(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
@@ -62,7 +60,7 @@ def inverted_pendulum_lqr(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @dataclass(frozen=True)
-class Task:
+class ScriptedTask:
     env_id: str
     expert: Callable[[gym.Env], Callable[[np.ndarray], np.ndarray]]
     noise: float  # std of Gaussian action noise in `medium`, in units of the action range / 2
@@ -70,26 +68,11 @@ class Task:
     episodes: int  # default number of episodes per variant
 
 
-TASKS: dict[str, Task] = {
-    "pendulum": Task("Pendulum-v1", pendulum_expert, noise=1.0, random_prob=0.3, episodes=100),
-    "invertedpendulum": Task("InvertedPendulum-v5", inverted_pendulum_lqr, noise=0.4, random_prob=0.0,
-                             episodes=50),
+TASKS: dict[str, ScriptedTask] = {
+    "pendulum": ScriptedTask("Pendulum-v1", pendulum_expert, noise=1.0, random_prob=0.3, episodes=100),
+    "invertedpendulum": ScriptedTask("InvertedPendulum-v5", inverted_pendulum_lqr, noise=0.4, random_prob=0.0,
+                                     episodes=50),
 }
-VARIANTS = ("expert", "medium", "mixed")
-
-
-def builtin_names() -> list[str]:
-    return [f"{task}-{variant}" for task in TASKS for variant in VARIANTS]
-
-
-def dataset_id_of(name: str) -> str:
-    task, variant = name.rsplit("-", 1)
-    return f"tt/{task}/{variant}-v0"
-
-
-def resolve_dataset_id(name: str) -> str:
-    """Built-in short names to Minari ids; anything else is returned unchanged."""
-    return dataset_id_of(name) if name in builtin_names() else name
 
 
 def rollout(env: gym.Env, policy: Policy, seed: int, rng: np.random.Generator) -> dict:
@@ -110,7 +93,7 @@ def rollout(env: gym.Env, policy: Policy, seed: int, rng: np.random.Generator) -
                 terminations=terminations, truncations=truncations)
 
 
-def policies(task: Task, env: gym.Env) -> dict[str, Policy]:
+def policies(task: ScriptedTask, env: gym.Env) -> dict[str, Policy]:
     expert = task.expert(env)
     low, high = env.action_space.low, env.action_space.high
     scale = (high - low) / 2.0
@@ -127,15 +110,10 @@ def policies(task: Task, env: gym.Env) -> dict[str, Policy]:
     }
 
 
-def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress: bool = True):
-    """Generate the built-in data set `name` (e.g. `pendulum-medium`) and return it as a MinariDataset."""
-    import minari
+def generate(task_name: str, variant: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
+    """Episodes (Minari buffer fields) of a pendulum variant, and its reference scores."""
     from minari.data_collector import EpisodeBuffer
-    from minari.storage.datasets_root_dir import get_dataset_path
 
-    if name not in builtin_names():
-        raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(builtin_names())}")
-    task_name, variant = name.rsplit("-", 1)
     task = TASKS[task_name]
     env = gym.make(task.env_id)
     pols = policies(task, env)
@@ -144,7 +122,7 @@ def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress
     plan = {"expert": [("expert", episodes)], "medium": [("medium", episodes)],
             "mixed": [("medium", episodes), ("random", episodes // 2)]}[variant]
     buffers = []
-    bar = progress_bar(sum(n for _, n in plan), f"generating {name}", progress)
+    bar = progress_bar(sum(n for _, n in plan), f"generating {task_name}-{variant}", progress)
     for policy_name, count in plan:
         for _ in range(count):
             episode = rollout(env, pols[policy_name], seed=seed * 100_000 + len(buffers), rng=rng)
@@ -155,14 +133,5 @@ def make_dataset(name: str, episodes: int | None = None, seed: int = 0, progress
     ref_rng = np.random.default_rng(10_000 + seed)  # reference scores from separate seeds
     ref = {k: float(np.mean([sum(rollout(env, pols[k], seed=1_000_000 + i, rng=ref_rng)["rewards"])
                              for i in range(10)])) for k in ("random", "expert")}
-    dataset_id = dataset_id_of(name)
-    path = get_dataset_path(dataset_id)
-    if path.exists():  # regenerate: the data set is a deterministic function of name and seed
-        shutil.rmtree(path)
-    return minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env=task.env_id, eval_env=task.env_id,
-        algorithm_name=f"scripted-{variant}",
-        author="tt", author_email="tt@localhost", code_permalink="tt/envs.py",
-        ref_min_score=ref["random"], ref_max_score=ref["expert"],
-        description=f"tt built-in {variant} data for {task.env_id}, seed {seed}",
-    )
+    return buffers, {"ref_min_score": ref["random"], "ref_max_score": ref["expert"],
+                     "algorithm_name": f"scripted-{variant}"}
