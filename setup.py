@@ -80,8 +80,9 @@ def extension_modules():
 ext_modules, cmdclass = extension_modules()
 
 setup(
-    packages=["tt", "tt.kernels"],
+    packages=["tt", "tt.envs", "tt.kernels"],
     package_dir={"tt": "tt", "tt.kernels": "kernels"},
+    package_data={"tt.envs": ["policies/*.safetensors", "policies/*.json"]},  # the shipped behaviour policies
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -4,6 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# `tt eval --video` renders MuJoCo on the CPU through Mesa's EGL: install the Debian packages when they
+# are missing and this can (root, apt-get); never fail the set-up over them, say what is missing instead.
+render_pkgs="libegl1 libegl-mesa0 libgl1-mesa-dri"
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=$(for p in $render_pkgs; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || printf '%s ' "$p"; done)
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && { apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing; } >/dev/null 2>&1
+    then
+      echo "installed for tt eval --video (MuJoCo rendering): $missing"
+    else
+      echo "note: tt eval --video on MuJoCo tasks needs these packages, not installed: $missing(apt-get install them as root)"
+    fi
+  fi
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 pip_install() { python -m pip install -q --disable-pip-version-check "$@"; }

@@ -24,7 +24,7 @@ def cmd_data(args) -> None:
         for other in sorted(local - {dataset_id_of(n) for n in builtin_names()}):
             print(f"{'':28s} {other:34s} made")
         return
-    dataset = make_dataset(args.name, episodes=args.episodes, seed=args.seed)
+    dataset = make_dataset(args.name, episodes=args.episodes, steps=args.steps, seed=args.seed)
     print(f"made {dataset.spec.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
 
 
@@ -80,10 +80,19 @@ def cmd_eval(args) -> None:
 
     out = args.out or os.path.join(args.run, "eval")
     results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
-                       device=args.device, **plan_overrides(args))
+                       device=args.device, video=args.video, **plan_overrides(args))
     print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
           f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
           f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
+
+
+def cmd_score(args) -> None:
+    from tt.score import format_table, score_runs
+
+    summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
+                         device=args.device, **plan_overrides(args))
+    print(format_table(summary))
+    print(f"written to {args.out}")
 
 
 DEMO = dict(dataset="pendulum-medium", episodes=10, envs=5, plan=dict(horizon=5, beam_width=16, n_expand=2))
@@ -114,6 +123,13 @@ def cmd_demo(args) -> None:
     print(f"run, plots and eval.json in {args.out}")
 
 
+def add_plan_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, kind in PLAN_FLAGS.items():
+        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help="PlanConfig." + flag)
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                        help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tt", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -123,14 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub.add_parser("list", help="built-in and local data sets")
     make = data_sub.add_parser("make", help="generate a built-in data set")
     make.add_argument("name")
-    make.add_argument("--episodes", type=int)
+    make.add_argument("--episodes", type=int, help="pendulums: episodes per policy")
+    make.add_argument("--steps", type=int, help="locomotion: environment steps (default 1M, as D4RL)")
     make.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train a Trajectory Transformer")
     train.add_argument("--dataset", required=True, help="Minari id or built-in name")
     train.add_argument("--out", required=True, help="run directory")
-    train.add_argument("--preset", default="published", help="published | small")
+    train.add_argument("--preset", default="published", help="published | cpu | small")
     train.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     train.add_argument("--epochs", type=float)
     train.add_argument("--batch-size", type=int)
@@ -158,11 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device")
     ev.add_argument("--out", help="results directory (default RUN/eval)")
-    for flag, kind in PLAN_FLAGS.items():
-        ev.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help="PlanConfig." + flag)
-    ev.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
-                    help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")
+    ev.add_argument("--video", help="render the first episode to this .mp4 or .gif file")
+    add_plan_flags(ev)
     ev.set_defaults(func=cmd_eval)
+
+    sc = sub.add_parser("score", help="the paper's protocol: evaluate runs, normalized score x100, mean and s.e.")
+    sc.add_argument("runs", nargs="+", help="run directories (several seeds and data sets)")
+    sc.add_argument("--episodes", type=int, default=10, help="episodes per run")
+    sc.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--device")
+    sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
+    add_plan_flags(sc)
+    sc.set_defaults(func=cmd_score)
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo")
@@ -176,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retain_freed_memory()  # this process is tt's own: fewer page faults in CPU planning and training
+    if getattr(args, "video", None):  # before MuJoCo is imported: off-screen GL unless the caller chose one
+        from tt.video import use_headless_rendering
+
+        use_headless_rendering()
     try:
         args.func(args)
     except (ValueError, LookupError, FileNotFoundError) as e:

@@ -18,12 +18,22 @@ from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
 from tt.planner import Planner
 from tt.progress import progress as progress_bar
+from tt.video import EpisodeVideo, check_video_path, rendering_env
 
 
 def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
-             device: str | None = None, progress: bool = True, **plan_overrides) -> dict:
-    """Roll out `episodes` episodes with `tt.Planner` over `n_envs` environments; returns the results."""
+             device: str | None = None, progress: bool = True, video: str | None = None, **plan_overrides) -> dict:
+    """Roll out `episodes` episodes with `tt.Planner` over `n_envs` environments; returns the results.
+
+    `video`: also render the first environment's first episode to this .mp4 or .gif file (`results["video"]`).
+    """
     import minari
+
+    if episodes < 1 or n_envs < 1:
+        raise ValueError(f"need at least one episode and one environment, got episodes={episodes}, envs={n_envs}")
+    if video:
+        check_video_path(video)  # a wrong suffix or a missing writer fails now, not after the episode
+    wall_started = time.perf_counter()
 
     planner = Planner.load(run_dir, device=device, seed=seed, **plan_overrides)
     _, _, run_config, _ = load_run(run_dir)
@@ -31,8 +41,11 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     data_returns = trajectories_from_minari(dataset).returns
 
     n_envs = min(n_envs, episodes)
-    envs = gym.vector.SyncVectorEnv([lambda: dataset.recover_environment(eval_env=True)] * n_envs,
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    env_fns = [lambda: dataset.recover_environment(eval_env=True)] * n_envs
+    if video:  # environment 0 draws its first episode; no extra planning
+        recorder = EpisodeVideo(rendering_env(dataset), video)
+        env_fns[0] = lambda: recorder
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     quota = np.array([episodes // n_envs + (i < episodes % n_envs) for i in range(n_envs)])
     returns, lengths = [[] for _ in range(n_envs)], [[] for _ in range(n_envs)]
     running, steps = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
@@ -79,7 +92,10 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
         "plan_seconds_per_step": float(np.mean(plan_seconds)),
         "plan_seconds_per_env_step": float(np.mean(plan_seconds) / n_envs),
+        "wall_seconds": time.perf_counter() - wall_started,
     }
+    if video:
+        results["video"] = recorder.written
     if out:
         os.makedirs(out, exist_ok=True)
         write_json(os.path.join(out, "eval.json"), results)

@@ -17,6 +17,7 @@ def atomic_write(path: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); results and checkpoints are ordinary files
     try:
         yield tmp
         os.replace(tmp, path)

@@ -60,9 +60,9 @@ PRESETS: dict[str, dict] = {
     "published": {},
     # A few minutes on 2 CPU cores for the built-in data sets.
     "small": dict(n_layer=3, n_head=4, n_embd=96, batch_size=64, epochs=8, decay_epochs=8, save_every=500),
-    # About an hour on 2 CPU cores for the locomotion tasks (Hopper's 16-token transitions): the
-    # published model and context, a smaller batch, a fixed number of steps.
-    "cpu": dict(batch_size=32, budget_steps=6000, save_every=250),
+    # About an hour on 2 CPU cores for the locomotion tasks: the published model and context, batch
+    # 32 and a fixed number of steps (one step took 353 ms at Hopper's shapes, benchmarks/RESULTS.md).
+    "cpu": dict(batch_size=32, budget_steps=10_000, save_every=500),
 }
 
 
