@@ -94,22 +94,32 @@ def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def philox4x32_10(counter: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Random123's Philox4x32-10 blocks: counter words `[n, 4]` and key words `[n, 2]` (32-bit
+    values in any integer dtype) to output words `[n, 4]` (uint64 holding 32-bit values)."""
+    mask = np.uint64(0xFFFFFFFF)
+    c = [np.asarray(counter, dtype=np.uint64)[:, i] for i in range(4)]
+    k0, k1 = (np.asarray(key, dtype=np.uint64)[:, i] for i in range(2))
+    for _ in range(10):
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+    return np.stack(c, axis=1)
+
+
 def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
     """Uniforms in [0, 1) (float64) for rows 0..n-1 from Philox4x32-10, as `csrc/philox.h`.
 
     Counter (row lo, row hi, offset lo, offset hi), key (seed lo, seed hi); the uniform takes the
     top 53 bits of the first two output words.
     """
-    mask = np.uint64(0xFFFFFFFF)
+    mask = 0xFFFFFFFF
     rows = np.arange(n, dtype=np.uint64)
-    c = [rows & mask, rows >> np.uint64(32), np.full(n, offset & 0xFFFFFFFF, np.uint64),
-         np.full(n, (offset >> 32) & 0xFFFFFFFF, np.uint64)]
-    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
-    for _ in range(10):
-        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
-        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & mask]
-        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
-    bits = ((c[0] << np.uint64(32)) | c[1]) >> np.uint64(11)
+    counter = np.stack([rows & np.uint64(mask), rows >> np.uint64(32), np.full(n, offset & mask, np.uint64),
+                        np.full(n, (offset >> 32) & mask, np.uint64)], axis=1)
+    key = np.tile(np.array([seed & mask, (seed >> 32) & mask], np.uint64), (n, 1))
+    words = philox4x32_10(counter, key)
+    bits = ((words[:, 0] << np.uint64(32)) | words[:, 1]) >> np.uint64(11)
     return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
 
 

@@ -1,117 +1,32 @@
-// tt::sample_next on CUDA: one block per row; logits, filters and the draw in shared memory.
-// Same algorithm and Philox stream as the CPU implementation (csrc/cpu/sample_next.cpp).
+// tt::sample_next on CUDA: argument checks and the launch; the kernel is in kernels/sample_next.cuh.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <cuda/std/limits>
-
 #include "../ops.h"
-#include "../sampling.h"
-#include "common.cuh"
+#include "kernels/sample_next.cuh"
 
 namespace tt {
-
-namespace {
-
-constexpr int kThreads = 256;
-constexpr int kMaxVocab = 1024;
-
-struct Max {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
-};
-struct Sum {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
-};
-
-template <typename scalar_t, typename mid_t, typename out_t>
-__global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, int P, double temperature, int top_k,
-                                   double cdf, const mid_t* __restrict__ mids, const int64_t* __restrict__ state,
-                                   int64_t* __restrict__ tokens, out_t* __restrict__ expectation) {
-  using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem[];
-  acc_t* z = reinterpret_cast<acc_t*>(smem);
-  acc_t* buf = z + P;
-  double* w = reinterpret_cast<double*>(buf + P);
-  __shared__ acc_t scratch_acc[32];
-  __shared__ acc_t cutoff_s;
-  const int r = blockIdx.x;
-  const scalar_t* row = logits + static_cast<int64_t>(r) * V;
-  const acc_t inf = cuda::std::numeric_limits<acc_t>::infinity();
-
-  acc_t local_max = -inf;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    z[i] = static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature);
-    local_max = z[i] > local_max ? z[i] : local_max;
-  }
-  const acc_t zmax = block_reduce(local_max, Max(), -inf, scratch_acc);
-  acc_t local_sum = 0;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) local_sum += exp(z[i] - zmax);
-  const acc_t total = block_reduce(local_sum, Sum(), acc_t(0), scratch_acc);
-  auto prob = [&](int i) { return exp(z[i] - zmax) / total; };
-
-  if (mids != nullptr) {  // expectation under the raw probabilities, stop token dropped
-    acc_t local_e = 0;
-    for (int i = threadIdx.x; i < V - 1; i += blockDim.x) local_e += prob(i) * static_cast<acc_t>(mids[i]);
-    const acc_t e = block_reduce(local_e, Sum(), acc_t(0), scratch_acc);
-    if (threadIdx.x == 0) expectation[r] = static_cast<out_t>(e);
-  }
-  if (cdf >= 0) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
-    for (int i = threadIdx.x; i < P; i += blockDim.x) buf[i] = i < V ? prob(i) : inf;
-    __syncthreads();
-    bitonic_sort(buf, static_cast<int*>(nullptr), P, [](acc_t a, int, acc_t b, int) { return a < b; });
-    if (threadIdx.x == 0) cutoff_s = cdf_cutoff(buf, V, static_cast<acc_t>(cdf));
-    __syncthreads();
-    const acc_t cutoff = cutoff_s;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-      if (prob(i) <= cutoff) z[i] = static_cast<acc_t>(-1000);
-    __syncthreads();
-  }
-  if (top_k > 0) {  // keep the k largest and everything tied with the k-th
-    for (int i = threadIdx.x; i < P; i += blockDim.x) buf[i] = i < V ? z[i] : -inf;
-    __syncthreads();
-    bitonic_sort(buf, static_cast<int*>(nullptr), P, [](acc_t a, int, acc_t b, int) { return a < b; });
-    const acc_t kth = buf[P - top_k];
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-      if (z[i] < kth) z[i] = -inf;
-    __syncthreads();
-  }
-  acc_t kept = -inf;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) kept = z[i] > kept ? z[i] : kept;
-  const double kept_max = static_cast<double>(block_reduce(kept, Max(), -inf, scratch_acc));
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const double d = static_cast<double>(z[i]) - kept_max;
-    w[i] = d < -746.0 ? 0.0 : ::exp(d);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0)  // inverse CDF at the row's Philox uniform, summed in order as on the CPU
-    tokens[r] = draw_token(w, V, static_cast<uint64_t>(state[0]), static_cast<uint64_t>(state[1]),
-                           static_cast<uint64_t>(r));
-}
-
-}  // namespace
 
 void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
                       const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state, at::Tensor& tokens,
                       at::Tensor& expectation) {
   check_sample_next(logits, temperature, top_k, cdf, midpoints, rng_state, tokens, expectation);
   const int rows = static_cast<int>(logits.size(0)), V = static_cast<int>(logits.size(1));
-  TORCH_CHECK(V <= kMaxVocab, "tt::sample_next: at most ", kMaxVocab, " tokens per row on CUDA, got ", V);
+  TORCH_CHECK(V <= kSampleNextMaxVocab, "tt::sample_next: at most ", kSampleNextMaxVocab,
+              " tokens per row on CUDA, got ", V);
   if (rows == 0) return;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int P = next_power_of_two(V);
   const bool has_mids = midpoints.has_value();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "tt::sample_next_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t shared = 2 * P * sizeof(acc_t) + P * sizeof(double);
+    const LaunchConfig cfg = sample_next_launch<acc_t>(rows, V);
     auto launch = [&](auto* mids, auto* out) {
-      sample_next_kernel<<<rows, kThreads, shared, stream>>>(
-          logits.data_ptr<scalar_t>(), V, P, temperature, static_cast<int>(top_k), cdf, mids,
+      sample_next_kernel<scalar_t, acc_t><<<cfg.blocks, cfg.threads, cfg.shared, stream>>>(
+          logits.data_ptr<scalar_t>(), V, cfg.P, temperature, static_cast<int>(top_k), cdf, mids,
           rng_state.data_ptr<int64_t>(), tokens.data_ptr<int64_t>(), out);
     };
     if (!has_mids) {

@@ -1,9 +1,35 @@
 // Block-level helpers for the tt CUDA kernels: reductions and an in-shared-memory bitonic sort.
+// The headers in csrc/cuda/kernels/ hold the kernel bodies and no ATen: the .cu launchers compile
+// them with nvcc, and tests/simt/ runs them on the CPU under a SIMT emulator (included first).
 #pragma once
 
+#if defined(__CUDACC__)
 #include <cuda_runtime.h>
 
+#include <cuda/std/limits>
+#elif defined(TT_SIMT)
+#include <limits>
+#else
+#error "csrc/cuda/kernels/: compile with nvcc, or include the SIMT emulator (tests/simt/simt.h) first"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
 namespace tt {
+
+#if defined(__CUDACC__)
+namespace kstd = ::cuda::std;  // numeric_limits usable in device code
+
+// The block's dynamic shared memory: the launch's byte count, laid out by each kernel.
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+  extern __shared__ unsigned char smem[];
+  return smem;
+}
+#else
+namespace kstd = ::std;
+using ::dynamic_shared_memory;  // the emulator's: exactly the launch's bytes, per block
+#endif
 
 // Reduce one value per thread across the block with `op` (whose identity is `identity`);
 // every thread gets the result. `scratch` holds 32 values in shared memory.
@@ -20,7 +46,7 @@ __device__ T block_reduce(T value, Op op, T identity, T* scratch) {
   }
   __syncthreads();
   const T result = scratch[0];
-  __syncthreads();
+  __syncthreads();  // before a next reduction overwrites scratch (tests/test_simt.py drops it on purpose)
   return result;
 }
 
@@ -58,5 +84,15 @@ inline int next_power_of_two(int n) {
   while (p < n) p <<= 1;
   return p;
 }
+
+// How a kernel is launched: blocks, threads per block, dynamic shared memory (bytes), and P, the
+// power of two the kernel pads its shared arrays to. Computed once per kernel in its header, for
+// the .cu launcher and the emulator alike.
+struct LaunchConfig {
+  unsigned blocks;
+  unsigned threads;
+  size_t shared;
+  int P;
+};
 
 }  // namespace tt

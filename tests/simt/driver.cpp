@@ -1,0 +1,189 @@
+// Runs tt's CUDA kernels under the SIMT emulator for tests/test_simt.py:
+//   driver KERNEL IN OUT
+// reads cases for KERNEL from the file IN (little-endian fields, as the test writes them), launches
+// the kernel for each with its launcher's configuration (from the kernel header) and writes the
+// outputs, poisoned beforehand, to OUT. KERNEL: sample_next, beam_select, philox_uniform,
+// philox_block (emulated), philox_host (csrc/philox.h called on the host, no emulation), or
+// selftest (the emulator's own checks, tests/simt/selftest.cuh).
+#include "simt.h"  // first: the kernel headers build on its CUDA API
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "cuda/kernels/beam_select.cuh"
+#include "cuda/kernels/philox.cuh"
+#include "cuda/kernels/sample_next.cuh"
+#include "selftest.cuh"
+
+namespace {
+
+struct Reader {
+  FILE* f;
+  bool more() {
+    const int c = std::fgetc(f);
+    return c != EOF && std::ungetc(c, f) != EOF;
+  }
+  template <typename T>
+  std::vector<T> array(int64_t n) {
+    std::vector<T> v(n);
+    if (n > 0 && std::fread(v.data(), sizeof(T), n, f) != static_cast<size_t>(n)) simt::fail("driver: the input ends early");
+    return v;
+  }
+  template <typename T>
+  T get() {
+    return array<T>(1)[0];
+  }
+};
+
+struct Writer {
+  FILE* f;
+  template <typename T>
+  void put(const std::vector<T>& v) {
+    if (!v.empty()) std::fwrite(v.data(), sizeof(T), v.size(), f);
+  }
+};
+
+// In: rows, V, temperature, top_k (<= 0: off), cdf (< 0: off), has_mids, rng state (seed, offset),
+// logits [rows, V], midpoints [V - 1] when has_mids (in acc_t, as tt.ops passes them).
+// Out: tokens [rows] int64, expectation [rows] acc_t when has_mids.
+template <typename scalar_t>
+void sample_next(Reader& in, Writer& out) {
+  using acc_t = scalar_t;  // at::opmath_type of float and double
+  const int64_t rows = in.get<int64_t>(), V = in.get<int64_t>();
+  const double temperature = in.get<double>();
+  const int64_t top_k = in.get<int64_t>();
+  const double cdf = in.get<double>();
+  const bool has_mids = in.get<int64_t>() != 0;
+  const std::vector<int64_t> state = in.array<int64_t>(2);
+  const std::vector<scalar_t> logits = in.array<scalar_t>(rows * V);
+  const std::vector<acc_t> mids = has_mids ? in.array<acc_t>(V - 1) : std::vector<acc_t>();
+  if (V > tt::kSampleNextMaxVocab) simt::fail("sample_next: at most %d tokens per row", tt::kSampleNextMaxVocab);
+  std::vector<int64_t> tokens(rows, -1);
+  std::vector<acc_t> expectation(has_mids ? rows : 0, NAN);
+  const tt::LaunchConfig cfg = tt::sample_next_launch<acc_t>(static_cast<int>(rows), static_cast<int>(V));
+  simt::launch(cfg.blocks, cfg.threads, cfg.shared, [&] {
+    tt::sample_next_kernel<scalar_t, acc_t>(logits.data(), static_cast<int>(V), cfg.P, temperature,
+                                            static_cast<int>(top_k), cdf, has_mids ? mids.data() : nullptr,
+                                            state.data(), tokens.data(), has_mids ? expectation.data() : nullptr);
+  });
+  out.put(tokens);
+  out.put(expectation);
+}
+
+// In: B, M, k, group, S, L, scores [B, M], terms [B*M, S], tokens [B*M, L] int64.
+// Out: values [B, k], indices [B, k], rows [B*k], terms_out [B*k, S], tokens_out [B*k, L].
+template <typename score_t, typename term_t>
+void beam_select(Reader& in, Writer& out) {
+  const std::vector<int64_t> d = in.array<int64_t>(6);
+  const int B = static_cast<int>(d[0]), M = static_cast<int>(d[1]), k = static_cast<int>(d[2]);
+  const int group = static_cast<int>(d[3]), S = static_cast<int>(d[4]), L = static_cast<int>(d[5]);
+  const std::vector<score_t> scores = in.array<score_t>(int64_t{B} * M);
+  const std::vector<term_t> terms = in.array<term_t>(int64_t{B} * M * S);
+  const std::vector<int64_t> tokens = in.array<int64_t>(int64_t{B} * M * L);
+  if (M > tt::kBeamSelectMaxCandidates) simt::fail("beam_select: at most %d candidates", tt::kBeamSelectMaxCandidates);
+  std::vector<score_t> values(B * k, NAN);
+  std::vector<int64_t> indices(B * k, -1), rows(B * k, -1), tokens_out(int64_t{B} * k * L, -1);
+  std::vector<term_t> terms_out(int64_t{B} * k * S, NAN);
+  const tt::LaunchConfig cfg = tt::beam_select_launch<score_t>(B, M);
+  simt::launch(cfg.blocks, cfg.threads, cfg.shared, [&] {
+    tt::beam_select_kernel<score_t, term_t>(scores.data(), B, M, cfg.P, k, group, terms.data(), S, tokens.data(), L,
+                                            values.data(), indices.data(), rows.data(), terms_out.data(),
+                                            tokens_out.data());
+  });
+  out.put(values);
+  out.put(indices);
+  out.put(rows);
+  out.put(terms_out);
+  out.put(tokens_out);
+}
+
+template <typename score_t>
+void beam_select_terms(Reader& in, Writer& out, int64_t term_size) {
+  if (term_size == 4) beam_select<score_t, float>(in, out);
+  else beam_select<score_t, double>(in, out);
+}
+
+// In: seed, offset, n. Out: uniforms [n] float64.
+void philox_uniform(Reader& in, Writer& out) {
+  const std::vector<int64_t> d = in.array<int64_t>(3);
+  std::vector<double> u(d[2], NAN);
+  const tt::LaunchConfig cfg = tt::philox_launch(d[2]);
+  simt::launch(cfg.blocks, cfg.threads, cfg.shared, [&] {
+    tt::philox_uniform_kernel(static_cast<uint64_t>(d[0]), static_cast<uint64_t>(d[1]), d[2], u.data());
+  });
+  out.put(u);
+}
+
+// In: n, blocks [n, 6] uint32 (counter words, key words). Out: [n, 4] uint32.
+void philox_block(Reader& in, Writer& out, bool emulated) {
+  const int64_t n = in.get<int64_t>();
+  const std::vector<uint32_t> ctr_key = in.array<uint32_t>(6 * n);
+  std::vector<uint32_t> words(4 * n, 0);
+  if (emulated) {
+    const tt::LaunchConfig cfg = tt::philox_launch(n);
+    simt::launch(cfg.blocks, cfg.threads, cfg.shared,
+                 [&] { tt::philox_block_kernel(ctr_key.data(), n, words.data()); });
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t* c = &ctr_key[6 * i];
+      const tt::Philox4x32 r = tt::philox4x32_10(c[0], c[1], c[2], c[3], c[4], c[5]);
+      std::memcpy(&words[4 * i], r.v, sizeof(r.v));
+    }
+  }
+  out.put(words);
+}
+
+// In: name, threads, blocks (int64 each; name 0 shuffles, 1 atomics, 2 divergent barriers, 3 an
+// early exit, 4 a partial shuffle mask). Out: the shuffles' [4, 6, threads] or the atomics' 5 int32 + 1 float.
+void selftest(Reader& in, Writer& out) {
+  const std::vector<int64_t> d = in.array<int64_t>(3);
+  const unsigned threads = static_cast<unsigned>(d[1]), blocks = static_cast<unsigned>(d[2]);
+  namespace st = simt_selftest;
+  std::vector<int> ints(4 * st::kShuffleWidths * threads, -1);
+  std::vector<float> sum(1, 0.0f);
+  if (d[0] == 1) ints = {0, -1, 1, 0, 0};
+  simt::launch(blocks, threads, 0, [&] {
+    switch (d[0]) {
+      case 0: st::shuffles(ints.data()); break;
+      case 1: st::atomics(ints.data(), sum.data()); break;
+      case 2: st::divergent_barriers(); break;
+      case 3: st::early_exit(); break;
+      default: st::partial_mask(ints.data());
+    }
+  });
+  out.put(ints);
+  if (d[0] == 1) out.put(sum);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) simt::fail("usage: driver KERNEL IN OUT");
+  FILE* in_file = std::fopen(argv[2], "rb");
+  FILE* out_file = std::fopen(argv[3], "wb");
+  if (!in_file || !out_file) simt::fail("driver: cannot open %s or %s", argv[2], argv[3]);
+  Reader in{in_file};
+  Writer out{out_file};
+  const std::string kernel = argv[1];
+  while (in.more()) {
+    if (kernel == "sample_next") {
+      if (in.get<int64_t>() == 4) sample_next<float>(in, out);
+      else sample_next<double>(in, out);
+    } else if (kernel == "beam_select") {
+      const int64_t score_size = in.get<int64_t>(), term_size = in.get<int64_t>();
+      if (score_size == 4) beam_select_terms<float>(in, out, term_size);
+      else beam_select_terms<double>(in, out, term_size);
+    } else if (kernel == "philox_uniform") {
+      philox_uniform(in, out);
+    } else if (kernel == "philox_block" || kernel == "philox_host") {
+      philox_block(in, out, kernel == "philox_block");
+    } else if (kernel == "selftest") {
+      selftest(in, out);
+    } else {
+      simt::fail("driver: unknown kernel %s", kernel.c_str());
+    }
+  }
+  return std::fclose(out_file) == 0 ? 0 : 1;
+}

@@ -1,0 +1,394 @@
+"""The CUDA kernels executed on the CPU: csrc/cuda/kernels/ under the SIMT emulator (tests/simt/).
+
+tests/simt/driver.cpp is compiled with g++ three ways (plain, ThreadSanitizer, AddressSanitizer
+with UndefinedBehaviorSanitizer) and runs each kernel, with its launcher's configuration, on small
+random inputs under every schedule; outputs are compared with tt/reference.py: integers, tie
+orders and gathers exactly, floating-point sums within a tolerance stated per output. TSan runs
+the free schedule only: the one-at-a-time schedules order every access through a token, so TSan
+has nothing to see there (those schedules find races by the wrong results they cause instead).
+"""
+
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tt import reference
+from tt.rng import Philox
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMT = ROOT / "tests" / "simt"
+COMMON = ROOT / "csrc" / "cuda" / "kernels" / "common.cuh"
+BUILDS = {
+    "plain": [],
+    "tsan": ["-fsanitize=thread"],
+    "asan": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+}
+SCHEDULES = ["free", "forward", "reverse", "random:7"]
+# (build, schedule) pairs: TSan on the free schedule only (see the module docstring)
+RUNS = [pytest.param(build, schedule, id=f"{build}-{schedule}")
+        for build, schedules in (("plain", SCHEDULES), ("asan", SCHEDULES), ("tsan", ["free"]))
+        for schedule in schedules]
+SANITIZER_ENV = {"TSAN_OPTIONS": "halt_on_error=1", "ASAN_OPTIONS": "detect_leaks=1",
+                 "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+# Random123's known-answer vectors for philox4x32 with 10 rounds (its kat_vectors file):
+# counter words, key words, output words.
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.fixture(scope="session")
+def drivers(tmp_path_factory) -> dict[str, Path]:
+    """tests/simt/driver.cpp built once per session in each of BUILDS (in parallel)."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"{cxx} not found")
+    out = tmp_path_factory.mktemp("simt")
+    base = [cxx, "-std=c++20", "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", f"-I{ROOT / 'csrc'}", f"-I{SIMT}",
+            str(SIMT / "driver.cpp")]
+    builds = {name: subprocess.Popen([*base, *flags, "-o", str(out / name)], stderr=subprocess.PIPE, text=True)
+              for name, flags in BUILDS.items()}
+    for name, build in builds.items():
+        _, err = build.communicate()
+        assert build.returncode == 0, f"building the {name} driver failed:\n{err}"
+    return {name: out / name for name in BUILDS}
+
+
+def run_driver(binary: Path, kernel: str, payload: bytes, schedule: str = "free", check: bool = True,
+               **env: str) -> tuple[subprocess.CompletedProcess, bytes]:
+    """Run `binary kernel` on `payload`; returns the process and its output bytes."""
+    work = binary.parent / f"io-{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    (work / "in").write_bytes(payload)
+    (work / "out").unlink(missing_ok=True)
+    proc = subprocess.run([str(binary), kernel, str(work / "in"), str(work / "out")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **SANITIZER_ENV, "SIMT_SCHEDULE": schedule, **env})
+    if check:
+        assert proc.returncode == 0, f"{binary.name} {kernel} ({schedule}) exited {proc.returncode}:\n{proc.stderr}"
+    out = (work / "out").read_bytes() if (work / "out").exists() else b""
+    return proc, out
+
+
+def i64(*values) -> bytes:
+    return np.asarray(values, dtype="<i8").tobytes()
+
+
+def f64(*values) -> bytes:
+    return np.asarray(values, dtype="<f8").tobytes()
+
+
+class Output:
+    """Reads the driver's output arrays in order."""
+
+    def __init__(self, data: bytes):
+        self.data, self.at = data, 0
+
+    def take(self, dtype, *shape) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape))
+        a = np.frombuffer(self.data, dtype, n, self.at).reshape(shape)
+        self.at += n * dtype.itemsize
+        return a
+
+
+def case_rng(*key) -> np.random.Generator:
+    """Fresh inputs per test and run, reproducible from the test id."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+# ----------------------------------------------------------------------------- sample_next
+
+def sample_next_cases(rng: np.random.Generator) -> list[dict]:
+    """Odd sizes, batch 1, ties, extreme logits, -inf entries, a row wider than the block."""
+    normal = rng.standard_normal
+    inf_row = normal((2, 25))
+    inf_row[rng.random((2, 25)) < 0.5] = -np.inf
+    inf_row[:, 3] = 0.5  # at least one finite logit per row
+    extreme = np.stack([normal(20) * 1e3, 1e4 + normal(20)])
+    return [
+        dict(logits=normal((1, 7)).astype(np.float32), temperature=1.0, top_k=None, cdf=None, mids=True),
+        dict(logits=normal((3, 37)), temperature=0.8, top_k=5, cdf=0.6, mids=True),
+        dict(logits=rng.integers(-2, 3, (2, 33)).astype(np.float32), temperature=1.0, top_k=4, cdf=None, mids=False),
+        dict(logits=rng.integers(-2, 3, (2, 17)).astype(np.float32), temperature=0.7, top_k=None, cdf=0.85, mids=True),
+        dict(logits=extreme.astype(np.float32), temperature=1.0, top_k=3, cdf=0.9, mids=True),
+        dict(logits=inf_row, temperature=1.1, top_k=6, cdf=0.3, mids=False),
+        dict(logits=(2 * normal((1, 300))).astype(np.float32), temperature=1.3, top_k=None, cdf=0.95, mids=True),
+    ]
+
+
+def sample_next_payload(case: dict, seed: int, offset: int) -> bytes:
+    logits = case["logits"]
+    rows, V = logits.shape
+    head = i64(logits.dtype.itemsize, rows, V) + f64(case["temperature"]) + i64(case["top_k"] or 0)
+    head += f64(-1.0 if case["cdf"] is None else case["cdf"]) + i64(int(case["mids"]), seed, offset)
+    mids = np.linspace(-1, 1, V - 1).astype(logits.dtype).tobytes() if case["mids"] else b""
+    return head + logits.astype(logits.dtype.newbyteorder("<")).tobytes() + mids
+
+
+def reference_sample(case: dict, seed: int, offset: int):
+    """The reference's tokens and expectation, and per row the tokens a kernel may draw: the
+    reference's, or, where the row's uniform lies within float rounding of a cdf boundary, the
+    tokens on either side of it; None where a partial sum of the sorted probabilities lies within
+    rounding of the cdf threshold (the filter itself is then decided by rounding)."""
+    logits = torch.from_numpy(case["logits"])
+    rows, V = logits.shape
+    rng = Philox(seed)
+    rng.state[1] = offset
+    mids = torch.linspace(-1, 1, V - 1, dtype=logits.dtype) if case["mids"] else None
+    tokens, expectation = reference.sample_next(logits, temperature=case["temperature"], top_k=case["top_k"],
+                                                cdf=case["cdf"], midpoints=mids, rng=rng)
+    # the same pipeline again, to see how close each row's draw and filter are to a boundary
+    cdf_tol = 1e-5 if logits.dtype == torch.float32 else 1e-12
+    z = logits / case["temperature"]
+    near_cdf = torch.zeros(rows, dtype=torch.bool)
+    if case["cdf"] is not None:
+        cum = z.softmax(-1).double().sort(-1).values.cumsum(-1)
+        near_cdf = ((cum - case["cdf"]).abs() < cdf_tol).any(-1)
+        z = reference.filter_cdf(z, case["cdf"])
+    if case["top_k"] is not None:
+        z = reference.filter_top_k(z, case["top_k"])
+    cum = z.double().softmax(-1).cumsum(-1)
+    target = reference.philox_uniform(seed, offset, rows)[:, None] * cum[:, -1:]
+    allowed = []
+    for r in range(rows):
+        if near_cdf[r]:
+            allowed.append(None)
+            continue
+        near = ((cum[r] - target[r]).abs() < 1e-9).nonzero().flatten().tolist()  # boundary j: tokens j, j+1
+        allowed.append({int(tokens[r])} | {t for j in near for t in (j, j + 1) if t < V})
+    return tokens.numpy(), (None if expectation is None else expectation.numpy()), allowed
+
+
+def check_sample_next(out: Output, case: dict, seed: int, offset: int):
+    logits = case["logits"]
+    rows = logits.shape[0]
+    tokens = out.take("<i8", rows)
+    expectation = out.take(logits.dtype.newbyteorder("<"), rows if case["mids"] else 0)
+    ref_tokens, ref_expectation, allowed = reference_sample(case, seed, offset)
+    compared = [r for r in range(rows) if allowed[r] is not None]
+    assert compared, "every row's filter is decided by rounding: the case checks nothing"
+    for r in compared:
+        assert tokens[r] in allowed[r], f"row {r}: token {tokens[r]}, reference {ref_tokens[r]} (allowed {allowed[r]})"
+    if case["mids"]:  # block tree reduction against the reference's matmul
+        tol = 1e-5 if logits.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(expectation, ref_expectation, rtol=tol, atol=tol)
+    return tokens
+
+
+@pytest.mark.parametrize("build, schedule", RUNS)
+def test_sample_next_matches_the_reference(drivers, build, schedule):
+    rng = case_rng("sample_next", build, schedule)
+    cases = sample_next_cases(rng)
+    seeds = [(int(rng.integers(0, 2**62)), int(rng.integers(0, 100))) for _ in cases]
+    payload = b"".join(sample_next_payload(case, *s) for case, s in zip(cases, seeds))
+    _, data = run_driver(drivers[build], "sample_next", payload, schedule)
+    out = Output(data)
+    for case, (seed, offset) in zip(cases, seeds):
+        check_sample_next(out, case, seed, offset)
+    assert out.at == len(data)
+
+
+def many_draws(logits: list[float], **filters) -> dict:
+    """One row repeated 48 times: 48 draws (one uniform per row) from one distribution."""
+    return dict(logits=np.tile(np.asarray(logits, np.float32), (48, 1)), temperature=1.0, mids=False,
+                **{"top_k": None, "cdf": None, **filters})
+
+
+@pytest.mark.parametrize("case", [
+    # the 5th largest (1.6) close to the 6th (1.5): keeping 4 or 6 tokens shows in the draws
+    many_draws([1.6, -2.0, 2.0, 1.7, 0.0, 1.5, 1.9, -1.0, 1.8, -3.0, 0.5, 1.0], top_k=5),
+    # probabilities .02 .03 .05 .10 .15 .20 .20 .25, cdf 0.5: the cutoff is the 0.15 token, which
+    # must go (<= cutoff), leaving the two 0.20 tokens and the 0.25 one
+    many_draws(np.log([0.15, 0.2, 0.02, 0.25, 0.05, 0.2, 0.1, 0.03]).tolist(), cdf=0.5),
+], ids=["top_k", "cdf"])
+def test_sample_next_draws_every_kept_token_and_nothing_else(drivers, case):
+    """Many draws from one row, so every token the filters keep is drawn: an off-by-one in the
+    top-k threshold or a `<` for `<=` in the cdf filter changes which tokens appear."""
+    seed, offset = 20240611, 3
+    _, data = run_driver(drivers["plain"], "sample_next", sample_next_payload(case, seed, offset))
+    tokens = check_sample_next(Output(data), case, seed, offset)
+    z = torch.from_numpy(case["logits"][:1])
+    if case["cdf"] is not None:
+        z = reference.filter_cdf(z, case["cdf"])
+    if case["top_k"] is not None:
+        z = reference.filter_top_k(z, case["top_k"])
+    kept = set(torch.nonzero(z[0] > -1000).flatten().tolist())
+    assert len(kept) >= 3
+    assert set(tokens.tolist()) == kept
+
+
+# ----------------------------------------------------------------------------- beam_select
+
+def beam_select_cases(rng: np.random.Generator) -> list[dict]:
+    """Batch 1 with k = M, odd sizes, ties, +-inf, groups, both score dtypes, empty terms."""
+    ties = rng.integers(-2, 3, (2, 64)).astype(np.float32)
+    ties[0, [5, 17]], ties[1, [0, 40, 63]] = np.inf, -np.inf
+    cases = [
+        dict(scores=rng.standard_normal((1, 5)).astype(np.float32), k=5, group=5, S=3, L=2, terms=np.float32),
+        dict(scores=rng.standard_normal((3, 37)), k=7, group=37, S=2, L=3, terms=np.float32),
+        dict(scores=ties, k=10, group=16, S=3, L=1, terms=np.float64),
+        dict(scores=np.round(rng.standard_normal((1, 300)), 1), k=9, group=100, S=0, L=4, terms=np.float64),
+    ]
+    for c in cases:
+        B, M = c["scores"].shape
+        c["terms"] = rng.standard_normal((B * M, c["S"])).astype(c["terms"])
+        c["tokens"] = rng.integers(0, 1000, (B * M, c["L"]))
+    return cases
+
+
+def beam_select_payload(c: dict) -> bytes:
+    B, M = c["scores"].shape
+    return (i64(c["scores"].dtype.itemsize, c["terms"].dtype.itemsize, B, M, c["k"], c["group"], c["S"], c["L"])
+            + c["scores"].tobytes() + c["terms"].tobytes() + c["tokens"].astype("<i8").tobytes())
+
+
+@pytest.mark.parametrize("build, schedule", RUNS)
+def test_beam_select_matches_the_reference_exactly(drivers, build, schedule):
+    cases = beam_select_cases(case_rng("beam_select", build, schedule))
+    _, data = run_driver(drivers[build], "beam_select", b"".join(map(beam_select_payload, cases)), schedule)
+    out = Output(data)
+    for c in cases:
+        B, M = c["scores"].shape
+        k, S, L = c["k"], c["S"], c["L"]
+        values, indices, rows = out.take(c["scores"].dtype, B, k), out.take("<i8", B, k), out.take("<i8", B * k)
+        terms, tokens = out.take(c["terms"].dtype, B * k, S), out.take("<i8", B * k, L)
+        expect = reference.beam_select(torch.from_numpy(c["scores"]), k, c["group"], torch.from_numpy(c["terms"]),
+                                       torch.from_numpy(c["tokens"]))
+        for name, got, want in zip(("values", "indices", "rows", "terms", "tokens"),
+                                   (values, indices, rows, terms, tokens), expect):
+            np.testing.assert_array_equal(got, want.numpy(), err_msg=f"{name}, B={B} M={M} k={k}")
+    assert out.at == len(data)
+
+
+# ----------------------------------------------------------------------------- Philox
+
+@pytest.mark.parametrize("build, schedule", RUNS)
+def test_philox_uniform_matches_the_reference_bit_for_bit(drivers, build, schedule):
+    """Four blocks of 256 threads (the last one partial), seeds and offsets with all bits used."""
+    params = [(0, 0), (-1, -1), (0x299F31D0A4093822, 0x0370734413198A2E), (12345, 2**40 + 3)]
+    _, data = run_driver(drivers[build], "philox_uniform", b"".join(i64(s, o, 1000) for s, o in params), schedule)
+    out = Output(data)
+    for seed, offset in params:
+        np.testing.assert_array_equal(out.take("<f8", 1000), reference.philox_uniform(seed, offset, 1000).numpy())
+
+
+@pytest.mark.parametrize("where", ["python", "c++", "cuda-emulated"])
+def test_philox_known_answers(request, where):
+    """Random123's known answers in the three implementations of the generator: the Python
+    reference, csrc/philox.h on the host, and the CUDA kernel's block (emulated)."""
+    counter_key = np.array([c + k for c, k, _ in PHILOX_KAT], dtype=np.uint32)
+    expected = np.array([w for _, _, w in PHILOX_KAT], dtype=np.uint32)
+    if where == "python":
+        got = reference.philox4x32_10(counter_key[:, :4], counter_key[:, 4:])
+    else:
+        drivers = request.getfixturevalue("drivers")
+        kernel = "philox_host" if where == "c++" else "philox_block"
+        _, data = run_driver(drivers["plain"], kernel, i64(len(PHILOX_KAT)) + counter_key.astype("<u4").tobytes())
+        got = np.frombuffer(data, "<u4").reshape(-1, 4)
+    np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------------------- the harness can fail
+
+def final_reduction_barrier() -> str:
+    """FILE:LINE of block_reduce's last __syncthreads (the one that guards the scratch reuse)."""
+    lines = COMMON.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if "const T result = scratch[0];" in line)
+    assert "__syncthreads();" in lines[at + 1]
+    return f"{COMMON.name}:{at + 2}"
+
+
+RACE_CASE = dict(logits=np.random.default_rng(5).standard_normal((2, 37)).astype(np.float32), temperature=1.0,
+                 top_k=None, cdf=None, mids=True)
+
+
+def test_dropped_barrier_gives_wrong_results_under_the_forward_schedule(drivers):
+    """Without block_reduce's final barrier, thread 0 overwrites the scratch slot of one reduction
+    with the next one's partial sum before warp 1 has read it; the forward schedule always does."""
+    payload = sample_next_payload(RACE_CASE, 1, 0)
+    dropped = final_reduction_barrier()
+    _, data = run_driver(drivers["plain"], "sample_next", payload, "forward", SIMT_DROP_BARRIER=dropped)
+    with pytest.raises(AssertionError):
+        check_sample_next(Output(data), RACE_CASE, 1, 0)
+    _, data = run_driver(drivers["plain"], "sample_next", payload, "forward")  # and with the barrier, all is well
+    check_sample_next(Output(data), RACE_CASE, 1, 0)
+
+
+def test_dropped_barrier_is_a_data_race_for_tsan(drivers):
+    proc, _ = run_driver(drivers["tsan"], "sample_next", sample_next_payload(RACE_CASE, 1, 0), check=False,
+                         SIMT_DROP_BARRIER=final_reduction_barrier())
+    assert proc.returncode != 0
+    assert "ThreadSanitizer: data race" in proc.stderr and "common.cuh" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kernel", ["sample_next", "beam_select"])
+def test_shared_memory_four_bytes_short_is_an_overflow_for_asan(drivers, kernel):
+    """Power-of-two sizes, so the last bytes of the dynamic shared memory are written."""
+    if kernel == "sample_next":
+        case = dict(logits=np.zeros((1, 64), np.float32), temperature=1.0, top_k=None, cdf=None, mids=False)
+        payload = sample_next_payload(case, 1, 0)
+    else:
+        rng = np.random.default_rng(0)
+        payload = beam_select_payload(dict(scores=rng.standard_normal((1, 64)), k=3, group=64, S=1, L=1,
+                                           terms=np.zeros((64, 1)), tokens=np.zeros((64, 1), np.int64)))
+    run_driver(drivers["asan"], kernel, payload)  # the launch's size is fine
+    proc, _ = run_driver(drivers["asan"], kernel, payload, check=False, SIMT_SHARED_SHORT="4")
+    assert proc.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in proc.stderr, proc.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the emulator itself
+
+def selftest(drivers, name: int, threads: int, blocks: int = 1, build: str = "plain", schedule: str = "free",
+             check: bool = True):
+    return run_driver(drivers[build], "selftest", i64(name, threads, blocks), schedule, check=check)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_emulator_shuffles_follow_cudas_lane_rules(drivers, schedule):
+    """__shfl_sync / _up / _down / _xor for every width, as the CUDA programming guide states them:
+    lanes in groups of `width`; a source outside the lane's group gives its own value (for xor:
+    only a later group), __shfl_sync wraps the source lane within the group."""
+    threads = 64
+    _, data = selftest(drivers, 0, threads, schedule=schedule)
+    got = np.frombuffer(data, "<i4").reshape(4, 6, threads)
+    t = np.arange(threads)
+    lane, base = t % 32, t - t % 32
+    for w in range(6):
+        width = 2**w
+        group = lane // width * width
+        src = [group + (3 * lane + 1) % width,
+               np.where(lane % width >= 3, lane - 3, lane),
+               np.where(lane % width + 5 < width, lane + 5, lane),
+               np.where((lane ^ 6) >= group + width, lane, lane ^ 6)]
+        for op in range(4):
+            np.testing.assert_array_equal(got[op, w], 100 * (base + src[op]), err_msg=f"op {op}, width {width}")
+
+
+@pytest.mark.parametrize("build", ["plain", "tsan"])
+def test_emulator_atomics_are_atomic(drivers, build):
+    _, data = selftest(drivers, 1, 256, blocks=3, build=build)
+    counters, total = np.frombuffer(data[:20], "<i4"), np.frombuffer(data[20:], "<f4")
+    assert counters.tolist() == [768, 767, -255, 1536, 7] and total.tolist() == [384.0]
+
+
+@pytest.mark.parametrize("schedule", ["free", "forward"])
+@pytest.mark.parametrize("name, message", [
+    (2, "at different barriers"),
+    (3, "already finished|finished while"),
+    (4, "shuffle mask 0x0000ffff"),
+], ids=["divergent-barriers", "early-exit", "partial-mask"])
+def test_emulator_refuses_what_cuda_leaves_undefined(drivers, name, message, schedule):
+    proc, _ = selftest(drivers, name, 64, schedule=schedule, check=False)
+    assert proc.returncode != 0
+    assert any(m in proc.stderr for m in message.split("|")), proc.stderr
