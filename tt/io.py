@@ -17,9 +17,9 @@ def atomic_write(path: str) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); results and checkpoints are ordinary files
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp (and safetensors) make it private; results and checkpoints are not
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
