@@ -4,6 +4,7 @@
     pip install -e ".[policies]"        # stable-baselines3: needed here only, never at run time
     python scripts/train_policies.py train hopper --steps 300000 --out runs/policies
     python scripts/train_policies.py ship hopper --out runs/policies   # -> tt/envs/policies/
+    python scripts/train_policies.py plot hopper --out runs/policies   # -> benchmarks/policies_hopper.png
 
 `train` is seeded, writes the actor every `--checkpoint-every` steps (safetensors, evaluated
 over 5 deterministic episodes into `evals.jsonl`) and the whole agent with its replay buffer every
@@ -61,7 +62,7 @@ def train(args) -> None:
             "algorithm": "SAC (stable-baselines3, default hyper-parameters, learning_starts 10000)"}
     if os.path.exists(agent_path):  # resume: the agent, its replay buffer and the clock
         with open(meta_path) as f:
-            meta = json.load(f)
+            meta = {**json.load(f), "steps": args.steps}  # the budget may be changed on resuming
         model = SAC.load(agent_path, env=env, device="cpu")
         model.load_replay_buffer(buffer_path)
         print(f"resumed {args.task} at step {model.num_timesteps}", flush=True)
@@ -158,6 +159,39 @@ def ship(args) -> None:
                 "deterministic_return_std": float(deterministic.std())}
         save_actor(os.path.join(SHIP_DIR, f"{args.task}-{name}.safetensors"), actor, card)
         print(f"{args.task}-{name}: step {step}, return {returns.mean():.1f} +- {returns.std():.1f}", flush=True)
+    plot(args)
+
+
+def plot(args) -> None:
+    """The training curve (5-episode evaluations) with the shipped checkpoints marked, as a PNG."""
+    from matplotlib.figure import Figure
+
+    work = os.path.join(args.out, args.task)
+    with open(os.path.join(work, "evals.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    steps = np.array([r["step"] for r in log])
+    mean, std = np.array([r["return_mean"] for r in log]), np.array([r["return_std"] for r in log])
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.subplots()
+    ax.plot(steps, mean, color="0.3", label="deterministic policy, 5 episodes")
+    ax.fill_between(steps, mean - std, mean + std, color="0.3", alpha=0.2)
+    for path in sorted(glob.glob(os.path.join(SHIP_DIR, f"{args.task}-*.json")), key=lambda p: "replay" not in p):
+        with open(path) as f:
+            card = json.load(f)
+        kind = "medium-replay" if card["policy"].startswith("replay") else card["policy"]
+        style = {"expert": ("tab:green", 8), "medium": ("tab:blue", 8)}.get(kind, ("tab:orange", 5))
+        ax.errorbar(card["training_steps"], card["return_mean"], yerr=card["return_std"], fmt="o", color=style[0],
+                    ms=style[1], label=f"{kind} (shipped; 20 episodes, sampled actions)", zorder=3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.set_title(f"SAC on {ENV_IDS[args.task]}, seed {args.seed}")
+    fig.tight_layout()
+    out = os.path.join(os.path.dirname(SHIP_DIR), "..", "..", "benchmarks", f"policies_{args.task}.png")
+    with atomic_write(os.path.abspath(out)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def evaluate_random(env_id: str, episodes: int) -> np.ndarray:
@@ -170,7 +204,7 @@ def evaluate_random(env_id: str, episodes: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["train", "ship"])
+    parser.add_argument("action", choices=["train", "ship", "plot"])
     parser.add_argument("task", choices=sorted(ENV_IDS))
     parser.add_argument("--out", default="runs/policies", help="work directory (checkpoints, logs)")
     parser.add_argument("--steps", type=int, default=300_000, help="training budget in environment steps")
@@ -181,7 +215,7 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=5, help="checkpoints in the medium-replay mix")
     parser.add_argument("--machine", default="", help="written into the cards")
     args = parser.parse_args()
-    train(args) if args.action == "train" else ship(args)
+    {"train": train, "ship": ship, "plot": plot}[args.action](args)
 
 
 if __name__ == "__main__":
