@@ -64,7 +64,7 @@ def collect_episodes(make_env: Callable[[], gym.Env], policy: BatchPolicy, seed:
                                ("terminations", bool(terminated)), ("truncations", bool(truncated))):
                 fields[key].append(value)
             budget_used += 1
-            if steps is not None:
+            if steps is not None and budget_used <= steps:  # episodes still running past the budget are cut later
                 bar.update()
             if terminated or truncated:
                 finished[index] = fields
