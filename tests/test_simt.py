@@ -123,7 +123,23 @@ def sample_next_cases(rng: np.random.Generator) -> list[dict]:
         dict(logits=extreme.astype(np.float32), temperature=1.0, top_k=3, cdf=0.9, mids=True),
         dict(logits=inf_row, temperature=1.1, top_k=6, cdf=0.3, mids=False),
         dict(logits=(2 * normal((1, 300))).astype(np.float32), temperature=1.3, top_k=None, cdf=0.95, mids=True),
+        *nonfinite_cases(rng),
     ]
+
+
+def nonfinite_cases(rng: np.random.Generator) -> list[dict]:
+    """The one policy for non-finite logits (NaN counts as -inf; +inf tokens share the mass; a row
+    with no finite logit is uniform) and the cdf boundary (1 or more: no filter)."""
+    rows = rng.standard_normal((6, 19))
+    rows[0, [2, 7]] = np.nan  # NaN among finite logits: never drawn
+    rows[1, [4, 11]] = np.inf  # two +inf tokens
+    rows[1, 5] = np.nan
+    rows[2] = -np.inf  # all -inf: uniform
+    rows[3] = np.nan  # all NaN: as all -inf
+    rows[4, ::2] = -np.inf
+    rows[5, :] = np.inf  # all +inf: uniform
+    return [dict(logits=rows.astype(dtype), temperature=0.9, top_k=top_k, cdf=cdf, mids=True)
+            for dtype, top_k, cdf in ((np.float32, None, None), (np.float64, 3, 0.5), (np.float32, 4, 1.0))]
 
 
 def sample_next_payload(case: dict, seed: int, offset: int) -> bytes:
@@ -149,15 +165,15 @@ def reference_sample(case: dict, seed: int, offset: int):
                                                 cdf=case["cdf"], midpoints=mids, rng=rng)
     # the same pipeline again, to see how close each row's draw and filter are to a boundary
     cdf_tol = 1e-5 if logits.dtype == torch.float32 else 1e-12
-    z = logits / case["temperature"]
+    z = reference.finite_or_minus_inf(logits / case["temperature"])
     near_cdf = torch.zeros(rows, dtype=torch.bool)
-    if case["cdf"] is not None:
-        cum = z.softmax(-1).double().sort(-1).values.cumsum(-1)
+    if reference.cdf_filters(case["cdf"]):
+        cum = reference.softmax(z).double().sort(-1).values.cumsum(-1)
         near_cdf = ((cum - case["cdf"]).abs() < cdf_tol).any(-1)
         z = reference.filter_cdf(z, case["cdf"])
     if case["top_k"] is not None:
         z = reference.filter_top_k(z, case["top_k"])
-    cum = z.double().softmax(-1).cumsum(-1)
+    cum = reference.softmax(z.double()).cumsum(-1)
     target = reference.philox_uniform(seed, offset, rows)[:, None] * cum[:, -1:]
     allowed = []
     for r in range(rows):
@@ -210,34 +226,48 @@ def many_draws(logits: list[float], **filters) -> dict:
     # probabilities .02 .03 .05 .10 .15 .20 .20 .25, cdf 0.5: the cutoff is the 0.15 token, which
     # must go (<= cutoff), leaving the two 0.20 tokens and the 0.25 one
     many_draws(np.log([0.15, 0.2, 0.02, 0.25, 0.05, 0.2, 0.1, 0.03]).tolist(), cdf=0.5),
-], ids=["top_k", "cdf"])
+    # cdf 1.0 filters nothing (csrc/sampling.h): every token appears, not the top one alone
+    many_draws([0.3, 0.1, 0.0, 0.2, -0.1, 0.25], cdf=1.0),
+    # NaN counts as -inf and the +inf tokens share the mass: exactly the two +inf tokens appear
+    many_draws([0.3, np.inf, np.nan, 2.0, np.inf, -np.inf]),
+    # no finite logit: uniform over every token
+    many_draws([-np.inf, np.nan, -np.inf, -np.inf, np.nan], top_k=2),
+], ids=["top_k", "cdf", "cdf-1", "nan-and-inf", "no-finite-logit"])
 def test_sample_next_draws_every_kept_token_and_nothing_else(drivers, case):
     """Many draws from one row, so every token the filters keep is drawn: an off-by-one in the
-    top-k threshold or a `<` for `<=` in the cdf filter changes which tokens appear."""
+    top-k threshold or a `<` for `<=` in the cdf filter changes which tokens appear, as does a
+    cdf of 1 that filters, or a NaN or infinity handled otherwise than the reference does."""
     seed, offset = 20240611, 3
     _, data = run_driver(drivers["plain"], "sample_next", sample_next_payload(case, seed, offset))
     tokens = check_sample_next(Output(data), case, seed, offset)
-    z = torch.from_numpy(case["logits"][:1])
-    if case["cdf"] is not None:
-        z = reference.filter_cdf(z, case["cdf"])
+    z = reference.finite_or_minus_inf(torch.from_numpy(case["logits"][:1]))
+    z = reference.filter_cdf(z, case["cdf"]) if case["cdf"] is not None else z
     if case["top_k"] is not None:
         z = reference.filter_top_k(z, case["top_k"])
-    kept = set(torch.nonzero(z[0] > -1000).flatten().tolist())
-    assert len(kept) >= 3
+    kept = set(torch.nonzero(reference.softmax(z)[0] > 1e-30).flatten().tolist())
+    assert len(kept) >= 2
     assert set(tokens.tolist()) == kept
 
 
 # ----------------------------------------------------------------------------- beam_select
 
 def beam_select_cases(rng: np.random.Generator) -> list[dict]:
-    """Batch 1 with k = M, odd sizes, ties, +-inf, groups, both score dtypes, empty terms."""
+    """Batch 1 with k = M, odd sizes, ties, +-inf, NaN (last, by index), rows all -inf or all NaN,
+    groups, both score dtypes, empty terms."""
     ties = rng.integers(-2, 3, (2, 64)).astype(np.float32)
     ties[0, [5, 17]], ties[1, [0, 40, 63]] = np.inf, -np.inf
+    nonfinite = rng.standard_normal((5, 12))
+    nonfinite[0, [1, 6, 7]], nonfinite[0, [2, 9]] = np.nan, -np.inf
+    nonfinite[1, [0, 3]], nonfinite[1, 8] = np.inf, np.nan
+    nonfinite[2], nonfinite[3] = -np.inf, np.nan
+    nonfinite[4, ::2], nonfinite[4, 1::2] = -np.inf, np.nan
     cases = [
         dict(scores=rng.standard_normal((1, 5)).astype(np.float32), k=5, group=5, S=3, L=2, terms=np.float32),
         dict(scores=rng.standard_normal((3, 37)), k=7, group=37, S=2, L=3, terms=np.float32),
         dict(scores=ties, k=10, group=16, S=3, L=1, terms=np.float64),
         dict(scores=np.round(rng.standard_normal((1, 300)), 1), k=9, group=100, S=0, L=4, terms=np.float64),
+        dict(scores=nonfinite, k=12, group=4, S=2, L=1, terms=np.float32),
+        dict(scores=nonfinite.astype(np.float32), k=5, group=12, S=1, L=2, terms=np.float64),
     ]
     for c in cases:
         B, M = c["scores"].shape

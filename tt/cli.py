@@ -49,6 +49,9 @@ def cmd_import_reference(args) -> None:
     from tt.discretize import Discretizer
     from tt.model import TrajectoryTransformer
 
+    if not (args.dataset or args.thresholds):  # no silent default: the thresholds decide every token
+        raise ValueError("import-reference needs --dataset (fit the discretizer on it, as the authors do) or "
+                         "--thresholds (an .npy of [N+1, T] thresholds)")
     state_dict = torch.load(args.state_dict, map_location="cpu", weights_only=True)
     if args.thresholds:
         discretizer = Discretizer(np.load(args.thresholds, allow_pickle=False))
@@ -66,13 +69,78 @@ def cmd_import_reference(args) -> None:
     print(f"imported {args.state_dict} into {args.out}")
 
 
-PLAN_FLAGS = {"horizon": int, "beam_width": int, "n_expand": int, "max_context_transitions": int, "k_obs": int,
-              "k_act": int, "k_rew": int, "cdf_obs": float, "cdf_act": float, "temperature": float,
-              "discount": float, "plan_freq": int, "window": str}
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (sizes and counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def or_none(kind):
+    """An argparse type that also takes `none` (the PlanConfig field's None: no filter, no crop)."""
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = f"{kind.__name__} or none"
+    return parse
+
+
+# Every PlanConfig field but cuda_graphs (--no-cuda-graphs), its flag's type and help.
+PLAN_FLAGS = {
+    "horizon": (positive_int, "transitions planned"),
+    "beam_width": (positive_int, "beams kept per plan"),
+    "n_expand": (positive_int, "copies of each beam expanded"),
+    "max_context_transitions": (or_none(positive_int), "transitions a prediction conditions on (none: the block)"),
+    "k_obs": (or_none(positive_int), "top-k of observation tokens (none: off)"),
+    "k_act": (or_none(positive_int), "top-k of action tokens (none: off)"),
+    "k_rew": (or_none(positive_int), "top-k of reward and value tokens (none: off)"),
+    "cdf_obs": (or_none(fraction), "cdf filter of observation tokens (none: off; 1: off)"),
+    "cdf_act": (or_none(fraction), "cdf filter of action tokens (none: off; 1: off)"),
+    "cdf_rew": (or_none(fraction), "cdf filter of reward and value tokens (none: off; 1: off)"),
+    "temperature": (positive_float, "logits are divided by it"),
+    "discount": (finite_float, "discount of the planned rewards"),
+    "plan_freq": (positive_int, "plan every this many steps"),
+    "window": (str, "exact | cached"),
+}
 
 
 def plan_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in (*PLAN_FLAGS, "cuda_graphs") if getattr(args, k, None) is not None}
+    """The PlanConfig fields given on the command line (absent flags are not in `args`)."""
+    return {k: getattr(args, k) for k in (*PLAN_FLAGS, "cuda_graphs") if hasattr(args, k)}
 
 
 def cmd_eval(args) -> None:
@@ -109,7 +177,8 @@ def cmd_demo(args) -> None:
     started = time.time()
     make_dataset(DEMO["dataset"], seed=args.seed)
     train(make_config("small", dataset=DEMO["dataset"], seed=args.seed, max_steps=args.train_steps), args.out)
-    results = evaluate(args.out, episodes=args.episodes or DEMO["episodes"], n_envs=DEMO["envs"], seed=args.seed,
+    episodes = args.episodes if args.episodes is not None else DEMO["episodes"]
+    results = evaluate(args.out, episodes=episodes, n_envs=DEMO["envs"], seed=args.seed,
                        out=os.path.join(args.out, "eval"), **DEMO["plan"])
     rows = [("data set mean return", results["dataset_mean_return"]),
             ("expert return (reference)", results["ref_max_score"]),
@@ -124,14 +193,24 @@ def cmd_demo(args) -> None:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, kind in PLAN_FLAGS.items():
-        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, help="PlanConfig." + flag)
-    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+    for flag, (kind, text) in PLAN_FLAGS.items():
+        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=argparse.SUPPRESS,
+                            choices=("exact", "cached") if flag == "window" else None,
+                            help=f"PlanConfig.{flag}: {text}")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=argparse.SUPPRESS,
                         help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors as every other error of tt: one line `tt: error: ...` on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"tt: error: {self.prog.removeprefix('tt ')}: {message}\n" if self.prog != "tt"
+                  else f"tt: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tt", description=__doc__)
+    parser = Parser(prog="tt", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     data = sub.add_parser("data", help="built-in data sets")
@@ -139,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub.add_parser("list", help="built-in and local data sets")
     make = data_sub.add_parser("make", help="generate a built-in data set")
     make.add_argument("name")
-    make.add_argument("--episodes", type=int, help="pendulums: episodes per policy")
-    make.add_argument("--steps", type=int, help="locomotion: environment steps (default 1M, as D4RL)")
+    make.add_argument("--episodes", type=positive_int, help="pendulums: episodes per policy")
+    make.add_argument("--steps", type=positive_int, help="locomotion: environment steps (default 1M, as D4RL)")
     make.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=cmd_data)
 
@@ -148,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", required=True, help="Minari id or built-in name")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--preset", default="published", help="published | cpu | small")
-    train.add_argument("--steps", type=int, help="stop after this many optimizer steps")
-    train.add_argument("--epochs", type=float)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--steps", type=positive_int, help="stop after this many optimizer steps")
+    train.add_argument("--epochs", type=positive_float)
+    train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -162,15 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True)
     imp.add_argument("--dataset", help="fit the discretizer on this data set, as the authors do")
     imp.add_argument("--thresholds", help="or take thresholds [N+1, T] from this .npy")
-    imp.add_argument("--n-bins", type=int, default=100)
-    imp.add_argument("--observation-dim", type=int)
-    imp.add_argument("--action-dim", type=int)
-    imp.add_argument("--n-head", type=int, default=4)
+    imp.add_argument("--n-bins", type=positive_int, default=100)
+    imp.add_argument("--observation-dim", type=positive_int)
+    imp.add_argument("--action-dim", type=positive_int)
+    imp.add_argument("--n-head", type=positive_int, default=4)
     imp.set_defaults(func=cmd_import_reference)
 
     ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
     ev.add_argument("--run", required=True, help="run directory")
-    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--episodes", type=int, default=10)  # evaluate() refuses < 1 before anything runs
     ev.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device")
@@ -181,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="the paper's protocol: evaluate runs, normalized score x100, mean and s.e.")
     sc.add_argument("runs", nargs="+", help="run directories (several seeds and data sets)")
-    sc.add_argument("--episodes", type=int, default=10, help="episodes per run")
+    sc.add_argument("--episodes", type=int, default=10, help="episodes per run")  # score_runs() refuses < 1
     sc.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--device")
@@ -192,14 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--train-steps", type=int, help="cut training short (a quick check, not the result)")
-    demo.add_argument("--episodes", type=int, help=f"evaluation episodes (default {DEMO['episodes']})")
+    demo.add_argument("--train-steps", type=positive_int, help="cut training short (a quick check, not the result)")
+    demo.add_argument("--episodes", type=positive_int, help=f"evaluation episodes (default {DEMO['episodes']})")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argument error (2, already reported on one line)
+        return e.code if isinstance(e.code, int) else 2
     retain_freed_memory()  # this process is tt's own: fewer page faults in CPU planning and training
     if getattr(args, "video", None):  # before MuJoCo is imported: off-screen GL unless the caller chose one
         from tt.video import use_headless_rendering

@@ -144,6 +144,8 @@ class TokenWindows:
             raise ValueError(
                 f"discretizer has {discretizer.transition_dim} dimensions, data {trajectories.transition_dim}"
             )
+        if n_transitions < 1:
+            raise ValueError(f"n_transitions must be >= 1, got {n_transitions}")
         self.K = n_transitions
         self.T = trajectories.transition_dim
         stop = discretizer.stop_token
@@ -161,6 +163,9 @@ class TokenWindows:
         self.tokens = torch.from_numpy(np.concatenate(rows))
         self.row_valid = torch.from_numpy(np.concatenate(valid))
         self.starts = torch.from_numpy(np.concatenate(starts).astype(np.int64))
+        if len(self.starts) == 0:
+            raise ValueError(f"no training windows: all {len(trajectories.lengths)} episodes of the data set have "
+                             "length 1 (a window starts at every step but the last of an episode)")
         self._offsets = torch.arange(self.K)
 
     def __len__(self) -> int:

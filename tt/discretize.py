@@ -55,6 +55,8 @@ class Discretizer:
     @classmethod
     def fit(cls, data: np.ndarray, n_bins: int = 100, kind: str = "quantile") -> Discretizer:
         """Fit thresholds to real transitions `data [n, T]` with the `quantile` or `uniform` rule."""
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
         data = np.asarray(data, dtype=np.float64)
         if data.ndim != 2 or len(data) == 0:
             raise ValueError(f"data must be a non-empty [n, T] array, got shape {data.shape}")

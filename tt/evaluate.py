@@ -35,9 +35,13 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         check_video_path(video)  # a wrong suffix or a missing writer fails now, not after the episode
     wall_started = time.perf_counter()
 
-    planner = Planner.load(run_dir, device=device, seed=seed, **plan_overrides)
     _, _, run_config, _ = load_run(run_dir)
-    dataset = load_dataset(run_config["data"]["dataset_id"])
+    dataset_id = (run_config.get("data") or {}).get("dataset_id")
+    if dataset_id is None:
+        raise ValueError(f"run {run_dir} names no data set (imported with --thresholds): evaluation needs the data "
+                         "set for its environment and returns; import it again with --dataset ID")
+    planner = Planner.load(run_dir, device=device, seed=seed, **plan_overrides)
+    dataset = load_dataset(dataset_id)
     data_returns = trajectories_from_minari(dataset).returns
 
     n_envs = min(n_envs, episodes)
@@ -46,6 +50,11 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         recorder = EpisodeVideo(rendering_env(dataset), video)
         env_fns[0] = lambda: recorder
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    try:
+        planner.check_env(envs)
+    except ValueError:
+        envs.close()
+        raise
     quota = np.array([episodes // n_envs + (i < episodes % n_envs) for i in range(n_envs)])
     returns, lengths = [[] for _ in range(n_envs)], [[] for _ in range(n_envs)]
     running, steps = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
@@ -104,22 +113,23 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     return results
 
 
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
+def _figure(**kwargs):
+    """A bare matplotlib Figure (rendered by Agg when saved): pyplot's figure list and the caller's
+    backend are left alone, so evaluating from a notebook or a GUI program changes nothing there."""
+    from matplotlib.figure import Figure
 
+    return Figure(**kwargs)
+
+
+def _save(fig, path: str) -> None:
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig = _figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
     ax.hist(data_returns, bins=30, color="0.75", label="data set episodes")
     for r in results["returns"]:
         ax.axvline(r, color="tab:blue", alpha=0.6, lw=1.5)
@@ -136,17 +146,13 @@ def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:
 
 def plot_plan_vs_actual(trace: dict, planner: Planner, path: str) -> None:
     """The first plan of the first episode (observations and actions) against the actual rollout."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     actual = np.array(trace["actual"])
     planned = trace["plan"].transitions[:, : planner.O + planner.A]
     dims = actual.shape[1]
     cols = min(dims, 4)
     rows = -(-dims // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    fig = _figure(figsize=(3.2 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     H = len(planned)
     for d, ax in enumerate(axes.flat):
         if d >= dims:

@@ -37,6 +37,16 @@ class GPTConfig:
     reward_weight: float = 1.0
     value_weight: float = 1.0
 
+    def __post_init__(self):
+        for name in ("observation_dim", "action_dim", "n_bins", "n_transitions", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
     @property
     def transition_dim(self) -> int:
         return self.observation_dim + self.action_dim + 2

@@ -9,6 +9,7 @@ pick a backend by device and availability. The compiled ops come from the extens
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 
@@ -19,6 +20,17 @@ from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
 OPS = ("attention", "sample_next", "beam_select", "decode_attention", "decode_layers")
+CUDA_MAX_TOKENS = 1024  # tokens per row (N+1) the CUDA sample_next kernel takes (kSampleNextMaxVocab)
+
+
+def check_tokens_per_row(n_tokens: int, device: torch.device | str) -> None:
+    """Refuse, on the host and before any planning, a vocabulary (N+1 tokens) that the kernel
+    `sample_next` would run on cannot take: the CUDA kernel holds a row in one block's shared memory."""
+    device = torch.device(device)
+    if device.type == "cuda" and n_tokens > CUDA_MAX_TOKENS and _compiled("sample_next", device):
+        raise ValueError(f"{n_tokens - 1} bins ({n_tokens} tokens with the stop token) are more than the CUDA "
+                         f"sampling kernel takes ({CUDA_MAX_TOKENS} tokens, {CUDA_MAX_TOKENS - 1} bins): plan on "
+                         "the CPU or use fewer bins")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -287,15 +299,17 @@ def sample_next(
     midpoints: torch.Tensor | None = None,
     rng: Philox | torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One token per row of `logits [R, N+1]` (see `reference.sample_next` for the semantics).
+    """One token per row of `logits [R, N+1]` (see `reference.sample_next` for the semantics, the
+    same on every backend: NaN logits count as -inf, infinities are defined, a cdf of 1 or more
+    filters nothing).
 
     With a `Philox` the draw is the same on every backend and device; with a torch generator
     the reference draws by multinomial and the compiled op from a Philox seeded by it.
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"sample_next expects logits [rows, N+1], got {tuple(logits.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
     if top_k is not None and not 1 <= top_k <= logits.shape[1]:
         raise ValueError(f"top_k must be in [1, {logits.shape[1]}], got {top_k}")
     if cdf is not None and not 0.0 <= cdf <= 1.0:
@@ -304,6 +318,7 @@ def sample_next(
         raise ValueError(f"midpoints must be [{logits.shape[1] - 1}], got {tuple(midpoints.shape)}")
     if isinstance(rng, Philox) and rng.device != logits.device:
         raise ValueError(f"the Philox state is on {rng.device}, the logits on {logits.device}")
+    check_tokens_per_row(logits.shape[1], logits.device)
     if not _compiled("sample_next", logits.device):
         return reference.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=midpoints,
                                      rng=rng)
@@ -331,7 +346,8 @@ def philox_uniform(seed: int, offset: int, n: int, device: torch.device | str = 
 
 def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None):
-    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index, and the gather of
+    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index, NaN last (on every
+    backend; checking for NaN would cost a host synchronization per step), and the gather of
     the survivors' rows of `terms` and `tokens` (layout: see `reference.beam_select`).
     Returns (values [B, k], indices [B, k], rows [B*k], terms[rows], tokens[rows])."""
     if scores.dim() != 2:

@@ -15,6 +15,8 @@ Window modes (see DESIGN "The window rule"):
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,15 +56,21 @@ class PlanConfig:
         for name in ("horizon", "beam_width", "n_expand", "plan_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_context_transitions is not None and self.max_context_transitions < 1:
-            raise ValueError(f"max_context_transitions must be >= 1 or None, got {self.max_context_transitions}")
+        for name in ("max_context_transitions", "k_obs", "k_act", "k_rew"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        for name in ("cdf_obs", "cdf_act", "cdf_rew"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {getattr(self, name)}")
+        if not math.isfinite(self.discount):
+            raise ValueError(f"discount must be finite, got {self.discount}")
         if self.max_context_transitions == 1 and self.horizon > 1:
             raise ValueError("max_context_transitions=1 leaves nothing to condition the next observation on "
                              "(the authors' crop empties the window): use >= 2, or horizon=1")
         if self.window not in ("exact", "cached"):
             raise ValueError(f"window must be 'exact' or 'cached', got {self.window!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be > 0 and finite, got {self.temperature}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -365,6 +373,13 @@ class Planner:
 
     Works on one observation `[O]` or a batch `[n, O]` (one per environment of a vector env);
     each environment keeps its own context of up to C real transitions, reset when it is done.
+
+    What it does to the model it is given: moves it to `device` in place (`model.to(device)`;
+    default: the device the model is on) and puts it in eval mode (`model.eval()`, dropout off),
+    and keeps a reference to it; it does not change its weights. Train a copy, or call
+    `model.train()` again, to go on training it. The planner draws from its own Philox generator
+    (`seed`, or fresh entropy from the OS without one): torch's global generator is never read
+    or reseeded. `check_env(env)` checks a Gymnasium environment's spaces against the model.
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig = PlanConfig(),
@@ -376,8 +391,11 @@ class Planner:
         self.model = model.to(self.device).eval()
         self.discretizer = discretizer
         self.config = config
+        ops.check_tokens_per_row(model.config.n_bins + 1, self.device)
         self.O, self.A, self.T = model.config.observation_dim, model.config.action_dim, model.transition_dim
-        self.rng = Philox(seed if seed is not None else torch.seed() % 2**62, self.device)
+        if seed is None:  # fresh entropy, not torch.seed(): that would reseed the caller's global generator
+            seed = int.from_bytes(os.urandom(8), "little") % 2**62
+        self.rng = Philox(seed, self.device)
         self.stats = {"plans": 0, "stop_tokens_in_actions": 0}
         self._cache: KVCache | None = None
         self._graphs = None
@@ -391,12 +409,24 @@ class Planner:
     @classmethod
     def load(cls, run_dir: str, device: str | torch.device | None = None, seed: int | None = None,
              **overrides) -> Planner:
-        """A planner for a trained run directory; keyword arguments override `PlanConfig` fields."""
+        """A planner for a trained run directory; keyword arguments override `PlanConfig` fields.
+        `device` as in training: "auto" (the default) is CUDA where there is one, else the CPU."""
         from tt.checkpoint import load_run
 
-        device = ops.resolve_device(device or "cpu")
+        device = ops.resolve_device(device or "auto")
         model, discretizer, _, _ = load_run(run_dir, device)
         return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed)
+
+    def check_env(self, env) -> None:
+        """Refuse a Gymnasium environment (single or vector) whose observation or action size is not the
+        model's: a ValueError that names both sizes."""
+        spaces = {"observation": getattr(env, "single_observation_space", env.observation_space),
+                  "action": getattr(env, "single_action_space", env.action_space)}
+        for kind, size in (("observation", self.O), ("action", self.A)):
+            shape = getattr(spaces[kind], "shape", None)
+            if shape is None or len(shape) != 1 or shape[0] != size:
+                raise ValueError(f"the model plans {kind}s of size {size}, the environment's {kind} space is "
+                                 f"{spaces[kind]}")
 
     def reset(self, n_envs: int | None = None) -> None:
         """Forget every environment's context and plan."""

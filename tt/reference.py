@@ -76,10 +76,34 @@ def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tenso
 # ----------------------------------------------------------------------------- sampling
 
 
+def finite_or_minus_inf(logits: torch.Tensor) -> torch.Tensor:
+    """NaN logits count as -inf (never drawn): the one NaN policy of `sample_next`, as in
+    `csrc/sampling.h`, so nothing downstream sorts or draws from a NaN."""
+    return logits.masked_fill(logits.isnan(), float("-inf"))
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension with infinities defined (`csrc/sampling.h`): logits equal to
+    the row's maximum weigh exp(0) even when infinite, so +inf tokens share the mass equally and a
+    row with no finite logit is uniform. For finite rows it is `logits.softmax(-1)` bit for bit."""
+    zmax = logits.amax(dim=-1, keepdim=True)
+    return torch.where(logits == zmax, 0.0, logits - zmax).softmax(dim=-1)
+
+
+def cdf_filters(cdf: float | None) -> bool:
+    """Whether the cdf filter acts: not for None and not for cdf >= 1, where the authors' rule is
+    decided by float rounding (keep only the top token or filter every token); tt defines a cdf
+    of 1 or more as no filter, in the reference, the C++ op and the CUDA kernel alike."""
+    return cdf is not None and cdf < 1.0
+
+
 def filter_cdf(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """The authors' cdf filter: drop (set to -1000) every token whose probability is at most the
-    largest sorted probability whose cumulative sum stays below `threshold`."""
-    probs = logits.softmax(dim=-1)
+    largest sorted probability whose cumulative sum stays below `threshold` (no filter for a
+    threshold of 1 or more, see `cdf_filters`)."""
+    if not cdf_filters(threshold):
+        return logits
+    probs = softmax(logits)
     probs_sorted, _ = torch.sort(probs, dim=-1)
     below = torch.cumsum(probs_sorted, dim=-1) < threshold
     bins = torch.arange(logits.shape[-1], device=logits.device)
@@ -140,23 +164,25 @@ def sample_next(
     The draw is `torch.multinomial` with a torch generator (the authors' way), or, with a `Philox`,
     the inverse CDF at `philox_uniform(seed, offset, R)`, advancing it: the compiled ops' draw,
     uniform for uniform.
+    Non-finite logits: NaN counts as -inf, and infinities follow `softmax` (+inf tokens share the
+    mass, a row with no finite logit is uniform); a cdf of 1 or more filters nothing.
     Returns (tokens [R] int64, expectation [R] or None).
     """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    logits = logits / temperature
-    raw_probs = logits.softmax(dim=-1)
-    if cdf is not None:
+    logits = finite_or_minus_inf(logits / temperature)
+    raw_probs = softmax(logits)
+    if cdf_filters(cdf):
         logits = filter_cdf(logits, cdf)
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
     if isinstance(rng, Philox):
-        cum = logits.double().softmax(dim=-1).cumsum(dim=-1)
+        cum = softmax(logits.double()).cumsum(dim=-1)
         target = philox_uniform(*rng.current(), len(logits)).to(cum.device)[:, None] * cum[:, -1:]
         tokens = torch.searchsorted(cum, target, right=True)[:, 0].clamp_max(logits.shape[-1] - 1)
         rng.advance()
     else:
-        tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=rng)[:, 0]
+        tokens = torch.multinomial(softmax(logits), 1, generator=rng)[:, 0]
     expectation = None
     if midpoints is not None:
         expectation = raw_probs[:, :-1] @ midpoints.to(raw_probs)
@@ -168,7 +194,8 @@ def sample_next(
 
 def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None):
-    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index.
+    """Top-k of each row of `scores [B, M]`, descending, ties to the lower index, NaN last (after
+    -inf, among themselves by index), as the C++ op and the CUDA kernel order them.
 
     Candidate m of plan b is row `(m // group) * B * group + b * group + m % group` of `terms` and
     `tokens` (the planner's [E, B, W] layout; group = M gives plan-major rows). Returns (values
@@ -176,8 +203,11 @@ def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: t
     """
     B, M = scores.shape
     group = group or M
-    values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
-    values, indices = values[:, :k], indices[:, :k]
+    nan = scores.isnan()
+    _, order = torch.sort(scores.masked_fill(nan, float("-inf")), dim=-1, descending=True, stable=True)
+    _, nan_last = torch.sort(nan.gather(-1, order).to(torch.uint8), dim=-1, stable=True)
+    indices = order.gather(-1, nan_last)[:, :k]
+    values = scores.gather(-1, indices)
     plan = torch.arange(B, device=scores.device)[:, None]
     rows = ((indices // group) * B * group + plan * group + indices % group).reshape(-1)
     return (values, indices, rows, None if terms is None else terms[rows],

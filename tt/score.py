@@ -245,11 +245,9 @@ def plot_scores(summary: dict, path: str) -> None:
     """A bar per data set (mean score, standard error over runs), each run's mean as a dot, and
     the data set's own mean return as a marker; data sets without reference scores are labelled.
 
-    Takes `score_runs`' summary or a `score.json` read back."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Takes `score_runs`' summary or a `score.json` read back. A bare Figure: pyplot and the caller's
+    matplotlib backend are left alone."""
+    from matplotlib.figure import Figure
 
     rows = summary["datasets"]
     labelled: set[str] = set()
@@ -259,7 +257,8 @@ def plot_scores(summary: dict, path: str) -> None:
         labelled.add(text)
         return text if first else None
 
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 4.0))
+    fig = Figure(figsize=(max(4.0, 1.6 * len(rows) + 1.5), 4.0))
+    ax = fig.subplots()
     for x, d in enumerate(rows):
         if not d["reference_scores"]:
             ax.text(x, 50, NO_REFERENCE, ha="center", va="center", rotation=90, fontsize=8, color="0.4")
@@ -286,4 +285,3 @@ def plot_scores(summary: dict, path: str) -> None:
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

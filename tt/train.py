@@ -55,6 +55,19 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
 
+    def __post_init__(self):
+        for name in ("n_bins", "n_transitions", "n_layer", "n_head", "n_embd", "batch_size", "budget_steps",
+                     "max_steps", "save_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("epochs", "decay_epochs", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
 
 PRESETS: dict[str, dict] = {
     "published": {},
@@ -102,10 +115,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[Trajectories, Discretizer, dict]:
+def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tuple[Trajectories, Discretizer, dict]:
+    """The data set's trajectories, the discretizer (fitted on them unless one is given) and a summary."""
     dataset = load_dataset(cfg.dataset)
     trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
-    discretizer = Discretizer.fit(trajectories.joined, cfg.n_bins, cfg.discretizer)
+    if discretizer is None:
+        discretizer = Discretizer.fit(trajectories.joined, cfg.n_bins, cfg.discretizer)
     info = {"dataset_id": dataset.spec.dataset_id, "observation_dim": trajectories.observation_dim,
             "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
             "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
@@ -113,10 +128,48 @@ def prepare_data(cfg: TrainConfig) -> tuple[Trajectories, Discretizer, dict]:
     return trajectories, discretizer, info
 
 
+# Options a resumed run may change: they decide where training stops, where it runs and how often
+# it reports, not what a step computes.
+RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
+FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
+         "seed": "--seed", "device": "--device"}
+
+
+def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
+    """The stored discretizer of the run in `out`, after checking that `cfg` is the configuration it
+    was trained with (but for RESUMABLE_CHANGES): a mismatch is a ValueError naming the option."""
+    from tt.envs import resolve_dataset_id
+
+    _, discretizer, stored, _ = load_run(out)
+    given = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for name, was in (stored.get("train") or {}).items():
+        if name in RESUMABLE_CHANGES or name not in given:
+            continue
+        now = given[name]
+        if name == "dataset":
+            was, now = resolve_dataset_id(was), resolve_dataset_id(now)
+        if was != now:
+            flag = f"{FLAGS[name]} or --preset" if name in FLAGS else "--preset"
+            raise ValueError(f"--resume: the run in {out} was trained with {name}={was!r}, the options give "
+                             f"{name}={now!r} (set by {flag}): give the options it was trained with, or a new --out")
+    return discretizer
+
+
 def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True) -> TrajectoryTransformer:
-    """Train on `cfg.dataset` into run directory `out`; returns the trained model (eval mode)."""
+    """Train on `cfg.dataset` into run directory `out`; returns the trained model (eval mode).
+
+    `resume`: continue the run in `out` (same options, see `check_resume`; its stored discretizer).
+    Torch's global random state is the caller's: training draws from it (initialization, dropout)
+    inside `torch.random.fork_rng`, so the caller's generator is as it was when this returns."""
     device = resolve_device(cfg.device)
-    trajectories, discretizer, data_info = prepare_data(cfg)
+    stored_discretizer = check_resume(out, cfg) if resume else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train(cfg, out, resume, progress, device, stored_discretizer)
+
+
+def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,
+           stored_discretizer: Discretizer | None) -> TrajectoryTransformer:
+    trajectories, discretizer, data_info = prepare_data(cfg, stored_discretizer)
     windows = TokenWindows(trajectories, discretizer, cfg.n_transitions)
     model_config = GPTConfig(
         trajectories.observation_dim, trajectories.action_dim, n_bins=cfg.n_bins, n_transitions=cfg.n_transitions,
@@ -206,17 +259,16 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
 
 
 def plot_losses(metrics_path: str, png_path: str) -> None:
-    """Loss against step from metrics.jsonl, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss against step from metrics.jsonl, as a PNG (a bare Figure: pyplot and the caller's
+    matplotlib backend are left alone)."""
+    from matplotlib.figure import Figure
 
     with open(metrics_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     if not records:
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot([r["step"] for r in records], [r["loss"] for r in records])
     ax.set_xlabel("step")
     ax.set_ylabel("weighted cross-entropy")
@@ -225,4 +277,3 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
     fig.tight_layout()
     with atomic_write(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

@@ -1,4 +1,6 @@
-// tt::sample_next on CPU: rows in parallel, one pass of filters per row, Philox draw.
+// tt::sample_next on CPU: rows in parallel, one pass of filters per row, Philox draw. NaN logits
+// count as -inf before anything sorts them (csrc/sampling.h), so std::sort and std::nth_element
+// only ever see ordered values.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -29,18 +31,18 @@ void sample_rows(const at::Tensor& logits, double temperature, int64_t top_k, do
       const scalar_t* row = data + r * V;
       acc_t zmax = -std::numeric_limits<acc_t>::infinity();
       for (int64_t i = 0; i < V; ++i) {
-        z[i] = static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature);
+        z[i] = finite_or_minus_inf(static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature));
         zmax = std::max(zmax, z[i]);
       }
       acc_t total = 0;
-      for (int64_t i = 0; i < V; ++i) total += (p[i] = std::exp(z[i] - zmax));
+      for (int64_t i = 0; i < V; ++i) total += (p[i] = std::exp(shift_by_max(z[i], zmax)));
       for (int64_t i = 0; i < V; ++i) p[i] /= total;
       if (mids_d != nullptr || mids_f != nullptr) {  // expectation under the raw probabilities, stop token dropped
         acc_t e = 0;
         for (int64_t i = 0; i < V - 1; ++i) e += p[i] * static_cast<acc_t>(mids_d ? mids_d[i] : mids_f[i]);
         if (expectation_d) expectation_d[r] = e; else expectation_f[r] = static_cast<float>(e);
       }
-      if (cdf >= 0) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
+      if (cdf_filters(cdf)) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
         std::copy(p.begin(), p.end(), sorted.begin());
         std::sort(sorted.begin(), sorted.end());
         const acc_t cutoff = cdf_cutoff(sorted.data(), V, static_cast<acc_t>(cdf));
@@ -57,7 +59,7 @@ void sample_rows(const at::Tensor& logits, double temperature, int64_t top_k, do
       acc_t kept_max = -std::numeric_limits<acc_t>::infinity();
       for (int64_t i = 0; i < V; ++i) kept_max = std::max(kept_max, z[i]);
       for (int64_t i = 0; i < V; ++i) {
-        const double d = static_cast<double>(z[i]) - static_cast<double>(kept_max);
+        const double d = shift_by_max(static_cast<double>(z[i]), static_cast<double>(kept_max));
         w[i] = d < -746.0 ? 0.0 : std::exp(d);  // exp underflows to 0 there anyway: skip the filtered
       }
       tokens[r] = draw_token(w.data(), V, seed, offset, static_cast<uint64_t>(r));

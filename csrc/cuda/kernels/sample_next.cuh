@@ -1,6 +1,7 @@
 // The sample_next kernel body (launched by csrc/cuda/sample_next.cu): one block per row; logits,
 // filters and the draw in shared memory. Same algorithm and Philox stream as the CPU
-// implementation (csrc/cpu/sample_next.cpp).
+// implementation (csrc/cpu/sample_next.cpp), and the same policy for non-finite logits and the
+// cdf boundary (csrc/sampling.h).
 #pragma once
 
 #include "../../sampling.h"
@@ -46,14 +47,14 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
 
   acc_t local_max = -inf;
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    z[i] = static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature);
+    z[i] = finite_or_minus_inf(static_cast<acc_t>(row[i]) / static_cast<acc_t>(temperature));
     local_max = z[i] > local_max ? z[i] : local_max;
   }
   const acc_t zmax = block_reduce(local_max, Max(), -inf, scratch_acc);
   acc_t local_sum = 0;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) local_sum += exp(z[i] - zmax);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) local_sum += exp(shift_by_max(z[i], zmax));
   const acc_t total = block_reduce(local_sum, Sum(), acc_t(0), scratch_acc);
-  auto prob = [&](int i) { return exp(z[i] - zmax) / total; };
+  auto prob = [&](int i) { return exp(shift_by_max(z[i], zmax)) / total; };
 
   if (mids != nullptr) {  // expectation under the raw probabilities, stop token dropped
     acc_t local_e = 0;
@@ -61,7 +62,7 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
     const acc_t e = block_reduce(local_e, Sum(), acc_t(0), scratch_acc);
     if (threadIdx.x == 0) expectation[r] = static_cast<out_t>(e);
   }
-  if (cdf >= 0) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
+  if (cdf_filters(cdf)) {  // drop every token at most as likely as the last sorted one with cumsum < cdf
     for (int i = threadIdx.x; i < P; i += blockDim.x) buf[i] = i < V ? prob(i) : inf;
     __syncthreads();
     bitonic_sort(buf, static_cast<int*>(nullptr), P, [](acc_t a, int, acc_t b, int) { return a < b; });
@@ -85,7 +86,7 @@ __global__ void sample_next_kernel(const scalar_t* __restrict__ logits, int V, i
   for (int i = threadIdx.x; i < V; i += blockDim.x) kept = z[i] > kept ? z[i] : kept;
   const double kept_max = static_cast<double>(block_reduce(kept, Max(), -inf, scratch_acc));
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const double d = static_cast<double>(z[i]) - kept_max;
+    const double d = shift_by_max(static_cast<double>(z[i]), kept_max);
     w[i] = d < -746.0 ? 0.0 : ::exp(d);
   }
   __syncthreads();

@@ -1,0 +1,233 @@
+"""Every bad input tried on the command line gives one line `tt: error: ...`, exit status 2, no
+traceback, and writes or changes nothing; the Planner refuses what it cannot plan with.
+
+The inputs tried are the parameters of `test_cli_refuses_a_bad_input` (one id each):
+counts and sizes that are zero or negative on every subcommand, every plan flag out of range,
+an unknown preset, data set, built-in name and window mode, a directory that is not a run, a
+run imported without a data set, a model whose action size is not the environment's, a data set
+whose episodes all have length 1, and an import without --dataset or --thresholds.
+"""
+
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tt import ops
+from tt.checkpoint import save_run
+from tt.cli import PLAN_FLAGS, build_parser, main, plan_overrides
+from tt.discretize import Discretizer
+from tt.model import GPTConfig, TrajectoryTransformer
+from tt.planner import PlanConfig, Planner
+
+ROOT = Path(__file__).resolve().parents[1]
+PENDULUM = "tt/pendulum/medium-v0"
+LENGTH_ONE = "tt-test/length-one-v0"
+
+
+def tiny_model(O=3, A=1, n_bins=10) -> tuple[TrajectoryTransformer, Discretizer]:
+    torch.manual_seed(0)
+    model = TrajectoryTransformer(GPTConfig(O, A, n_bins=n_bins, n_transitions=2, n_layer=1, n_head=1, n_embd=8))
+    return model, Discretizer(np.linspace(-1, 1, n_bins + 1)[:, None].repeat(O + A + 2, 1))
+
+
+@pytest.fixture(scope="module")
+def length_one_dataset():
+    """200 episodes of one step each (Pendulum): no step but the last, so no training window."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make("Pendulum-v1")
+    buffers = []
+    for i in range(200):
+        obs, _ = env.reset(seed=i)
+        action = env.action_space.sample()
+        after, reward, *_ = env.step(action)
+        buffers.append(EpisodeBuffer(id=i, observations=np.stack([obs, after]), actions=action[None],
+                                     rewards=[float(reward)], terminations=[True], truncations=[False]))
+    return minari.create_dataset_from_buffers(
+        dataset_id=LENGTH_ONE, buffer=buffers, env="Pendulum-v1", eval_env="Pendulum-v1", algorithm_name="random",
+        author="tt", author_email="tt@localhost", code_permalink="tests/test_bad_inputs.py", description="length 1")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, pendulum_medium, length_one_dataset):
+    """Run directories the bad inputs point at, and a state dict to import."""
+    root = tmp_path_factory.mktemp("runs")
+    model, disc = tiny_model()
+    save_run(str(root / "run"), model, disc, {"data": {"dataset_id": PENDULUM}})
+    save_run(str(root / "imported"), model, disc, {"data": {}, "imported_from": "state_0.pt"})
+    wide, wide_disc = tiny_model(A=2)
+    save_run(str(root / "two-actions"), wide, wide_disc, {"data": {"dataset_id": PENDULUM}})
+    os.makedirs(root / "empty")
+    torch.save({}, root / "state_0.pt")
+    return root
+
+
+def bad(name, *argv, error):
+    return pytest.param(list(argv), error, id=name)
+
+
+EVAL = ("eval", "--run", "{runs}/run")
+BAD_INPUTS = [
+    bad("eval-episodes-0", *EVAL, "--episodes", "0", error="need at least one episode and one environment"),
+    bad("eval-envs-0", *EVAL, "--envs", "0", error="got episodes=10, envs=0"),
+    bad("eval-envs-negative", *EVAL, "--envs", "-2", error="got episodes=10, envs=-2"),
+    bad("eval-episodes-not-a-number", *EVAL, "--episodes", "ten", error="invalid int value: 'ten'"),
+    bad("score-episodes-0", "score", "{runs}/run", "--episodes", "0", error="need at least one episode"),
+    bad("score-envs-0", "score", "{runs}/run", "--envs", "0", error="need at least one episode and one environment"),
+    bad("data-make-episodes-0", "data", "make", "pendulum-medium", "--episodes", "0", error="--episodes: must be >= 1"),
+    bad("data-make-steps-negative", "data", "make", "hopper-medium", "--steps", "-5", error="--steps: must be >= 1"),
+    bad("train-steps-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--steps", "0", error="--steps: must"),
+    bad("train-batch-size-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--batch-size", "0",
+        error="--batch-size: must be >= 1"),
+    bad("train-epochs-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--epochs", "0",
+        error="--epochs: must be > 0"),
+    bad("train-epochs-negative", "train", "--dataset", "pendulum-medium", "--out", "r", "--epochs", "-1",
+        error="--epochs: must be > 0"),
+    bad("import-n-bins-0", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "imp", "--dataset",
+        "pendulum-medium", "--n-bins", "0", error="--n-bins: must be >= 1"),
+    bad("import-observation-dim-0", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "imp",
+        "--thresholds", "t.npy", "--observation-dim", "0", error="--observation-dim: must be >= 1"),
+    bad("import-n-head-negative", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "imp",
+        "--dataset", "pendulum-medium", "--n-head", "-2", error="--n-head: must be >= 1"),
+    bad("demo-episodes-0", "demo", "--out", "d", "--episodes", "0", error="--episodes: must be >= 1"),
+    bad("demo-train-steps-0", "demo", "--out", "d", "--train-steps", "0", error="--train-steps: must be >= 1"),
+    *[bad(f"plan-{flag}-{value}", *EVAL, flag, value, error=f"{flag}: {message}") for flag, value, message in [
+        ("--horizon", "0", "must be >= 1"), ("--beam-width", "0", "must be >= 1"), ("--n-expand", "-1", "must be"),
+        ("--max-context-transitions", "0", "must be >= 1"), ("--k-obs", "0", "must be >= 1"),
+        ("--k-act", "-3", "must be >= 1"), ("--k-rew", "0", "must be >= 1"), ("--plan-freq", "0", "must be >= 1"),
+        ("--temperature", "0", "must be > 0"), ("--temperature", "inf", "must be > 0"),
+        ("--cdf-act", "1.5", "must be in [0, 1]"), ("--cdf-obs", "-0.1", "must be in [0, 1]"),
+        ("--cdf-rew", "2", "must be in [0, 1]"), ("--discount", "nan", "must be finite"),
+        ("--window", "sideways", "invalid choice: 'sideways'")]],
+    bad("impossible-plan-config", *EVAL, "--max-context-transitions", "1", error="max_context_transitions=1"),
+    bad("unknown-preset", "train", "--dataset", "pendulum-medium", "--out", "r", "--preset", "huge",
+        error="unknown preset 'huge'"),
+    bad("unknown-dataset", "train", "--dataset", "mujoco/nothing/here-v0", "--out", "r",
+        error="unknown data set 'mujoco/nothing/here-v0'"),
+    bad("unknown-builtin", "data", "make", "nothing-medium", error="unknown built-in data set 'nothing-medium'"),
+    bad("eval-not-a-run", "eval", "--run", "{runs}/empty", error="no checkpoint.json: not a tt run"),
+    bad("eval-missing-run", "eval", "--run", "{runs}/missing", error="no run directory"),
+    bad("score-not-a-run", "score", "{runs}/empty", error="no checkpoint.json: not a tt run"),
+    bad("resume-not-a-run", "train", "--dataset", "pendulum-medium", "--out", "{runs}/empty", "--resume",
+        error="no checkpoint.json: not a tt run"),
+    bad("eval-imported-without-dataset", "eval", "--run", "{runs}/imported", error="names no data set"),
+    bad("eval-action-size-mismatch", "eval", "--run", "{runs}/two-actions", "--episodes", "1",
+        error="the model plans actions of size 2"),
+    bad("train-episodes-of-length-1", "train", "--dataset", LENGTH_ONE, "--out", "r", "--preset", "small",
+        error="no training windows: all 200 episodes of the data set have length 1"),
+    bad("import-without-dataset-or-thresholds", "import-reference", "--state-dict", "{runs}/state_0.pt",
+        "--out", "imp", error="needs --dataset"),
+]
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every path under `roots` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for root in roots for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, error", BAD_INPUTS)
+def test_cli_refuses_a_bad_input(argv, error, runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(runs=runs) for a in argv]
+    minari_root = Path(os.environ["MINARI_DATASETS_PATH"])
+    before = snapshot(tmp_path, runs, minari_root)
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tt: error: "), captured.err
+    assert error in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert snapshot(tmp_path, runs, minari_root) == before, "a refused command wrote or changed files"
+
+
+def test_every_plan_config_field_has_a_flag_and_none_where_it_means_off():
+    flags = set(PLAN_FLAGS) | {"cuda_graphs"}
+    assert flags == {f.name for f in fields(PlanConfig)}
+    args = build_parser().parse_args(["eval", "--run", "r", "--k-obs", "none", "--k-act", "4", "--k-rew", "None",
+                                      "--cdf-obs", "none", "--cdf-act", "none", "--cdf-rew", "0.7",
+                                      "--max-context-transitions", "none", "--no-cuda-graphs"])
+    overrides = plan_overrides(args)
+    assert overrides == dict(k_obs=None, k_act=4, k_rew=None, cdf_obs=None, cdf_act=None, cdf_rew=0.7,
+                             max_context_transitions=None, cuda_graphs=False)
+    assert plan_overrides(build_parser().parse_args(["eval", "--run", "r"])) == {}  # absent: PlanConfig's default
+    PlanConfig(**overrides)
+
+
+@pytest.mark.parametrize("obs, error", [
+    (np.zeros(4), r"observations must be \[3\]"),
+    (np.zeros((2, 2)), r"observations must be \[3\] or \[n, 3\]"),
+    (np.array([0.0, np.nan, 0.0]), "NaN or infinite"),
+    (np.array([0.0, np.inf, 0.0]), "NaN or infinite"),
+    (np.array([[0.0, 0.0, -np.inf]]), "NaN or infinite"),
+], ids=["size", "batch-size", "nan", "inf", "minus-inf"])
+def test_planner_refuses_observations_it_cannot_plan_from(obs, error):
+    model, disc = tiny_model()
+    planner = Planner(model, disc, PlanConfig(horizon=1, beam_width=2, n_expand=1), seed=0)
+    with pytest.raises(ValueError, match=error):
+        planner.act(obs)
+
+
+def test_planner_refuses_an_environment_of_other_sizes():
+    import gymnasium as gym
+
+    model, disc = tiny_model(A=2)
+    planner = Planner(model, disc, PlanConfig(horizon=1, beam_width=2, n_expand=1), seed=0)
+    env = gym.make("Pendulum-v1")
+    with pytest.raises(ValueError, match="the model plans actions of size 2"):
+        planner.check_env(env)
+    vector = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")])
+    with pytest.raises(ValueError, match="actions of size 2"):
+        planner.check_env(vector)
+    Planner(*tiny_model(A=1), seed=0).check_env(vector)  # the right sizes pass
+    vector.close()
+
+
+def test_bins_the_cuda_kernel_cannot_take_are_refused_on_the_host(monkeypatch):
+    header = (ROOT / "csrc" / "cuda" / "kernels" / "sample_next.cuh").read_text()
+    assert int(re.search(r"kSampleNextMaxVocab = (\d+);", header).group(1)) == ops.CUDA_MAX_TOKENS
+    monkeypatch.setattr(ops, "_compiled", lambda op, device: True)  # as where tt._C's CUDA kernels are built
+    ops.check_tokens_per_row(ops.CUDA_MAX_TOKENS, "cuda")
+    ops.check_tokens_per_row(ops.CUDA_MAX_TOKENS + 1, "cpu")  # the C++ op takes any number
+    with pytest.raises(ValueError, match="1024 bins .* more than the CUDA sampling kernel takes"):
+        ops.check_tokens_per_row(ops.CUDA_MAX_TOKENS + 1, "cuda")
+    with pytest.raises(ValueError, match="1999 bins"):
+        ops.check_tokens_per_row(2000, torch.device("cuda", 0))
+
+
+def test_planner_checks_the_bins_before_planning(monkeypatch):
+    seen = []
+    monkeypatch.setattr(ops, "check_tokens_per_row", lambda n, device: seen.append((n, torch.device(device).type)))
+    Planner(*tiny_model(n_bins=10), seed=0)
+    assert seen == [(11, "cpu")]
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda: GPTConfig(0, 1), "observation_dim must be >= 1, got 0"),
+    (lambda: GPTConfig(3, -1), "action_dim must be >= 1, got -1"),
+    (lambda: GPTConfig(3, 1, n_bins=0), "n_bins must be >= 1"),
+    (lambda: GPTConfig(3, 1, n_transitions=0), "n_transitions must be >= 1"),
+    (lambda: GPTConfig(3, 1, n_layer=0), "n_layer must be >= 1"),
+    (lambda: GPTConfig(3, 1, n_head=3), "multiple of n_head"),
+    (lambda: GPTConfig(3, 1, attn_pdrop=1.0), r"attn_pdrop must be in \[0, 1\)"),
+    (lambda: Discretizer.fit(np.zeros((4, 6)), n_bins=0), "n_bins must be >= 1"),
+    (lambda: PlanConfig(horizon=0), "horizon must be >= 1"),
+    (lambda: PlanConfig(k_act=0), "k_act must be >= 1 or None"),
+    (lambda: PlanConfig(cdf_rew=1.2), r"cdf_rew must be in \[0, 1\] or None"),
+    (lambda: PlanConfig(temperature=float("inf")), "temperature must be > 0 and finite"),
+    (lambda: PlanConfig(discount=float("nan")), "discount must be finite"),
+    (lambda: __import__("tt.train").train.make_config(batch_size=0), "batch_size must be >= 1"),
+    (lambda: __import__("tt.train").train.make_config(epochs=-1.0), "epochs must be > 0"),
+    (lambda: __import__("tt.train").train.make_config(n_transitions=0), "n_transitions must be >= 1"),
+], ids=["observation-dim", "action-dim", "model-bins", "transitions", "layers", "heads", "dropout", "fit-bins",
+        "horizon", "k-act", "cdf-rew", "temperature", "discount", "batch-size", "epochs", "train-transitions"])
+def test_library_configs_refuse_zero_and_negative_sizes(make, error):
+    with pytest.raises(ValueError, match=error):
+        make()
