@@ -69,45 +69,25 @@ def cmd_import_reference(args) -> None:
     print(f"imported {args.state_dict} into {args.out}")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (sizes and counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(kind: type, ok, expected: str, requirement: str):
+    """An argparse type: parse `kind`, then refuse values for which `ok` is false."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "an integer", ">= 1")  # sizes and counts
+positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number", "> 0")
+fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]", "in [0, 1]")
+finite_float = _number(float, lambda v: abs(v) < float("inf"), "a number", "finite")  # NaN fails too
 
 
 def or_none(kind):
