@@ -33,16 +33,16 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tt.envs.actor import Actor, load_actor, save_actor  # noqa: E402
+from tt.envs.locomotion import ENV_IDS, POLICY_DIR, make_env, random_policy  # noqa: E402
 from tt.envs.rollouts import collect_episodes, returns_of  # noqa: E402
 from tt.io import atomic_write, write_json  # noqa: E402
 
-ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
-SHIP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tt", "envs", "policies")
+SHIP_DIR = POLICY_DIR
 
 
 def evaluate(actor: Actor, env_id: str, episodes: int, seed: int, deterministic: bool) -> np.ndarray:
     """Returns of `episodes` episodes (sampled actions draw from per-episode generators)."""
-    runs = collect_episodes(lambda: gym.make(env_id), actor.batch_policy(deterministic), seed, episodes=episodes,
+    runs = collect_episodes(lambda: make_env(env_id), actor.batch_policy(deterministic), seed, episodes=episodes,
                             n_envs=min(episodes, 10), progress=False)
     return returns_of(runs)
 
@@ -195,10 +195,7 @@ def plot(args) -> None:
 
 
 def evaluate_random(env_id: str, episodes: int) -> np.ndarray:
-    env = gym.make(env_id)
-    low, high = env.action_space.low, env.action_space.high
-    policy = lambda obs, rngs: np.stack([g.uniform(low, high) for g in rngs]).astype(np.float32)
-    return returns_of(collect_episodes(lambda: gym.make(env_id), policy, 30_000, episodes=episodes,
+    return returns_of(collect_episodes(lambda: make_env(env_id), random_policy(env_id), 30_000, episodes=episodes,
                                        n_envs=10, progress=False))
 
 

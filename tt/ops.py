@@ -26,8 +26,10 @@ CUDA_MAX_TOKENS = 1024  # tokens per row (N+1) the CUDA sample_next kernel takes
 def check_tokens_per_row(n_tokens: int, device: torch.device | str) -> None:
     """Refuse, on the host and before any planning, a vocabulary (N+1 tokens) that the kernel
     `sample_next` would run on cannot take: the CUDA kernel holds a row in one block's shared memory."""
+    if n_tokens <= CUDA_MAX_TOKENS:  # first: this runs once per sampled token
+        return
     device = torch.device(device)
-    if device.type == "cuda" and n_tokens > CUDA_MAX_TOKENS and _compiled("sample_next", device):
+    if device.type == "cuda" and _compiled("sample_next", device):
         raise ValueError(f"{n_tokens - 1} bins ({n_tokens} tokens with the stop token) are more than the CUDA "
                          f"sampling kernel takes ({CUDA_MAX_TOKENS} tokens, {CUDA_MAX_TOKENS - 1} bins): plan on "
                          "the CPU or use fewer bins")

@@ -382,21 +382,22 @@ T atomicCAS(T* address, T compare, T value) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, value, std::memory_order_relaxed);
   return compare;
 }
-template <typename T>
-T atomicMax(T* address, T value) {
+// Store `value` where `better(value, current)`, as a compare-and-swap loop; returns the old value.
+template <typename T, typename Better>
+T atomic_store_if(T* address, T value, Better better) {
   std::atomic_ref<T> a(*address);
   T old = a.load(std::memory_order_relaxed);
-  while (old < value && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
+  while (better(value, old) && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
   }
   return old;
 }
 template <typename T>
+T atomicMax(T* address, T value) {
+  return atomic_store_if(address, value, [](T v, T old) { return old < v; });
+}
+template <typename T>
 T atomicMin(T* address, T value) {
-  std::atomic_ref<T> a(*address);
-  T old = a.load(std::memory_order_relaxed);
-  while (value < old && !a.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
-  }
-  return old;
+  return atomic_store_if(address, value, [](T v, T old) { return v < old; });
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
