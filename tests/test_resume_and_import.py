@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tt import train as train_module
-from tt.checkpoint import load_run, save_run
+from tt.checkpoint import load_run, load_trainer_state, save_run
 from tt.cli import main
 from tt.discretize import Discretizer
 from tt.train import make_config, train
@@ -51,7 +51,7 @@ def test_resume_loads_the_stored_discretizer(tmp_path, pendulum_medium, monkeypa
     train(make_config("small", **TINY, max_steps=2), out, progress=False)
     model, disc, config, step = load_run(out)
     shifted = Discretizer(disc.thresholds + 1e-3)  # a discretizer the data would not give
-    state = torch.load(f"{out}/trainer.pt", weights_only=True)
+    state = load_trainer_state(out)
     save_run(out, model, shifted, {k: v for k, v in config.items() if k != "model"}, step, state)
 
     def no_fit(*args, **kwargs):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tt.checkpoint import CheckpointError, load_run, save_run
+from tt.checkpoint import CheckpointError, checkpoint_folder, load_run, save_run
 from tt.cli import main
 from tt.discretize import Discretizer
 from tt.train import lr_multiplier, make_config, train
@@ -69,7 +69,7 @@ def small_run(tmp_path):
 
 def test_corrupt_checkpoint_is_detected(tmp_path):
     run, _ = small_run(tmp_path)
-    path = os.path.join(run, "model.safetensors")
+    path = os.path.join(checkpoint_folder(run), "model.safetensors")
     data = bytearray(open(path, "rb").read())
     data[-3] ^= 0xFF
     open(path, "wb").write(bytes(data))

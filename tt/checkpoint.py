@@ -1,25 +1,31 @@
-"""Run directories: weights and discretizer in safetensors, configs in JSON, written atomically.
+"""Run directories: weights and discretizer in safetensors, configs in JSON, crash-safe.
 
-    run/config.json              model config, data settings, training config
-    run/model.safetensors        weights
-    run/discretizer.safetensors  thresholds [N+1, T]
-    run/trainer.pt               optimizer and RNG state for --resume (tensors only)
-    run/checkpoint.json          step and SHA-256 of each file above, written last
+    run/checkpoint.json                    the commit record: step, checkpoint folder, SHA-256s
+    run/step-00001000/config.json          model config, data settings, training config
+    run/step-00001000/model.safetensors    weights
+    run/step-00001000/discretizer.safetensors  thresholds [N+1, T]
+    run/step-00001000/trainer.pt           optimizer and RNG state for --resume (tensors only)
+    run/metrics.jsonl, run/loss.png        the training log (append-only) and its plot
 
-`checkpoint.json` is the commit record: a crash mid-save leaves the previous record, whose
-hashes then no longer match, and loading says so instead of mixing two checkpoints.
+A save writes a new step folder beside the current one, fsyncs it, and then switches
+`checkpoint.json` to it with one rename; only then is the previous folder removed. A crash at
+any moment leaves a loadable checkpoint: the previous one until the switch, the new one after.
+The hashes catch files damaged later. Runs saved before step folders existed (files directly
+in `run/`, a record without "folder") still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from tt.discretize import Discretizer
-from tt.io import atomic_write, read_json, write_json
+from tt.io import fsync_path, fsync_tree, read_json, write_json
 from tt.model import GPTConfig, TrajectoryTransformer
 
 FILES = ("config.json", "model.safetensors", "discretizer.safetensors")
@@ -37,56 +43,101 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def step_folder(step: int) -> str:
+    return f"step-{step:08d}"
+
+
 def save_run(run_dir: str, model: TrajectoryTransformer, discretizer: Discretizer, config: dict,
              step: int = 0, trainer_state: dict | None = None) -> None:
     """Write a complete checkpoint of a run; `config` holds everything but the model config."""
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), {**config, "model": model.config.to_dict()})
-    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    with atomic_write(os.path.join(run_dir, "model.safetensors")) as tmp:
-        save_file(weights, tmp, metadata={"format": "tt.TrajectoryTransformer/1"})
-    discretizer.save(os.path.join(run_dir, "discretizer.safetensors"))
-    files = list(FILES)
-    if trainer_state is not None:
-        with atomic_write(os.path.join(run_dir, "trainer.pt")) as tmp:
-            torch.save(trainer_state, tmp)
-        files.append("trainer.pt")
-    record = {"step": step, "sha256": {f: _sha256(os.path.join(run_dir, f)) for f in files}}
-    write_json(os.path.join(run_dir, "checkpoint.json"), record)
+    staging = tempfile.mkdtemp(dir=run_dir, prefix=f".{step_folder(step)}-")
+    try:
+        write_json(os.path.join(staging, "config.json"), {**config, "model": model.config.to_dict()})
+        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, os.path.join(staging, "model.safetensors"),
+                  metadata={"format": "tt.TrajectoryTransformer/1"})
+        discretizer.save(os.path.join(staging, "discretizer.safetensors"))
+        if trainer_state is not None:
+            torch.save(trainer_state, os.path.join(staging, "trainer.pt"))
+        for name in os.listdir(staging):
+            os.chmod(os.path.join(staging, name), 0o644)
+        os.chmod(staging, 0o755)
+        fsync_tree(staging)
+        name = _free_folder_name(run_dir, step)
+        folder = os.path.join(run_dir, name)
+        if os.path.exists(folder):  # left by a crash between its rename and the switch: never committed
+            shutil.rmtree(folder)
+        os.rename(staging, folder)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    fsync_path(run_dir)
+    record = {"step": step, "folder": name,
+              "sha256": {f: _sha256(os.path.join(folder, f)) for f in sorted(os.listdir(folder))}}
+    write_json(os.path.join(run_dir, "checkpoint.json"), record)  # the switch
+    _remove_stale(run_dir, keep=name)
 
 
-def _verified_record(run_dir: str) -> dict:
+def _free_folder_name(run_dir: str, step: int) -> str:
+    """`step-NNNNNNNN`, or with a suffix when a save repeats the committed step: never the committed folder."""
+    record_path = os.path.join(run_dir, "checkpoint.json")
+    committed = read_json(record_path).get("folder") if os.path.exists(record_path) else None
+    name, n = step_folder(step), 0
+    while name == committed:
+        n += 1
+        name = f"{step_folder(step)}-{n}"
+    return name
+
+
+def _remove_stale(run_dir: str, keep: str) -> None:
+    """Earlier step folders, unfinished staging folders and the files of the flat layout."""
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name != keep and (name.startswith("step-") or name.startswith(".step-")) and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif name in (*FILES, "trainer.pt"):
+            os.remove(path)
+
+
+def checkpoint_folder(run_dir: str) -> str:
+    """The folder that holds the current checkpoint's files (verified against checkpoint.json)."""
+    return _verified_record(run_dir)[1]
+
+
+def _verified_record(run_dir: str) -> tuple[dict, str]:
     record_path = os.path.join(run_dir, "checkpoint.json")
     if not os.path.isdir(run_dir):
         raise CheckpointError(f"no run directory at {run_dir}")
     if not os.path.exists(record_path):
         raise CheckpointError(f"{run_dir} holds no checkpoint.json: not a tt run, or its first save never finished")
     record = read_json(record_path)
+    folder = os.path.join(run_dir, record.get("folder", ""))
     for name, digest in record.get("sha256", {}).items():
-        path = os.path.join(run_dir, name)
+        path = os.path.join(folder, name)
         if not os.path.exists(path):
             raise CheckpointError(f"checkpoint file {path} is missing")
         if _sha256(path) != digest:
             raise CheckpointError(f"checkpoint file {path} does not match checkpoint.json: corrupt, or from "
                                   "another save")
-    return record
+    return record, folder
 
 
 def load_run(run_dir: str, device: torch.device | str = "cpu"):
     """(model in eval mode, discretizer, config dict, step) of a run directory."""
-    record = _verified_record(run_dir)
-    config = read_json(os.path.join(run_dir, "config.json"))
+    record, folder = _verified_record(run_dir)
+    config = read_json(os.path.join(folder, "config.json"))
     try:
         model_config = GPTConfig(**config["model"])
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{run_dir}/config.json has no valid model config: {e}") from e
+        raise CheckpointError(f"{folder}/config.json has no valid model config: {e}") from e
     model = TrajectoryTransformer(model_config)
     try:
-        weights = load_file(os.path.join(run_dir, "model.safetensors"))
+        weights = load_file(os.path.join(folder, "model.safetensors"))
         model.load_state_dict(weights)
     except Exception as e:
         raise CheckpointError(f"weights in {run_dir} do not fit the model config: {e}") from e
-    discretizer = Discretizer.load(os.path.join(run_dir, "discretizer.safetensors"))
+    discretizer = Discretizer.load(os.path.join(folder, "discretizer.safetensors"))
     if discretizer.transition_dim != model_config.transition_dim or discretizer.n_bins != model_config.n_bins:
         raise CheckpointError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                               f"match the model ({model_config.n_bins} bins, {model_config.transition_dim} dims)")
@@ -95,8 +146,7 @@ def load_run(run_dir: str, device: torch.device | str = "cpu"):
 
 def load_trainer_state(run_dir: str) -> dict:
     """Optimizer and RNG state saved beside the weights (tensors only: weights_only=True)."""
-    _verified_record(run_dir)
-    path = os.path.join(run_dir, "trainer.pt")
+    path = os.path.join(checkpoint_folder(run_dir), "trainer.pt")
     if not os.path.exists(path):
         raise CheckpointError(f"{run_dir} has no trainer.pt to resume from")
     return torch.load(path, map_location="cpu", weights_only=True)

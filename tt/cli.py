@@ -32,7 +32,7 @@ def cmd_train(args) -> None:
     from tt.train import make_config, train
 
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
-                     epochs=args.epochs, batch_size=args.batch_size)
+                     epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every)
     cfg = make_config(args.preset, **overrides)
     if args.download:
         from tt.data import load_dataset
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=positive_float)
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--seed", type=int)
+    train.add_argument("--save-every", type=positive_int, help="optimizer steps between checkpoints")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")

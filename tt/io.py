@@ -1,13 +1,39 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""Crash-safe files: write beside the target, fsync, then switch it in with one rename.
+
+A SIGKILL or power cut at any moment leaves either the old file (or directory) or the new one,
+never a mix: the rename is the commit, and the fsyncs before and after it order the data ahead
+of the name on disk.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+FILE_MODE = 0o644  # mkstemp (and safetensors) make files private; results and checkpoints are not
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file's data, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str) -> None:
+    """fsync every file and directory under `path`, children before their parents."""
+    for root, _, files in os.walk(path, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 @contextlib.contextmanager
@@ -19,8 +45,10 @@ def atomic_write(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp (and safetensors) make it private; results and checkpoints are not
+        os.chmod(tmp, FILE_MODE)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -38,3 +66,71 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"corrupt JSON file {path}: {e}") from e
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line and fsync: a crash loses at most the line being written."""
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a torn last line (a crash mid-append) is skipped."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"corrupt JSON-lines file {path}, line {i + 1}: {e}") from e
+    return records
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    """Replace a JSON-lines file atomically."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step with renameat2(RENAME_EXCHANGE); False where the OS cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return result == 0
+
+
+def swap_directory(new: str, target: str) -> None:
+    """Put the finished directory `new` at `target`, replacing what was there.
+
+    Linux swaps the two in one atomic step; elsewhere the old one is renamed aside first, so a
+    crash in between leaves it beside the target (`.old-*`) rather than losing both.
+    """
+    fsync_tree(new)
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    if not os.path.exists(target):
+        os.rename(new, target)
+    elif _exchange(new, target):
+        shutil.rmtree(new)  # now holds the old contents
+    else:
+        old = tempfile.mkdtemp(dir=parent, prefix=".old-" + os.path.basename(target))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old)
+    fsync_path(parent)

@@ -19,7 +19,7 @@ import torch
 from tt.checkpoint import load_run, load_trainer_state, save_run
 from tt.data import TokenWindows, Trajectories, load_dataset, trajectories_from_minari
 from tt.discretize import Discretizer
-from tt.io import atomic_write
+from tt.io import append_line, atomic_write, read_jsonl, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.ops import resolve_device
 from tt.progress import progress as progress_bar
@@ -195,6 +195,8 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
 
     run_config = {"train": dataclasses.asdict(cfg), "data": data_info, "total_steps": total_steps}
     step, tokens_seen = 0, 0
+    window_losses: list[float] = []  # losses since the last metrics record (checkpointed with the rest)
+    elapsed_before = 0.0  # training seconds before a resume
     metrics_path = os.path.join(out, "metrics.jsonl")
     if resume:
         loaded, _, _, step = load_run(out, device)
@@ -202,19 +204,19 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         state = load_trainer_state(out)
         optimizer.load_state_dict(state["optimizer"])
         tokens_seen = int(state["tokens_seen"])
+        window_losses = state.get("window_losses", torch.zeros(0, dtype=torch.float64)).tolist()
+        elapsed_before = float(state.get("elapsed_s", 0.0))
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
-        with open(metrics_path) as f:  # drop records logged after the checkpoint
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(metrics_path, "w") as f:
-            f.writelines(kept)
+        write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step])  # cut to the checkpoint
     else:
-        os.makedirs(out, exist_ok=True)
-        open(metrics_path, "w").close()
+        write_jsonl(metrics_path, [])
 
     def checkpoint():
         state = {"optimizer": optimizer.state_dict(), "tokens_seen": torch.tensor(tokens_seen),
+                 "window_losses": torch.tensor(window_losses, dtype=torch.float64),
+                 "elapsed_s": torch.tensor(time.time() - started, dtype=torch.float64),
                  "rng": torch.get_rng_state()}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
@@ -224,7 +226,7 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = progress_bar(total_steps, "training", progress, initial=step)
-    started, window_losses = time.time(), []
+    started = time.time() - elapsed_before
     order, order_epoch = None, -1
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
@@ -248,8 +250,7 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         if step % cfg.log_every == 0 or step == total_steps:
             record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(np.mean(window_losses)),
                       "lr": lr, "tokens": tokens_seen, "elapsed_s": time.time() - started}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(metrics_path, json.dumps(record))
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             window_losses = []
         if step % cfg.save_every == 0 or step == total_steps:
@@ -263,8 +264,7 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
     matplotlib backend are left alone)."""
     from matplotlib.figure import Figure
 
-    with open(metrics_path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_jsonl(metrics_path)
     if not records:
         return
     fig = Figure(figsize=(6, 3.5))

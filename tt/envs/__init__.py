@@ -9,9 +9,13 @@ Each stores reference scores (random and expert returns), so `minari.get_normali
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from collections.abc import Callable
 
 from tt.envs import locomotion, pendulum
+from tt.io import atomic_write, swap_directory
 
 BUILTIN: dict[str, tuple[str, str]] = {  # short name -> (task, variant)
     **{f"{task}-{v}": (task, v) for task in pendulum.TASKS for v in pendulum.VARIANTS},
@@ -44,7 +48,6 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
     Pendulums take a number of `episodes` per policy, locomotion tasks a number of `steps`.
     """
     import minari
-    from minari.storage.datasets_root_dir import get_dataset_path
 
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(BUILTIN)}")
@@ -62,13 +65,43 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
         buffers, meta = locomotion.generate(task, variant, steps, seed, progress)
         source = "tt/envs/locomotion.py"
     dataset_id = dataset_id_of(name)
-    path = get_dataset_path(dataset_id)
-    if path.exists():  # regenerate: the data set is a deterministic function of name and seed
-        shutil.rmtree(path)
     env_id = env_id_of(task)
-    return minari.create_dataset_from_buffers(
+    _build_beside(dataset_id, lambda: minari.create_dataset_from_buffers(
         dataset_id=dataset_id, buffer=buffers, env=env_id, eval_env=env_id,
         algorithm_name=meta["algorithm_name"], author="tt", author_email="tt@localhost", code_permalink=source,
         ref_min_score=meta["ref_min_score"], ref_max_score=meta["ref_max_score"],
         description=f"tt built-in {variant} data for {env_id}, seed {seed}",
-    )
+    ))
+    return minari.load_dataset(dataset_id)
+
+
+def _build_beside(dataset_id: str, create: Callable[[], object]) -> None:
+    """Run `create` (which writes `dataset_id` under Minari's root) into a staging root beside the
+    real one, then swap the finished data set in: a crash leaves the old data set or the new one.
+
+    Minari finds its root through MINARI_DATASETS_PATH, so that variable points at the staging
+    root while `create` runs and is restored after it."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    root = str(get_dataset_path())
+    staging = tempfile.mkdtemp(dir=root, prefix=".tt-build-")
+    before = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = staging
+        try:
+            create()
+        finally:
+            if before is None:
+                del os.environ["MINARI_DATASETS_PATH"]
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = before
+        parts = dataset_id.split("/")[:-1]
+        for namespace in ("/".join(parts[: i + 1]) for i in range(len(parts))):  # tt, then tt/hopper
+            built = os.path.join(staging, namespace, "namespace_metadata.json")
+            target = os.path.join(root, namespace, "namespace_metadata.json")
+            if os.path.exists(built) and not os.path.exists(target):
+                with atomic_write(target) as tmp:
+                    shutil.copyfile(built, tmp)
+        swap_directory(os.path.join(staging, dataset_id), os.path.join(root, dataset_id))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
