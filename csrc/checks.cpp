@@ -3,6 +3,7 @@
 #include <utility>
 #include <vector>
 
+#include "beam_expand.h"
 #include "ops.h"
 
 namespace tt {
@@ -88,6 +89,29 @@ void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const
   TORCH_CHECK(terms_out.scalar_type() == terms.scalar_type(), op, ": terms_out must have the dtype of terms");
   check_output(scores, tokens_out, op, "tokens_out", {B * k, tokens.size(1)});
   TORCH_CHECK(tokens_out.scalar_type() == at::kLong, op, ": tokens_out must be int64");
+}
+
+void check_beam_expand(const at::Tensor& scores, const at::Tensor& logp, int64_t k, const at::Tensor& values,
+                       const at::Tensor& parents, const at::Tensor& tokens) {
+  const char* op = "tt::beam_expand";
+  TORCH_CHECK(scores.dim() == 2, op, ": scores must be [B, W], got ", scores.sizes());
+  TORCH_CHECK(logp.dim() == 2, op, ": logp must be [B*W, V], got ", logp.sizes());
+  for (const auto& [t, name] : {std::pair{&scores, "scores"}, std::pair{&logp, "logp"}}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t->scalar_type());
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  }
+  check_same_device(scores, logp, op, "logp");
+  const int64_t B = scores.size(0), W = scores.size(1), V = logp.size(1);
+  TORCH_CHECK(logp.size(0) == B * W, op, ": logp must have B*W=", B * W, " rows (one per beam), got ", logp.size(0));
+  TORCH_CHECK(W * V <= kBeamExpandMaxCandidates, op, ": at most ", kBeamExpandMaxCandidates,
+              " candidates per plan, got W*V=", W * V);
+  TORCH_CHECK(k >= 1 && k <= W * V, op, ": k must be in [1, W*V=", W * V, "], got ", k);
+  check_output(scores, values, op, "values", {B, k});
+  TORCH_CHECK(values.scalar_type() == at::kFloat, op, ": values must be float32");
+  check_output(scores, parents, op, "parents", {B, k});
+  check_output(scores, tokens, op, "tokens", {B, k});
+  TORCH_CHECK(parents.scalar_type() == at::kLong && tokens.scalar_type() == at::kLong, op,
+              ": parents and tokens must be int64");
 }
 
 void check_philox_uniform(const at::Tensor& out) {

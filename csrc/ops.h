@@ -19,6 +19,8 @@ void check_sample_next(const at::Tensor& logits, double temperature, int64_t top
 void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
                        const at::Tensor& tokens, const at::Tensor& values, const at::Tensor& indices,
                        const at::Tensor& rows, const at::Tensor& terms_out, const at::Tensor& tokens_out);
+void check_beam_expand(const at::Tensor& scores, const at::Tensor& logp, int64_t k, const at::Tensor& values,
+                       const at::Tensor& parents, const at::Tensor& tokens);
 
 void check_philox_uniform(const at::Tensor& out);
 void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -33,6 +35,8 @@ void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k
 void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
                      const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                      at::Tensor& terms_out, at::Tensor& tokens_out);
+void beam_expand_cpu(const at::Tensor& scores, const at::Tensor& logp, int64_t k, at::Tensor& values,
+                     at::Tensor& parents, at::Tensor& tokens);
 void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                          const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
                          int64_t group_rows);
@@ -51,5 +55,7 @@ void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_
 void beam_select_cuda(const at::Tensor& scores, int64_t k, int64_t group, const at::Tensor& terms,
                       const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                       at::Tensor& terms_out, at::Tensor& tokens_out);
+void beam_expand_cuda(const at::Tensor& scores, const at::Tensor& logp, int64_t k, at::Tensor& values,
+                      at::Tensor& parents, at::Tensor& tokens);
 
 }  // namespace tt

@@ -19,6 +19,12 @@ TORCH_LIBRARY(tt, m) {
   m.def(
       "beam_select(Tensor scores, int k, int group, Tensor terms, Tensor tokens, Tensor(a!) values, "
       "Tensor(b!) indices, Tensor(c!) rows, Tensor(d!) terms_out, Tensor(e!) tokens_out) -> ()");
+  // The likelihood search's batched top-k: candidate c = w * V + v of plan b scores
+  // scores[b, w] + logp[b * W + w, v] (float32); the k best per plan, descending, ties to the lower c,
+  // NaN last, into values [B, k] and their beam (parents) and token (tokens) [B, k].
+  m.def(
+      "beam_expand(Tensor scores, Tensor logp, int k, Tensor(a!) values, Tensor(b!) parents, Tensor(c!) tokens) "
+      "-> ()");
   // The uniforms [n] (float64) that sample_next draws for rows 0..n-1 at (seed, offset): the shared
   // generator, exposed so tests can hold the CPU and CUDA paths against each other and Python.
   m.def("philox_uniform(int seed, int offset, Tensor(a!) out) -> ()");
@@ -41,6 +47,7 @@ TORCH_LIBRARY(tt, m) {
 TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("sample_next", &tt::sample_next_cpu);
   m.impl("beam_select", &tt::beam_select_cpu);
+  m.impl("beam_expand", &tt::beam_expand_cpu);
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
   m.impl("decode_attention", &tt::decode_attention_cpu);
   m.impl("decode_layers", &tt::decode_layers_cpu);

@@ -409,7 +409,8 @@ def test_cache_shared_prefix_is_read_not_written():
 
 def test_backends_report_and_reference_override(monkeypatch):
     report = ops.backends()
-    assert set(report) == {"attention", "sample_next", "beam_select", "decode_attention", "decode_layers"}
+    assert set(report) == {"attention", "sample_next", "beam_select", "beam_expand", "decode_attention",
+                           "decode_layers"}
     assert report["decode_attention"]["cpu"] == ("C++" if HAS_C else "reference")
     assert report["sample_next"]["cpu"] == ("C++" if HAS_C else "reference")
     monkeypatch.setenv("TT_BACKEND", "reference")
@@ -421,7 +422,7 @@ def test_backends_report_and_reference_override(monkeypatch):
 def test_cuda_kernels_are_built_and_registered():
     """CI has no GPU but compiles the CUDA sources: their kernels must be registered."""
     assert HAS_C
-    for op in ("sample_next", "beam_select", "philox_uniform"):
+    for op in ("sample_next", "beam_select", "beam_expand", "philox_uniform"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tt::{op}", "CUDA"), op
 
 

@@ -300,6 +300,63 @@ def test_beam_select_matches_the_reference_exactly(drivers, build, schedule):
     assert out.at == len(data)
 
 
+# ----------------------------------------------------------------------------- beam_expand
+
+def beam_expand_cases(rng: np.random.Generator) -> list[dict]:
+    """Batch 1 with k = 1 and fewer candidates than threads, odd sizes with candidates striding over the
+    block (4 or more per thread by the launcher), ties at the k-th score (quantized), dead beams (fewer
+    finite candidates than k, a plan all -inf), NaN and +inf, -0 against +0, k = W*V, k above the
+    block's threads, and the real vocabulary (101 tokens) over 512 threads."""
+    normal = rng.standard_normal
+    dead = normal((3, 4))
+    dead[0, [0, 2, 3]], dead[1] = -np.inf, -np.inf
+    nan_scores, nan_logp = normal((2, 3)), normal((6, 13))
+    nan_scores[0, 1] = np.nan
+    nan_logp[[0, 3, 5, 5], [1, 2, 12, 0]] = np.nan
+    nan_logp[4, 3], nan_logp[2] = np.inf, -np.inf
+    zeros = rng.choice([0.0, -0.0, -1.0], (2, 5))
+    zeros_logp = rng.choice([0.0, -0.0, -0.5], (10, 9))
+    cases = [
+        dict(scores=normal((1, 1)), logp=normal((1, 7)), k=1),
+        dict(scores=normal((3, 5)), logp=normal((15, 37)), k=7),
+        dict(scores=rng.integers(-3, 1, (2, 8)), logp=np.round(normal((16, 33)) * 2) / 2, k=20),
+        dict(scores=dead, logp=normal((12, 11)), k=30),
+        dict(scores=nan_scores, logp=nan_logp, k=39),
+        dict(scores=zeros, logp=zeros_logp, k=45),
+        dict(scores=np.round(normal((2, 6))), logp=np.round(normal((12, 29))), k=150),
+        dict(scores=normal((1, 16)) * 3, logp=np.log(rng.dirichlet(np.ones(101), 16)), k=16),
+    ]
+    return [dict(c, scores=np.asarray(c["scores"], np.float32), logp=np.asarray(c["logp"], np.float32)) for c in cases]
+
+
+def beam_expand_payload(c: dict) -> bytes:
+    (B, W), V = c["scores"].shape, c["logp"].shape[1]
+    return i64(B, W, V, c["k"]) + c["scores"].astype("<f4").tobytes() + c["logp"].astype("<f4").tobytes()
+
+
+def assert_same_floats(got: np.ndarray, want: np.ndarray, what: str):
+    """Equal bit for bit (so -0 is not +0), NaN where the other has NaN (whatever its payload)."""
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan, err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(got[~nan].view(np.int32), want[~nan].view(np.int32), err_msg=what)
+
+
+@pytest.mark.parametrize("build, schedule", RUNS)
+def test_beam_expand_matches_the_reference_exactly(drivers, build, schedule):
+    cases = beam_expand_cases(case_rng("beam_expand", build, schedule))
+    _, data = run_driver(drivers[build], "beam_expand", b"".join(map(beam_expand_payload, cases)), schedule)
+    out = Output(data)
+    for c in cases:
+        (B, W), V, k = c["scores"].shape, c["logp"].shape[1], c["k"]
+        values, parents, tokens = out.take("<f4", B, k), out.take("<i8", B, k), out.take("<i8", B, k)
+        want = reference.beam_expand(torch.from_numpy(c["scores"]), torch.from_numpy(c["logp"]), k)
+        what = f"B={B} W={W} V={V} k={k}"
+        assert_same_floats(values, want[0].numpy(), f"values, {what}")
+        np.testing.assert_array_equal(parents, want[1].numpy(), err_msg=f"parents, {what}")
+        np.testing.assert_array_equal(tokens, want[2].numpy(), err_msg=f"tokens, {what}")
+    assert out.at == len(data)
+
+
 # ----------------------------------------------------------------------------- Philox
 
 @pytest.mark.parametrize("build, schedule", RUNS)
@@ -361,12 +418,17 @@ def test_dropped_barrier_is_a_data_race_for_tsan(drivers):
     assert "ThreadSanitizer: data race" in proc.stderr and "common.cuh" in proc.stderr, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("kernel", ["sample_next", "beam_select"])
+@pytest.mark.parametrize("kernel", ["sample_next", "beam_select", "beam_expand"])
 def test_shared_memory_four_bytes_short_is_an_overflow_for_asan(drivers, kernel):
-    """Power-of-two sizes, so the last bytes of the dynamic shared memory are written."""
+    """Power-of-two sizes, so the last bytes of the dynamic shared memory are written (beam_expand:
+    its selection state, last, is written in every pass)."""
     if kernel == "sample_next":
         case = dict(logits=np.zeros((1, 64), np.float32), temperature=1.0, top_k=None, cdf=None, mids=False)
         payload = sample_next_payload(case, 1, 0)
+    elif kernel == "beam_expand":
+        rng = np.random.default_rng(0)
+        payload = beam_expand_payload(dict(scores=rng.standard_normal((1, 4)).astype(np.float32),
+                                           logp=rng.standard_normal((4, 9)).astype(np.float32), k=3))
     else:
         rng = np.random.default_rng(0)
         payload = beam_select_payload(dict(scores=rng.standard_normal((1, 64)), k=3, group=64, S=1, L=1,

@@ -115,7 +115,10 @@ PLAN_FLAGS = {
     "discount": (finite_float, "discount of the planned rewards"),
     "plan_freq": (positive_int, "plan every this many steps"),
     "window": (str, "exact | cached"),
+    "objective": (str, "return (reward plus value: offline RL) | likelihood (the likeliest sequence: imitation)"),
 }
+
+PLAN_CHOICES = {"window": ("exact", "cached"), "objective": ("return", "likelihood")}
 
 
 def plan_overrides(args) -> dict:
@@ -175,7 +178,7 @@ def cmd_demo(args) -> None:
 def add_plan_flags(parser: argparse.ArgumentParser) -> None:
     for flag, (kind, text) in PLAN_FLAGS.items():
         parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=argparse.SUPPRESS,
-                            choices=("exact", "cached") if flag == "window" else None,
+                            choices=PLAN_CHOICES.get(flag),
                             help=f"PlanConfig.{flag}: {text}")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=argparse.SUPPRESS,
                         help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")

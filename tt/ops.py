@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import warnings
 
@@ -19,8 +20,10 @@ from tt import reference
 from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
-OPS = ("attention", "sample_next", "beam_select", "decode_attention", "decode_layers")
+OPS = ("attention", "sample_next", "beam_select", "beam_expand", "decode_attention", "decode_layers")
 CUDA_MAX_TOKENS = 1024  # tokens per row (N+1) the CUDA sample_next kernel takes (kSampleNextMaxVocab)
+BEAM_EXPAND_MAX_CANDIDATES = 2**30  # W*V per plan on every backend (kBeamExpandMaxCandidates)
+CUDA_BEAM_EXPAND_MAX_K = 4096  # survivors per plan the CUDA beam_expand kernel takes (kBeamExpandMaxK)
 
 
 def check_tokens_per_row(n_tokens: int, device: torch.device | str) -> None:
@@ -68,6 +71,10 @@ def _compiled_library() -> bool:
 
     @torch.library.register_fake("tt::beam_select")
     def _(scores, k, group, terms, tokens, values, indices, rows, terms_out, tokens_out):
+        return None
+
+    @torch.library.register_fake("tt::beam_expand")
+    def _(scores, logp, k, values, parents, tokens):
         return None
 
     @torch.library.register_fake("tt::philox_uniform")
@@ -377,3 +384,45 @@ def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: t
                              values, indices, rows, terms_out, tokens_out)
     return (values, indices, rows, terms_out if terms is not None else None,
             tokens_out if tokens is not None else None)
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+              cdf: float | None = None) -> torch.Tensor:
+    """Filtered log-probabilities `[R, N+1]` of the likelihood search (the authors' `get_logp`).
+    A handful of small tensor ops on every device: no kernel of its own, and no host synchronization."""
+    return reference.log_probs(logits, temperature, top_k, cdf)
+
+
+def beam_expand(scores: torch.Tensor, logp: torch.Tensor, k: int):
+    """The likelihood search's batched top-k (see `reference.beam_expand`, the same on every backend):
+    candidate `c = w * V + v` of plan b scores `scores[b, w] + logp[b * W + w, v]` (float32); per plan
+    the k best, descending, ties to the lower c, -inf after every finite score, NaN last.
+    float64 inputs (the exactness tests' models) take the reference.
+    `scores [B, W]`, `logp [B*W, V]`, 1 <= k <= W*V. Returns (values [B, k], parents [B, k],
+    tokens [B, k]); a -inf survivor is a dead beam."""
+    if scores.dim() != 2 or logp.dim() != 2:
+        raise ValueError(f"beam_expand expects scores [B, W] and logp [B*W, V], got {tuple(scores.shape)} and "
+                         f"{tuple(logp.shape)}")
+    B, W = scores.shape
+    V = logp.shape[1]
+    if logp.shape[0] != B * W:
+        raise ValueError(f"beam_expand: logp must have one row per beam, B*W={B * W}, got {logp.shape[0]}")
+    if scores.dtype != logp.dtype or scores.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"beam_expand: scores and logp must both be float32 (or float64), got {scores.dtype} and "
+                         f"{logp.dtype}")
+    if scores.device != logp.device:
+        raise ValueError(f"beam_expand: scores are on {scores.device}, logp on {logp.device}")
+    if W * V > BEAM_EXPAND_MAX_CANDIDATES:
+        raise ValueError(f"beam_expand: at most {BEAM_EXPAND_MAX_CANDIDATES} candidates per plan, got W*V={W * V}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= W * V:
+        raise ValueError(f"beam_expand: k={k!r} must be an integer in [1, W*V={W * V}]")
+    k = int(k)
+    device = scores.device
+    if (not _compiled("beam_expand", device) or scores.dtype == torch.float64
+            or (device.type == "cuda" and k > CUDA_BEAM_EXPAND_MAX_K)):
+        return reference.beam_expand(scores, logp, k)  # the kernels take float32 (float64: models in tests)
+    values = torch.empty(B, k, dtype=torch.float32, device=device)
+    parents = torch.empty(B, k, dtype=torch.long, device=device)
+    tokens = torch.empty(B, k, dtype=torch.long, device=device)
+    torch.ops.tt.beam_expand(scores.contiguous(), logp.contiguous(), k, values, parents, tokens)
+    return values, parents, tokens

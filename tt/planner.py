@@ -50,6 +50,7 @@ class PlanConfig:
     discount: float = 0.99
     plan_freq: int = 1
     window: str = "exact"
+    objective: str = "return"  # "return": reward plus value (offline RL); "likelihood": imitation
     cuda_graphs: bool = True  # on CUDA, tt.Planner replays each plan's search as a CUDA graph
 
     def __post_init__(self):
@@ -69,6 +70,8 @@ class PlanConfig:
                              "(the authors' crop empties the window): use >= 2, or horizon=1")
         if self.window not in ("exact", "cached"):
             raise ValueError(f"window must be 'exact' or 'cached', got {self.window!r}")
+        if self.objective not in ("return", "likelihood"):
+            raise ValueError(f"objective must be 'return' or 'likelihood', got {self.objective!r}")
         if not 0 < self.temperature < math.inf:
             raise ValueError(f"temperature must be > 0 and finite, got {self.temperature}")
 
@@ -78,8 +81,8 @@ class PlanConfig:
 
 @dataclass
 class PlanResult:
-    tokens: torch.Tensor  # [B, H*T] the best beam of each plan
-    score: torch.Tensor  # [B] its predicted discounted return
+    tokens: torch.Tensor  # [B, H*T] the best beam of each plan, from the current observation on
+    score: torch.Tensor  # [B] its predicted discounted return, or its log-likelihood (objective "likelihood")
 
 
 def pad_prefixes(prefixes: list[torch.Tensor], transition_dim: int) -> torch.Tensor:
@@ -125,13 +128,14 @@ class _Search:
         device = prefix.device
         self.B, L = prefix.shape
         self.W, self.E = config.beam_width, config.n_expand
+        self.copies = self.E if config.objective == "return" else 1  # rows per beam while a token is chosen
         self.n_ctx = (L - self.O) // self.T  # context transitions of the longest prefix
         self.prefix = prefix
         self.pad = torch.tensor(pad_transitions, device=device)  # padding transitions per plan
         self.padded = any(pad_transitions)  # fixed for this search: rows pass key_start or never do
         # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
         self.keep = min(config.max_context_transitions or c.n_transitions, c.n_transitions)
-        rows = self.E * self.B * self.W
+        rows = self.copies * self.B * self.W
         max_len = c.block_size if config.window == "cached" else self.keep * self.T
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             cache = model.setup_cache(rows, max_len)
@@ -191,15 +195,42 @@ class _Search:
         self.filled += 1
         return logits
 
+    def open_plans(self) -> torch.Tensor:
+        """Encode each plan's window up to its current observation once, make its context the prefix
+        its rows share, and copy its observation to its `copies * W` rows; logits `[B, N+1]`."""
+        T, O, W, B, K = self.T, self.O, self.W, self.B, self.model.config.n_transitions
+        u = self.n_ctx
+        first = max(0, u - (self.keep if self.config.window == "exact" else K) + 1)
+        logits = self.prefill(self.hist[::W, first * T : u * T + O], first)
+        self.cache.share((u - first) * T, groups=B, group_rows=W)
+        rows = torch.arange(B, device=logits.device).repeat_interleave(W).repeat(self.copies)
+        self.cache.gather_rows(rows, self.filled)
+        return logits
+
+    def next_transition(self, u: int, src: torch.Tensor) -> torch.Tensor:
+        """Logits of the first token of transition `u` (its first observation token) for the
+        survivors, which came from rows `src`: as the authors' cropped forward sees it."""
+        if self.config.window == "exact" or u - self.window_start > self.model.config.n_transitions - 1:
+            return self.reencode(max(0, u - self.keep + 1), u)
+        self.cache.gather_rows(src, self.filled)  # cached: move the survivors' rows into place
+        return self.decode(self.hist[:, u * self.T - 1], blocks=1)
+
     def run(self, rng: Philox) -> PlanResult:
-        """The search: the same as `tt.reference.beam_plan`'s, token for token."""
-        config, model, cache = self.config, self.model, self.cache
-        O, A, T, B, W, E, H = self.O, self.A, self.T, self.B, self.W, self.E, config.horizon
-        BW, L, K = B * W, self.prefix.shape[1], model.config.n_transitions
-        device = self.prefix.device
-        self.hist = torch.full((BW, L + H * T), -1, dtype=torch.long, device=device)  # survivors' tokens
-        self.hist[:, :L] = self.prefix.repeat_interleave(W, 0)
+        """The search: the same as `tt.reference.beam_plan`'s (or `likelihood_plan`'s), token for token."""
+        L, H, T = self.prefix.shape[1], self.config.horizon, self.T
+        self.hist = torch.full((self.B * self.W, L + H * T), -1, dtype=torch.long, device=self.prefix.device)
+        self.hist[:, :L] = self.prefix.repeat_interleave(self.W, 0)  # the survivors' tokens
         self.filled = 0  # cache slots in use
+        best = self._plan_likelihood() if self.config.objective == "likelihood" else self._plan_return(rng)
+        start = self.n_ctx * T
+        return PlanResult(self.hist[:: self.W, start : start + H * T], best)
+
+    def _plan_return(self, rng: Philox) -> torch.Tensor:
+        """Sample E expansions of every beam a transition at a time; keep the W best by predicted
+        reward plus value. Returns each plan's best score."""
+        config, cache = self.config, self.cache
+        O, A, T, B, W, E, H = self.O, self.A, self.T, self.B, self.W, self.E, config.horizon
+        BW, device = B * W, self.prefix.device
         rewards = torch.zeros(E * BW, H + 1, device=device)
         step_tokens = torch.empty(E * BW, A + 2, dtype=torch.long, device=device)
 
@@ -210,21 +241,10 @@ class _Search:
         src = torch.arange(E * BW, device=device)  # where each survivor came from (set by the top-k)
         for t in range(H):
             u = self.n_ctx + t  # the transition being planned, in prefix coordinates
-            if t == 0:
-                # all W beams of a plan are equal: encode one row per plan; its context transitions become
-                # the prefix every row of the plan shares, its observation is copied to every row
-                first = max(0, u - (self.keep if config.window == "exact" else K) + 1)
-                logits = self.prefill(self.hist[::W, first * T : u * T + O], first)
-                cache.share((u - first) * T, groups=B, group_rows=W)
-                cache.gather_rows(torch.arange(B, device=device).repeat_interleave(W).repeat(E), self.filled)
-                logits = logits.repeat_interleave(W, 0).repeat(E, 1)
+            if t == 0:  # all W beams of a plan are equal until their first action
+                logits = self.open_plans().repeat_interleave(W, 0).repeat(E, 1)
             else:
-                # the survivors' next observation, each token conditioned as the authors' cropped forward
-                if config.window == "exact" or u - self.window_start > K - 1:
-                    logits = self.reencode(max(0, u - self.keep + 1), u)
-                else:  # cached: move the survivors' rows into place, continue with the value token
-                    cache.gather_rows(src, self.filled)
-                    logits = self.decode(self.hist[:, u * T - 1], blocks=1)
+                logits = self.next_transition(u, src)
                 for i in range(O):
                     token, _ = draw(logits, config.k_obs, config.cdf_obs)
                     self.hist[:, u * T + i] = token
@@ -245,8 +265,35 @@ class _Search:
             self.hist = self.hist[src % BW]  # src: the source row of each survivor
             self.hist[:, u * T + O : (u + 1) * T] = kept_tokens
             rewards = kept_rewards.repeat(E, 1)
-        start = self.n_ctx * T
-        return PlanResult(self.hist[::W, start : start + H * T], values[:, 0])
+        return values[:, 0]
+
+    def _plan_likelihood(self) -> torch.Tensor:
+        """Expand every beam by every token, a token at a time; keep the W most likely sequences
+        (the authors' `beam_search`). Returns each plan's best log-likelihood."""
+        config, O, A, T, B, W = self.config, self.O, self.A, self.T, self.B, self.W
+        filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A
+        filters += [(config.k_rew, config.cdf_rew)] * 2
+        plan_rows = torch.arange(B, device=self.prefix.device)[:, None] * W
+        logits = self.open_plans().repeat_interleave(W, 0)
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # as log_probs returns
+        logp_sum = torch.full((B, W), float("-inf"), dtype=dtype, device=logits.device)
+        logp_sum[:, 0] = 0.0  # one live beam per plan to begin with; a beam at -inf is dead
+        first, end = self.n_ctx * T + O, (self.n_ctx + config.horizon) * T
+        for position in range(first, end):
+            top_k, cdf = filters[position % T]
+            logp = ops.log_probs(logits, config.temperature, top_k, cdf)
+            logp_sum, parents, tokens = ops.beam_expand(logp_sum, logp, W)
+            src = (plan_rows + parents).view(-1)
+            self.hist = self.hist[src]
+            self.hist[:, position] = tokens.view(-1)
+            if position + 1 == end:
+                break
+            if (position + 1) % T == 0:
+                logits = self.next_transition((position + 1) // T, src)
+            else:
+                self.cache.gather_rows(src, self.filled)
+                logits = self.decode(self.hist[:, position], blocks=1)
+        return logp_sum[:, 0]
 
 
 @torch.no_grad()
@@ -365,7 +412,7 @@ class Plan:
 
     tokens: np.ndarray  # [H, T]
     transitions: np.ndarray  # [H, T] bin midpoints; NaN where the model predicted the episode's end
-    predicted_return: float
+    predicted_return: float  # the plan's score: its discounted return, or its log-likelihood ("likelihood")
 
 
 class Planner:

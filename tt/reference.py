@@ -214,6 +214,28 @@ def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: t
             None if tokens is None else tokens[rows])
 
 
+def beam_expand(scores: torch.Tensor, logp: torch.Tensor, k: int):
+    """The likelihood search's batched top-k: every beam of every plan expanded by every token.
+
+    `scores [B, W]` are the beams' cumulative log-probabilities (-inf: a dead beam), `logp [B*W, V]`
+    the log-probabilities of the next token, row `b * W + w` for beam w of plan b. Candidate
+    `c = w * V + v` of plan b scores `scores[b, w] + logp[b * W + w, v]` (one float32 addition, as
+    the C++ op and the CUDA kernel compute it). Per plan the k best: descending, ties to the lower
+    c (beam-major), -0 equal to +0, -inf after every finite score (a plan with fewer than k finite
+    candidates ends with -inf ones, by index), NaN last (after -inf, by index).
+    Returns (values [B, k], parents [B, k] (w), tokens [B, k] (v)).
+    """
+    B, W = scores.shape
+    V = logp.shape[1]
+    candidates = (scores[:, :, None] + logp.reshape(B, W, V)).reshape(B, W * V)
+    nan = candidates.isnan()
+    key = torch.where(nan | (candidates == 0), 0.0, candidates)  # -0 as +0 whatever the sort does with it
+    _, order = torch.sort(key.masked_fill(nan, float("-inf")), dim=-1, descending=True, stable=True)
+    _, nan_last = torch.sort(nan.gather(-1, order).to(torch.uint8), dim=-1, stable=True)
+    index = order.gather(-1, nan_last)[:, :k]
+    return candidates.gather(-1, index), index // V, index % V
+
+
 # ----------------------------------------------------------------------------- the authors' planner
 
 
@@ -271,3 +293,50 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
         if t < H - 1:
             x, _ = sample_tokens(model, x, O, top_k=config.k_obs, cdf=config.cdf_obs, **sample)
     return x[0, -H * T :], values[0, 0]
+
+
+# ----------------------------------------------------------------------------- likelihood search (imitation)
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+              cdf: float | None = None) -> torch.Tensor:
+    """The authors' `get_logp` on the last logits `[R, N+1]`: temperature, cdf filter (-1000),
+    top-k filter (-inf), log-softmax; non-finite logits as `sample_next` treats them (NaN as -inf,
+    +inf tokens share the mass, a row with no finite logit is uniform)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    logits = finite_or_minus_inf(logits / temperature)
+    if cdf_filters(cdf):
+        logits = filter_cdf(logits, cdf)
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    zmax = logits.amax(dim=-1, keepdim=True)
+    return torch.where(logits == zmax, 0.0, logits - zmax).log_softmax(dim=-1)
+
+
+@torch.no_grad()
+def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' `beam_search` for one prefix `[L]` (context transitions, then an observation):
+    a full forward of the cropped window per token, every beam expanded by every token, the W
+    most likely sequences kept (ties to the lower beam-major index; a candidate at -inf never
+    survives, so the search starts with one beam). Tokens are planned as `beam_plan` plans them
+    (the first action, reward and value, then whole transitions, H in all), each filtered by its
+    kind's top-k and cdf. Returns the best sequence's tokens `[H * T]` (from the observation on) and
+    its log-likelihood."""
+    O, T = model.config.observation_dim, model.transition_dim
+    C = config.max_context_transitions
+    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
+    filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * model.config.action_dim
+    filters += [(config.k_rew, config.cdf_rew)] * 2
+    x, logp_sum = prefix[None], torch.zeros(1, device=prefix.device)
+    start = x.shape[1] - O
+    for position in range(x.shape[1], start + config.horizon * T):
+        logits = model(crop_window(x, max_block, T))[:, -1]
+        top_k, cdf = filters[position % T]
+        candidates = (logp_sum[:, None] + log_probs(logits, config.temperature, top_k, cdf)).view(1, -1)
+        values, index, *_ = beam_select(candidates, min(config.beam_width, candidates.shape[1]))
+        keep = values[0] > float("-inf")
+        V = logits.shape[-1]
+        x = torch.cat([x[index[0, keep] // V], (index[0, keep] % V)[:, None]], dim=1)
+        logp_sum = values[0, keep]
+    return x[0, start:], logp_sum[0]

@@ -2,7 +2,7 @@
 //   driver KERNEL IN OUT
 // reads cases for KERNEL from the file IN (little-endian fields, as the test writes them), launches
 // the kernel for each with its launcher's configuration (from the kernel header) and writes the
-// outputs, poisoned beforehand, to OUT. KERNEL: sample_next, beam_select, philox_uniform,
+// outputs, poisoned beforehand, to OUT. KERNEL: sample_next, beam_select, beam_expand, philox_uniform,
 // philox_block (emulated), philox_host (csrc/philox.h called on the host, no emulation), or
 // selftest (the emulator's own checks, tests/simt/selftest.cuh).
 #include "simt.h"  // first: the kernel headers build on its CUDA API
@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda/kernels/beam_expand.cuh"
 #include "cuda/kernels/beam_select.cuh"
 #include "cuda/kernels/philox.cuh"
 #include "cuda/kernels/sample_next.cuh"
@@ -105,6 +106,26 @@ void beam_select_terms(Reader& in, Writer& out, int64_t term_size) {
   else beam_select<score_t, double>(in, out);
 }
 
+// In: B, W, V, k, scores [B, W] float32, logp [B*W, V] float32.
+// Out: values [B, k] float32, parents [B, k] int64, tokens [B, k] int64.
+void beam_expand(Reader& in, Writer& out) {
+  const std::vector<int64_t> d = in.array<int64_t>(4);
+  const int B = static_cast<int>(d[0]), W = static_cast<int>(d[1]), V = static_cast<int>(d[2]);
+  const int k = static_cast<int>(d[3]);
+  const std::vector<float> scores = in.array<float>(int64_t{B} * W);
+  const std::vector<float> logp = in.array<float>(int64_t{B} * W * V);
+  if (k < 1 || k > W * V || k > tt::kBeamExpandMaxK) simt::fail("beam_expand: k=%d out of range", k);
+  std::vector<float> values(int64_t{B} * k, NAN);
+  std::vector<int64_t> parents(int64_t{B} * k, -1), tokens(int64_t{B} * k, -1);
+  const tt::LaunchConfig cfg = tt::beam_expand_launch(B, W * V, k);
+  simt::launch(cfg.blocks, cfg.threads, cfg.shared, [&] {
+    tt::beam_expand_kernel(scores.data(), logp.data(), W, V, k, cfg.P, values.data(), parents.data(), tokens.data());
+  });
+  out.put(values);
+  out.put(parents);
+  out.put(tokens);
+}
+
 // In: seed, offset, n. Out: uniforms [n] float64.
 void philox_uniform(Reader& in, Writer& out) {
   const std::vector<int64_t> d = in.array<int64_t>(3);
@@ -175,6 +196,8 @@ int main(int argc, char** argv) {
       const int64_t score_size = in.get<int64_t>(), term_size = in.get<int64_t>();
       if (score_size == 4) beam_select_terms<float>(in, out, term_size);
       else beam_select_terms<double>(in, out, term_size);
+    } else if (kernel == "beam_expand") {
+      beam_expand(in, out);
     } else if (kernel == "philox_uniform") {
       philox_uniform(in, out);
     } else if (kernel == "philox_block" || kernel == "philox_host") {

@@ -50,6 +50,31 @@ __device__ T block_reduce(T value, Op op, T identity, T* scratch) {
   return result;
 }
 
+// Inclusive prefix sum of one int per thread in thread order; *total gets the block's sum. blockDim.x
+// must be a multiple of 32 (whole warps); `scratch` holds 32 ints in shared memory.
+__device__ inline int block_inclusive_scan(int value, int* scratch, int* total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int d = 1; d < 32; d <<= 1) {
+    const int up = __shfl_up_sync(0xffffffffu, value, d);
+    if (lane >= d) value += up;
+  }
+  if (lane == 31) scratch[warp] = value;
+  __syncthreads();
+  if (warp == 0) {  // the warps' totals, scanned by the first warp
+    int sum = lane < warps ? scratch[lane] : 0;
+    for (int d = 1; d < 32; d <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, sum, d);
+      if (lane >= d) sum += up;
+    }
+    if (lane < warps) scratch[lane] = sum;
+  }
+  __syncthreads();
+  if (warp > 0) value += scratch[warp - 1];
+  *total = scratch[warps - 1];
+  __syncthreads();  // before a next scan overwrites scratch
+  return value;
+}
+
 // Sort n (a power of two) elements of `keys` in shared memory so that before(a, b) holds for
 // every earlier a; `values` (optional) moves with its key.
 template <typename K, typename V, typename Before>

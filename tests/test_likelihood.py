@@ -1,0 +1,82 @@
+"""The likelihood search (imitation): the fast search against the authors' `beam_search` with a
+full forward per token (`tt.reference.likelihood_plan`), tokens exactly, log-likelihoods to
+float64 rounding."""
+
+import numpy as np
+import pytest
+import torch
+from test_planner import random_discretizer, random_model
+
+from tt import reference
+from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+
+
+def compare(model, prefixes, config, window="exact"):
+    T = model.transition_dim
+    config = PlanConfig(**{**config, "objective": "likelihood", "window": window})
+    N = model.config.n_bins
+    result = beam_plan(model, pad_prefixes(prefixes, T), random_discretizer(N, T), config)
+    for b, prefix in enumerate(prefixes):
+        tokens, logp = reference.likelihood_plan(model, prefix, config)
+        assert torch.equal(result.tokens[b], tokens), (b, result.tokens[b].tolist(), tokens.tolist())
+        assert result.score[b].item() == pytest.approx(logp.item(), rel=1e-9, abs=1e-9), b
+
+
+CASES = [  # O, A, N, K (block transitions), n_ctx per plan, config
+    (1, 1, 15, 4, [0], dict(horizon=3, beam_width=8, max_context_transitions=3)),
+    (3, 2, 15, 6, [2, 0, 4], dict(horizon=3, beam_width=16, max_context_transitions=4)),
+    (2, 1, 9, 3, [1, 1], dict(horizon=4, beam_width=40, max_context_transitions=3)),  # W > N+1: grows from one
+    (4, 3, 20, 5, [3, 1], dict(horizon=2, beam_width=5, k_obs=None, k_rew=None, cdf_act=None)),  # no filters
+    (2, 2, 12, 5, [0, 2], dict(horizon=3, beam_width=7, k_obs=2, k_act=3, k_rew=1, cdf_obs=0.5, cdf_rew=0.9)),
+    (1, 1, 80, 3, [1], dict(horizon=2, beam_width=64, max_context_transitions=2)),  # W*(N+1) = 5184 > 4096
+    (2, 1, 10, 4, [2], dict(horizon=3, beam_width=1, max_context_transitions=None, temperature=0.7)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_likelihood_search_matches_the_reference(case):
+    O, A, N, K, contexts, config = CASES[case]
+    model = random_model(O, A, N=N, K=K, seed=case)  # not too sharp: beams re-rank at every token
+    rng = np.random.default_rng(case)
+    prefixes = [torch.from_numpy(rng.integers(0, N, size=c * (O + A + 2) + O)) for c in contexts]
+    compare(model, prefixes, config)
+
+
+def test_cached_window_matches_when_the_block_holds_the_plan():
+    """`cached` keeps the whole history where the block holds it: then it is the reference's search."""
+    O, A, N, K = 2, 2, 12, 5
+    model = random_model(O, A, N=N, K=K, seed=7)
+    rng = np.random.default_rng(7)
+    prefixes = [torch.from_numpy(rng.integers(0, N, size=c * (O + A + 2) + O)) for c in (0, 2, 1)]
+    compare(model, prefixes, dict(horizon=3, beam_width=12, max_context_transitions=None), window="cached")
+
+
+def test_ties_and_dead_beams_are_deterministic():
+    """A model that predicts uniform logits ties every candidate: the search keeps the lowest
+    beam-major indices, as the reference does, and never revives a dead beam."""
+    O, A, N, K = 1, 1, 6, 3
+    model = random_model(O, A, N=N, K=K, seed=0)
+    with torch.no_grad():
+        model.head.zero_()
+    prefixes = [torch.tensor([3]), torch.tensor([5])]
+    compare(model, prefixes, dict(horizon=2, beam_width=10, k_obs=None, k_rew=None, cdf_act=None))
+
+
+def test_planner_acts_with_the_likelihood_objective():
+    O, A, N, K = 3, 2, 15, 4
+    model = random_model(O, A, N=N, K=K, seed=1, dtype=torch.float32)
+    discretizer = random_discretizer(N, O + A + 2)
+    config = PlanConfig(horizon=3, beam_width=8, objective="likelihood", max_context_transitions=3)
+    planner = Planner(model, discretizer, config, seed=0)
+    obs = np.zeros((2, O))
+    actions = planner.act(obs)
+    assert actions.shape == (2, A) and np.isfinite(actions).all()
+    plans = planner.current_plans
+    assert all(p.predicted_return <= 0 for p in plans)  # a log-likelihood
+    planner.observe([0.0, 0.0], [False, False])
+    assert planner.act(obs).shape == (2, A)
+
+
+def test_objective_is_checked():
+    with pytest.raises(ValueError, match="objective must be 'return' or 'likelihood'"):
+        PlanConfig(objective="reward")
