@@ -1,4 +1,5 @@
-"""CUDA ops against the CPU ops and the references (skipped without a GPU).
+"""CUDA ops against the CPU ops and the references (skipped without a GPU; the greedy plan
+comparison also runs on CPU, with the CPU's ops).
 
 Needs only torch and numpy, so `benchmarks/gpu.sh` runs it on GPU machines without the RL packages.
 """
@@ -9,10 +10,11 @@ import torch
 from tt import ops, reference
 from tt.rng import Philox
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not ops._compiled_library(),
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not ops._compiled_library(),
                                 reason="needs a CUDA device and tt._C")
 
 
+@needs_cuda
 def test_cuda_philox_equals_cpu_and_python():
     for seed, offset in [(0, 0), (12345678901234, 7), (2**62 - 1, 2**40 + 3)]:
         cuda = ops.philox_uniform(seed, offset, 4096, "cuda").cpu()
@@ -20,6 +22,7 @@ def test_cuda_philox_equals_cpu_and_python():
         assert torch.equal(cuda, reference.philox_uniform(seed, offset, 4096))
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, vocab, top_k, cdf, temperature", [
     (1, 2, None, None, 1.0), (7, 11, 5, None, 0.7), (256, 101, None, 0.6, 1.0), (33, 101, 1, None, 1.0),
@@ -39,6 +42,7 @@ def test_cuda_sample_next_draws_as_the_cpu(dtype, rows, vocab, top_k, cdf, tempe
         torch.testing.assert_close(ec, eg.cpu(), rtol=1e-5, atol=1e-5)
 
 
+@needs_cuda
 @pytest.mark.parametrize("B, M, group, k", [(1, 1, 1, 1), (3, 13, 13, 13), (4, 6, 2, 1), (8, 256, 128, 128),
                                             (2, 4096, 1024, 1024), (3, 9, 3, 5)])
 def test_cuda_beam_select_equals_the_reference(B, M, group, k):
@@ -51,20 +55,44 @@ def test_cuda_beam_select_equals_the_reference(B, M, group, k):
         assert torch.equal(a.cpu(), b)
 
 
-def test_cuda_greedy_plan_equals_the_reference():
-    from tt.discretize import Discretizer
-    from tt.model import GPTConfig, TrajectoryTransformer
-    from tt.planner import PlanConfig, beam_plan
+def sharpened_model(config, seed: int = 0, noise: float = 0.3):
+    """A random model in eval mode, its weights sharpened as tests/test_planner.py's `random_model`
+    does: the init's logits are nearly flat, so greedy plans there hang on rounding and ties."""
+    from tt.model import TrajectoryTransformer
 
-    torch.manual_seed(0)
-    model = TrajectoryTransformer(GPTConfig(11, 3, n_bins=100, n_transitions=10)).eval().cuda()
-    thresholds = torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy()
-    disc = Discretizer(thresholds)
-    prefix = torch.randint(0, 100, (5 * 16 + 11,), generator=torch.Generator().manual_seed(1)).cuda()
-    cfg = PlanConfig(horizon=5, beam_width=8, k_act=1, cdf_act=None)
-    fast = beam_plan(model, prefix[None], disc, cfg, Philox(0, "cuda"))
-    tokens, _ = reference.beam_plan(model, prefix, torch.tensor(disc.midpoints).cuda(), cfg, Philox(0, "cuda"))
-    assert torch.equal(fast.tokens[0], tokens)
+    torch.manual_seed(seed)
+    model = TrajectoryTransformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return model.eval()
+
+
+@pytest.mark.parametrize("window, C", [("exact", 5), ("cached", None)])  # cached: the block holds the plan
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda), "cpu"])
+def test_greedy_plans_equal_the_authors_planner_on_sdpa_attention(monkeypatch, device, window, C):
+    """Hopper shapes, sharpened random weights: the fast greedy plans on `device` (on CUDA the
+    Triton attention and decode kernels and the CUDA ops; on CPU the C++ ops) equal, token for
+    token, the authors' planner whose attention is the PyTorch reference (SDPA, whole windows)."""
+    from tt.discretize import Discretizer
+    from tt.model import GPTConfig
+    from tt.planner import PlanConfig, beam_plan, pad_prefixes
+
+    monkeypatch.delenv("TT_BACKEND", raising=False)
+    monkeypatch.delenv("TT_ATTENTION", raising=False)  # the fast plan: the device's own attention
+    model = sharpened_model(GPTConfig(11, 3, n_bins=100, n_transitions=10)).to(device)
+    disc = Discretizer(torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy())
+    g = torch.Generator().manual_seed(1)
+    prefixes = [torch.randint(0, 100, (c * 16 + 11,), generator=g).to(device) for c in (5, 2)]
+    cfg = PlanConfig(horizon=5, beam_width=8, max_context_transitions=C, window=window, k_act=1, cdf_act=None)
+    assert cfg.k_obs == cfg.k_rew == 1 and cfg.cdf_obs is None and cfg.cdf_rew is None  # greedy
+    fast = beam_plan(model, pad_prefixes(prefixes, 16), disc, cfg, Philox(0, device))
+    monkeypatch.setenv("TT_ATTENTION", "reference")  # F.scaled_dot_product_attention, masked
+    mids = torch.tensor(disc.midpoints, device=device)
+    for b, prefix in enumerate(prefixes):
+        tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(0, device))
+        assert torch.equal(fast.tokens[b], tokens), f"plan {b} differs from the reference"
+        assert fast.score[b].item() == pytest.approx(score.item(), rel=1e-4, abs=1e-4)
 
 
 def _graph_planners(window: str, max_graphs: int = 16):
@@ -83,6 +111,7 @@ def _graph_planners(window: str, max_graphs: int = 16):
     return graphed, eager
 
 
+@needs_cuda
 @pytest.mark.parametrize("window, max_graphs", [("exact", 16), ("cached", 16), ("cached", 1)])
 def test_cuda_graph_plans_equal_eager_plans(window, max_graphs):
     """Same seed, same observations: the replayed graphs plan token for token as the eager search,

@@ -14,6 +14,7 @@ from tt.rng import Philox
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
 
 GREEDY = dict(k_act=1, cdf_act=None, k_obs=1, k_rew=1)
+STOCHASTIC = dict(k_obs=None, cdf_obs=0.5, k_act=None, cdf_act=0.6)  # observations and actions drawn
 
 
 def random_model(O, A, N=15, K=6, seed=0, dtype=torch.float64, n_layer=2, noise=0.3):
@@ -244,18 +245,79 @@ def test_plan_graphs_fall_back_to_eager_plans_when_capture_fails():
     assert "capturing" in graphs.failed and graphs.layouts == 0
 
 
-def test_cached_mode_slides_when_the_block_is_full():
+@pytest.mark.parametrize("sampling", ["greedy", "stochastic"])
+@pytest.mark.parametrize("O, A, K, contexts, H, W, E, dtype", [
+    (2, 1, 4, [3, 1], 1, 3, 2, torch.float64),
+    (3, 1, 6, [2, 0], 4, 4, 2, torch.float64),
+    (1, 2, 8, [5, 3, 1], 3, 3, 2, torch.float64),
+    (2, 2, 5, [0], 5, 2, 3, torch.float64),  # no context: the whole block is the plan
+    (3, 2, 6, [3, 2], 3, 4, 2, torch.float32),
+])
+def test_cached_and_exact_plans_agree_while_the_block_holds_the_plan(O, A, K, contexts, H, W, E, dtype, sampling):
+    """Where the block size holds the context and the whole plan, nothing is cropped or slid: the
+    cached search (one growing cache) and the exact one (a prefill per transition) condition every
+    token on the same window, so their plans are equal token for token, greedy or drawn with the
+    same Philox seed (greedy beams are all alike; drawn ones differ, so the survivors' cache rows
+    must follow their beams)."""
+    model = random_model(O, A, K=K, seed=K + H, dtype=dtype)
+    disc = random_discretizer(model.config.n_bins, model.transition_dim)
+    assert max(contexts) + H <= K  # the block holds the whole plan
+    prefix = pad_prefixes(random_prefixes(model, contexts, torch.Generator().manual_seed(H)), model.transition_dim)
+    cfg = dict(horizon=H, beam_width=W, n_expand=E, **(GREEDY if sampling == "greedy" else STOCHASTIC))
+    plans = {window: beam_plan(model, prefix, disc, PlanConfig(**cfg, window=window, max_context_transitions=None),
+                               Philox(H))
+             for window in ("exact", "cached")}
+    assert torch.equal(plans["cached"].tokens, plans["exact"].tokens)
+    torch.testing.assert_close(plans["cached"].score, plans["exact"].score)
+    # the comparison tells windows apart: an exact plan cropped to two transitions plans otherwise
+    cropped = beam_plan(model, prefix, disc, PlanConfig(**cfg, max_context_transitions=2), Philox(H))
+    assert not torch.equal(cropped.tokens, plans["cached"].tokens)
+
+
+def cached_window_starts(n_ctx: int, K: int, keep: int, H: int) -> dict[int, int]:
+    """The cached mode's rule: the first transition of the window each planned transition u is
+    conditioned on (prefix coordinates). The prefix is encoded up to the block size; the window
+    grows until u would not fit, then slides to the last keep-1 transitions before u."""
+    start = max(0, n_ctx - K + 1)
+    starts = {n_ctx: start}
+    for u in range(n_ctx + 1, n_ctx + H):
+        if u - start > K - 1:
+            start = max(0, u - keep + 1)
+        starts[u] = start
+    return starts
+
+
+@pytest.mark.parametrize("contexts, C, sampling", [
+    ([3, 1], 3, "greedy"), ([2], None, "greedy"), ([3, 0], 2, "greedy"),
+    ([3], 3, "stochastic"), ([1], None, "stochastic"),  # one plan: drawn as the reference, draw for draw
+])
+def test_cached_mode_slides_when_the_block_is_full(monkeypatch, contexts, C, sampling):
+    """Past the block size the cached plan slides its window (re-encodes the last C-1 transitions,
+    then grows again): its plans equal the authors' planner with each token's window starting
+    where the cached mode's does, rows of shorter contexts included."""
     model = random_model(2, 1, K=4)
-    disc = random_discretizer(15, 5)
-    cfg = PlanConfig(horizon=9, beam_width=3, n_expand=2, max_context_transitions=3, window="cached", **GREEDY)
-    prefix = pad_prefixes(random_prefixes(model, [3, 1], torch.Generator().manual_seed(3)), 5)
-    result = beam_plan(model, prefix, disc, cfg)
-    assert result.tokens.shape == (2, 45) and (result.tokens >= 0).all() and (result.tokens <= 15).all()
-    # while the window still fits, cached and exact agree with a window of the full block
-    exact = beam_plan(model, prefix, disc, PlanConfig(**{**cfg.to_dict(), "window": "exact", "horizon": 1}))
-    cached = beam_plan(model, prefix, disc, PlanConfig(**{**cfg.to_dict(), "horizon": 1,
-                                                          "max_context_transitions": 4}))
-    assert exact.tokens.shape == cached.tokens.shape
+    T, K, H, W = model.transition_dim, 4, 9, 3
+    disc = random_discretizer(15, T)
+    cfg = PlanConfig(horizon=H, beam_width=W, n_expand=2, max_context_transitions=C, window="cached",
+                     **(GREEDY if sampling == "greedy" else STOCHASTIC))
+    prefixes = random_prefixes(model, contexts, torch.Generator().manual_seed(3))
+    result = beam_plan(model, pad_prefixes(prefixes, T), disc, cfg, Philox(1))
+    assert result.tokens.shape == (len(contexts), H * T)
+    n_ctx = max(contexts)
+    starts = cached_window_starts(n_ctx, K, min(C or K, K), H)
+    assert len(set(starts.values())) >= 3  # it slides at least twice
+    mids = torch.tensor(disc.midpoints)
+    for b, prefix in enumerate(prefixes):
+        pad = n_ctx - contexts[b]  # the row's padding transitions: the rule counts in padded coordinates
+
+        def cached_window(x, max_block, transition_dim, pad=pad):
+            u = x.shape[1] // transition_dim + pad  # the transition of the token predicted next
+            return x[:, max(0, starts[u] - pad) * transition_dim :]
+
+        monkeypatch.setattr(reference, "crop_window", cached_window)
+        tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(1))
+        assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the cached window rule"
+        assert result.score[b].item() == pytest.approx(score.item(), abs=1e-6)
 
 
 def test_stochastic_exact_plans_equal_the_reference_draw_for_draw():
