@@ -22,6 +22,15 @@ void check_output(const at::Tensor& reference, const at::Tensor& t, const char* 
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
+// A prefix row table: which prefix row each of R rows reads. Its values are trusted to lie in
+// [0, groups), as key_start's are trusted: checking them would read the table on the host.
+void check_prefix_rows(const at::Tensor& reference, const at::Tensor& rows, int64_t R, const char* op) {
+  check_same_device(reference, rows, op, "prefix_rows");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.size(0) == R && rows.is_contiguous(), op,
+              ": prefix_rows must be a contiguous int64 [", R, "], got ", rows.scalar_type(), " ", rows.sizes(),
+              rows.is_contiguous() ? "" : " (not contiguous)");
+}
+
 bool is_float(const at::Tensor& t) {
   const auto s = t.scalar_type();
   return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
@@ -121,8 +130,9 @@ void check_philox_uniform(const at::Tensor& out) {
 
 void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
-                            int64_t group_rows, int64_t q_slot, int64_t transition_dim,
-                            const std::optional<at::Tensor>& key_start, const at::Tensor& out) {
+                            int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
+                            int64_t transition_dim, const std::optional<at::Tensor>& key_start,
+                            const at::Tensor& out) {
   const char* op = "tt::decode_attention";
   TORCH_CHECK(q.dim() == 3, op, ": q must be [R, h, D] (one query per row), got ", q.sizes());
   TORCH_CHECK(is_float(q), op, ": q must be floating point, got ", q.scalar_type());
@@ -139,8 +149,15 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
     S = prefix_k->size(2);
     TORCH_CHECK(prefix_k->sizes() == prefix_v->sizes(), op, ": prefix_k ", prefix_k->sizes(), " and prefix_v ",
                 prefix_v->sizes(), " differ");
-    TORCH_CHECK(G >= 1 && group_rows >= 1 && R % (G * group_rows) == 0, op, ": ", R,
-                " rows are not whole blocks of ", G, " groups x ", group_rows, " rows");
+    if (prefix_rows.has_value()) {  // a table: any number of rows, values trusted (as key_start's)
+      TORCH_CHECK(G >= 1, op, ": an empty prefix_k");
+      check_prefix_rows(q, *prefix_rows, R, op);
+    } else {
+      TORCH_CHECK(G >= 1 && group_rows >= 1 && R % (G * group_rows) == 0, op, ": ", R,
+                  " rows are not whole blocks of ", G, " groups x ", group_rows, " rows");
+    }
+  } else {
+    TORCH_CHECK(!prefix_rows.has_value(), op, ": prefix_rows given without a prefix (prefix_k, prefix_v)");
   }
   for (const auto& [t, name] : kv) {
     check_same_device(q, *t, op, name);
@@ -165,7 +182,7 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                          const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
-                         int64_t group_rows) {
+                         int64_t group_rows, const std::optional<at::Tensor>& prefix_rows) {
   const char* op = "tt::decode_layers";
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [R, C], got ", x.sizes());
   const int64_t R = x.size(0), C = x.size(1);
@@ -180,6 +197,10 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
               " (after ", shared, " shared) do not fit a cache of ", cache_k.size(1), " rows x ", cache_k.size(3),
               " slots");
   TORCH_CHECK(shared == 0 || (groups >= 1 && groups <= cache_k.size(1)), op, ": ", groups, " groups");
+  if (prefix_rows.has_value()) {
+    TORCH_CHECK(shared > 0, op, ": prefix_rows given without a shared prefix (shared = 0)");
+    check_prefix_rows(x, *prefix_rows, R, op);
+  }
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == n_layer * kWeightsPerLayer, op, ": expected ",
               n_layer * kWeightsPerLayer, " weights (", kWeightsPerLayer, " per block), got ", weights.size());
   for (const auto* t : {&cache_k, &cache_v}) {
@@ -199,7 +220,7 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
       TORCH_CHECK(w[i].sizes() == at::IntArrayRef(shapes[i]), op, ": weight ", i, " of block ", l, " must be ",
                   at::IntArrayRef(shapes[i]), ", got ", w[i].sizes());
   }
-  (void)group_rows;  // checked by decode_attention
+  (void)group_rows;  // checked by decode_attention (rows per group, unless prefix_rows is given)
 }
 
 }  // namespace tt

@@ -205,16 +205,19 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
 
 @triton.jit(do_not_specialize=["n", "S", "Lk", "q_offset"])  # one compiled kernel for a plan's steps
-def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
+def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS, PR,
                                 s_qr, s_qh, s_qd, s_pg, s_ph, s_pn, s_pd, s_kr, s_kh, s_kn, s_kd,
                                 s_or, s_oh, s_od,
                                 G, n, S, Lk, q_offset, sm_scale,
-                                T: tl.constexpr, D: tl.constexpr, HAS_KS: tl.constexpr, IEEE: tl.constexpr,
-                                UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                BLOCK_D: tl.constexpr):
+                                T: tl.constexpr, D: tl.constexpr, HAS_KS: tl.constexpr, HAS_PR: tl.constexpr,
+                                IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """One query per row at slot q_offset: a tile of rows of one group reads the group's shared
     prefix keys (slots [0, S)) as one matrix product, then each row's own keys (slots S + j), in
-    one online softmax (no partial outputs, no merge)."""
+    one online softmax (no partial outputs, no merge). With a prefix row table (HAS_PR: row r
+    reads prefix PR[r]; the launch passes one group of all n = R rows) the rows of a tile read
+    different prefixes, so their prefix scores are elementwise products summed over the head
+    dimension (BLOCK_N keys at a time), as for their own keys."""
     pid_m, bg, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = bg % G
     offs_j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -233,24 +236,42 @@ def _decode_after_prefix_kernel(Q, PK, PV, K, V, O, KS,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, S, BLOCK_N):  # the group's prefix: keys shared by every row of the tile
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kv_ok = (offs_n < S)[:, None] & d_ok[None, :]
-        base = g * s_pg + h * s_ph + offs_n[:, None] * s_pn + offs_d[None, :] * s_pd
-        k = tl.load(PK + base, mask=kv_ok, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-        s = _dot(q, tl.trans(k), IEEE) * sm_scale
-        allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] % T != T - 1) & (offs_n[None, :] < S)
-        if HAS_KS:
-            allowed = allowed & ((offs_n[None, :] >= ks[:, None]) == (q_pos[:, None] >= ks[:, None]))
-        s = tl.where(allowed, s, float("-inf"))
-        m_new, l_i, alpha, p = _softmax_step(m_i, l_i, s)
-        v = tl.load(PV + base, mask=kv_ok, other=0.0)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+    if HAS_PR:  # each row's own prefix row: a gathered tile [BLOCK_M, BLOCK_N, BLOCK_D]
+        q32 = q.to(tl.float32)
+        prefix_base = tl.load(PR + rows, mask=row_ok, other=0).to(tl.int64) * s_pg + h * s_ph
+        for start in range(0, S, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < S
+            ptr = prefix_base[:, None, None] + offs_n[None, :, None] * s_pn + offs_d[None, None, :] * s_pd
+            ok = row_ok[:, None, None] & n_ok[None, :, None] & d_ok[None, None, :]
+            k = tl.load(PK + ptr, mask=ok, other=0.0).to(tl.float32)
+            s = tl.sum(q32[:, None, :] * k, 2) * sm_scale
+            allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] % T != T - 1) & n_ok[None, :]
+            if HAS_KS:
+                allowed = allowed & ((offs_n[None, :] >= ks[:, None]) == (q_pos[:, None] >= ks[:, None]))
+            s = tl.where(allowed, s, float("-inf"))
+            m_i, l_i, alpha, p = _softmax_step(m_i, l_i, s)
+            v = tl.load(PV + ptr, mask=ok, other=0.0).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
+    else:
+        for start in range(0, S, BLOCK_N):  # the group's prefix: keys shared by every row of the tile
+            offs_n = start + tl.arange(0, BLOCK_N)
+            kv_ok = (offs_n < S)[:, None] & d_ok[None, :]
+            base = g * s_pg + h * s_ph + offs_n[:, None] * s_pn + offs_d[None, :] * s_pd
+            k = tl.load(PK + base, mask=kv_ok, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+            s = _dot(q, tl.trans(k), IEEE) * sm_scale
+            allowed = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] % T != T - 1) & (offs_n[None, :] < S)
+            if HAS_KS:
+                allowed = allowed & ((offs_n[None, :] >= ks[:, None]) == (q_pos[:, None] >= ks[:, None]))
+            s = tl.where(allowed, s, float("-inf"))
+            m_new, l_i, alpha, p = _softmax_step(m_i, l_i, s)
+            v = tl.load(PV + base, mask=kv_ok, other=0.0)
+            if UPCAST:
+                v = v.to(tl.float32)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+            m_i = m_new
     q32 = q.to(tl.float32)
     for j in range(0, Lk):  # each row's own keys, one slot at a time (they differ from row to row)
         pos = S + j
@@ -324,10 +345,11 @@ def attention_forward(q, k, v, transition_dim: int, q_offset: int = 0, key_start
 
 
 def decode_after_prefix(q, k, v, prefix_k, prefix_v, group_rows: int, transition_dim: int, q_offset: int,
-                        key_start=None, out=None):
+                        key_start=None, out=None, prefix_rows=None):
     """One query per row `q [R, H, 1, D]` against its group's shared prefix `prefix_k/v [G, H, S, D]`
     (slots [0, S)) and its own keys `k, v [R, H, Lk, D]` (slots S..); rows are laid out
-    `[blocks, G, group_rows]`. Returns `[R, H, 1, D]` (written into `out` when given)."""
+    `[blocks, G, group_rows]`, or row r reads prefix `prefix_rows[r]` when that table (int64 `[R]`,
+    values trusted to lie in [0, G)) is given. Returns `[R, H, 1, D]` (written into `out` when given)."""
     if prefix_k.stride() != prefix_v.stride():  # the kernel reads keys and values with one set of strides
         prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
     if k.stride() != v.stride():
@@ -335,16 +357,24 @@ def decode_after_prefix(q, k, v, prefix_k, prefix_v, group_rows: int, transition
     R, H, _, D = q.shape
     G, S = prefix_k.shape[0], prefix_k.shape[2]
     _, BLOCK_N, BLOCK_D = _blocks(D)
-    BLOCK_M = min(32, max(16, triton.next_power_of_2(group_rows)))
     out = torch.empty((R, H, 1, D), device=q.device, dtype=q.dtype) if out is None else out
     ks = _key_start(key_start, q.device, out)
+    if prefix_rows is not None:  # one group of all R rows, each reading its own prefix row
+        group_rows, G = R, 1
+        BLOCK_M = 16
+        BLOCK_N = max(2, 256 // BLOCK_D)  # the gathered tile [16, BLOCK_N, BLOCK_D]: 4096 values
+        pr = prefix_rows.contiguous()
+    else:
+        BLOCK_M = min(32, max(16, triton.next_power_of_2(group_rows)))
+        pr = out
     grid = (triton.cdiv(group_rows, BLOCK_M), R // group_rows, H)
     with _on_device(q):
         _decode_after_prefix_kernel[grid](
-            q, prefix_k, prefix_v, k, v, out, ks, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),
+            q, prefix_k, prefix_v, k, v, out, ks, pr, q.stride(0), q.stride(1), q.stride(3), *prefix_k.stride(),
             *k.stride(), out.stride(0), out.stride(1), out.stride(3),
             G, group_rows, S, k.shape[2], q_offset, 1.0 / math.sqrt(D),
-            T=transition_dim, D=D, HAS_KS=key_start is not None, **_precision(q.dtype),
+            T=transition_dim, D=D, HAS_KS=key_start is not None, HAS_PR=prefix_rows is not None,
+            **_precision(q.dtype),
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     return out
 

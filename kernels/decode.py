@@ -1,6 +1,6 @@
 """One decode step of the whole transformer in one Triton kernel: every block (LayerNorm, QKV,
-K/V into the cache, attention over the row's cache and its group's shared prefix, projection,
-MLP) for one new token per row.
+K/V into the cache, attention over the row's cache and its shared prefix (its group's, or the
+row its prefix row table names), projection, MLP) for one new token per row.
 
 Why: a decode step through the PyTorch blocks is ~50 small kernels; at planner sizes (a few
 hundred rows of width 128) each moves a few kilobytes, so a plan of ~250 steps is bound by
@@ -91,13 +91,13 @@ def _attend(q, m_i, l_i, acc, KV, base, s_kind, s_slot, lo, hi, offs_d, row_ok, 
 
 # one compiled kernel for every step of a plan: the slot and the row layout are not specialized on
 @triton.jit(do_not_specialize=["R", "slot", "shared", "groups", "group_rows"])
-def _decode_layers_kernel(X, OUT, KV, KS,
+def _decode_layers_kernel(X, OUT, KV, KS, PR,
                           LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, MPW, MPB,
                           s_kind, s_layer, s_row, s_head, s_slot,
                           R, slot, shared, groups, group_rows, sm_scale, eps,
                           N_LAYER: tl.constexpr, C: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
-                          HIDDEN: tl.constexpr, T: tl.constexpr, HAS_KS: tl.constexpr, IEEE: tl.constexpr,
-                          UPCAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                          HIDDEN: tl.constexpr, T: tl.constexpr, HAS_KS: tl.constexpr, HAS_PR: tl.constexpr,
+                          IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < R
@@ -113,7 +113,10 @@ def _decode_layers_kernel(X, OUT, KV, KS,
     if HAS_KS:
         ks = tl.load(KS + rows, mask=row_ok, other=0).to(tl.int32)
     own_rows = rows.to(tl.int64) * s_row
-    group_rows_base = ((rows // group_rows) % groups).to(tl.int64) * s_row  # where each row's prefix lives
+    if HAS_PR:  # where each row's prefix lives: the row table, or the row's group
+        group_rows_base = tl.load(PR + rows, mask=row_ok, other=0).to(tl.int64) * s_row
+    else:
+        group_rows_base = ((rows // group_rows) % groups).to(tl.int64) * s_row
     kv_layer = KV  # advanced a layer at a time (no layer * stride product to overflow int32)
     for layer in range(N_LAYER):
         a = _layer_norm(h, LN1W + layer * C, LN1B + layer * C, offs_c, c_ok, C, eps)
@@ -160,12 +163,15 @@ def _decode_layers_kernel(X, OUT, KV, KS,
 
 def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, kv: torch.Tensor, slot: int,
                   shared: int, groups: int, group_rows: int, transition_dim: int, key_start=None,
-                  eps: float = 1e-5, out: torch.Tensor | None = None) -> torch.Tensor:
+                  prefix_rows: torch.Tensor | None = None, eps: float = 1e-5,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step: `x [R, C]` (one new token per row at window `slot`) -> `[R, C]`.
 
     `weights` are `stack_weights(...)`; `kv [2, n_layer, rows, n_head, len, D]` is the KV cache
     (the token's K/V are written at `slot`). Row r attends slots [0, shared) of row
-    `(r // group_rows) % groups` (the shared prefix) and its own slots [shared, slot]."""
+    `(r // group_rows) % groups` (the shared prefix), or of row `prefix_rows[r]` when that table
+    (int64 `[R]`, values trusted to lie in [0, groups), as key_start's) is given, and its own
+    slots [shared, slot]."""
     R, C = x.shape
     n_layer, hidden = weights[0].shape[0], weights[8].shape[1]
     D = C // n_head
@@ -179,8 +185,13 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
                          f"of {kv.shape[2]} rows x {kv.shape[4]} slots")
     if not supports(C, hidden):
         raise ValueError(f"decode_layers: width {C} / MLP {hidden} exceed the kernel's {MAX_WIDTH}")
+    has_pr = prefix_rows is not None and shared > 0
+    if has_pr and (prefix_rows.shape != (R,) or prefix_rows.dtype != torch.long or prefix_rows.device != x.device):
+        raise ValueError(f"decode_layers: prefix_rows must be int64 [{R}] on {x.device}, got {prefix_rows.dtype} "
+                         f"{tuple(prefix_rows.shape)} on {prefix_rows.device}")
     out = torch.empty_like(x) if out is None else out
     ks = _key_start(key_start, x.device, out)
+    pr = prefix_rows.contiguous() if has_pr else out
     # 8 rows a program: twice the programs of 16 (more SMs busy at a few hundred rows) while the
     # weights are read from L2 by half as many; fp32 spills 32 bytes here against ~4.5 KB at 16
     BLOCK_R = 8
@@ -189,9 +200,10 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
     BLOCK_H = min(32, max(16, triton.next_power_of_2(hidden)))
     with _on_device(x):
         _decode_layers_kernel[(triton.cdiv(R, BLOCK_R),)](
-            x, out, kv, ks, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
+            x, out, kv, ks, pr, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
             1.0 / math.sqrt(D), eps,
             N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
+            HAS_PR=has_pr,
             **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
             BLOCK_N=8, num_warps=8)
     return out

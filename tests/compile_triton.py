@@ -81,11 +81,18 @@ def cases():
             pk, pv = (randn(1, 4, 64, 32, dtype=dtype) for _ in range(2))
             attention.decode_after_prefix(q, k, v, pk, pv, 128, 16, 75, torch.zeros(256, dtype=torch.long))
 
-        def decode_step(dtype=dtype, key_start=None):  # the published model at Hopper shapes
+        def after_prefix_rows(dtype=dtype):  # every row reads the prefix its row table names
+            q, k, v = (randn(256, 4, n, 32, dtype=dtype) for n in (1, 12, 12))
+            pk, pv = (randn(256, 4, 64, 32, dtype=dtype) for _ in range(2))
+            attention.decode_after_prefix(q, k, v, pk, pv, 1, 16, 75, torch.zeros(256, dtype=torch.long),
+                                          prefix_rows=torch.randperm(256))
+
+        def decode_step(dtype=dtype, key_start=None, prefix_rows=None):  # the published model at Hopper shapes
             model = TrajectoryTransformer(GPTConfig(11, 3)).to(dtype)
             kv = model.setup_cache(256).kv
+            groups = 1 if prefix_rows is None else 256
             decode.decode_layers(randn(256, 128, dtype=dtype), decode.stack_weights(model.block_weights()), 4, kv,
-                                 75, 64, 1, 128, 16, key_start)
+                                 75, 64, groups, 128, 16, key_start, prefix_rows=prefix_rows)
 
         yield f"training attention {name}", train
         yield f"training attention with dropout {name}", lambda train=train: train(dropout=0.1)
@@ -93,6 +100,8 @@ def cases():
         yield f"decode after a shared prefix {name}", after_prefix
         yield f"decode step {name}", decode_step
         yield f"decode step, padded rows {name}", lambda d=decode_step: d(key_start=torch.zeros(256, dtype=torch.long))
+        yield f"decode after a prefix row table {name}", after_prefix_rows
+        yield f"decode step, prefix row table {name}", lambda d=decode_step: d(prefix_rows=torch.randperm(256))
 
 
 def main() -> int:

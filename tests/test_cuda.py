@@ -95,7 +95,32 @@ def test_greedy_plans_equal_the_authors_planner_on_sdpa_attention(monkeypatch, d
         assert fast.score[b].item() == pytest.approx(score.item(), rel=1e-4, abs=1e-4)
 
 
-def _graph_planners(window: str, max_graphs: int = 16):
+@pytest.mark.parametrize("window, C", [("exact", 5), ("cached", None)])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda), "cpu"])
+def test_likelihood_plans_equal_the_authors_search_on_sdpa_attention(monkeypatch, device, window, C):
+    """Hopper shapes, sharpened random weights, float32: the fast likelihood search on `device` (on
+    CUDA the beam_expand kernel, Triton attention and decode) keeps the same beams as the authors'
+    `beam_search` with SDPA attention, token for token."""
+    from tt.discretize import Discretizer
+    from tt.model import GPTConfig
+    from tt.planner import PlanConfig, beam_plan, pad_prefixes
+
+    monkeypatch.delenv("TT_BACKEND", raising=False)
+    monkeypatch.delenv("TT_ATTENTION", raising=False)
+    model = sharpened_model(GPTConfig(11, 3, n_bins=100, n_transitions=10), seed=2).to(device)
+    disc = Discretizer(torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy())
+    g = torch.Generator().manual_seed(3)
+    prefixes = [torch.randint(0, 100, (c * 16 + 11,), generator=g).to(device) for c in (4, 1)]
+    cfg = PlanConfig(horizon=3, beam_width=16, max_context_transitions=C, window=window, objective="likelihood")
+    fast = beam_plan(model, pad_prefixes(prefixes, 16), disc, cfg)
+    monkeypatch.setenv("TT_ATTENTION", "reference")
+    for b, prefix in enumerate(prefixes):
+        tokens, logp = reference.likelihood_plan(model, prefix, cfg)
+        assert torch.equal(fast.tokens[b], tokens), f"plan {b} differs from the reference"
+        assert fast.score[b].item() == pytest.approx(logp.item(), rel=1e-4, abs=1e-3)
+
+
+def _graph_planners(window: str, max_graphs: int = 16, **config):
     from tt.discretize import Discretizer
     from tt.model import GPTConfig, TrajectoryTransformer
     from tt.planner import PlanConfig, Planner
@@ -103,7 +128,7 @@ def _graph_planners(window: str, max_graphs: int = 16):
     torch.manual_seed(0)
     model = TrajectoryTransformer(GPTConfig(4, 2, n_bins=20, n_transitions=6, n_layer=2, n_embd=32)).eval()
     disc = Discretizer(torch.linspace(-1, 1, 21)[:, None].repeat(1, 8).numpy())
-    cfg = dict(horizon=4, beam_width=6, n_expand=2, max_context_transitions=3, window=window)  # stochastic
+    cfg = dict(horizon=4, beam_width=6, n_expand=2, max_context_transitions=3, window=window, **config)  # stochastic
     graphed = Planner(model, disc, PlanConfig(**cfg), device="cuda", seed=11)
     graphed._graphs.max_graphs = max_graphs
     eager = Planner(model, disc, PlanConfig(**cfg, cuda_graphs=False), device="cuda", seed=11)
@@ -112,11 +137,13 @@ def _graph_planners(window: str, max_graphs: int = 16):
 
 
 @needs_cuda
-@pytest.mark.parametrize("window, max_graphs", [("exact", 16), ("cached", 16), ("cached", 1)])
-def test_cuda_graph_plans_equal_eager_plans(window, max_graphs):
+@pytest.mark.parametrize("window, max_graphs, objective", [("exact", 16, "return"), ("cached", 16, "return"),
+                                                           ("cached", 1, "return"), ("exact", 16, "likelihood"),
+                                                           ("cached", 2, "likelihood")])
+def test_cuda_graph_plans_equal_eager_plans(window, max_graphs, objective):
     """Same seed, same observations: the replayed graphs plan token for token as the eager search,
     across layouts (contexts of different lengths, a reset, eviction of captured layouts)."""
-    graphed, eager = _graph_planners(window, max_graphs)
+    graphed, eager = _graph_planners(window, max_graphs, objective=objective)
     g = torch.Generator().manual_seed(0)
     for step in range(9):
         obs = (torch.rand(3, 4, generator=g) * 2 - 1).numpy()

@@ -283,12 +283,13 @@ def test_fused_decode_checks_its_arguments():
     x = torch.zeros(4, 16)
     weights = model.block_weights()
     with pytest.raises(RuntimeError, match="expected 24 weights"):
-        torch.ops.tt.decode_layers(x, weights[:12], cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+        torch.ops.tt.decode_layers(x, weights[:12], cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None)
     with pytest.raises(RuntimeError, match="weight 2 of block 1 must be"):
         bad = list(weights)
         bad[14] = bad[14][:, :8]
-        torch.ops.tt.decode_layers(x, bad, cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+        torch.ops.tt.decode_layers(x, bad, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None)
     with pytest.raises(RuntimeError, match="do not fit"):
-        torch.ops.tt.decode_layers(torch.zeros(5, 16), weights, cache.k, cache.v, 2, 3, 0, 1, 1, 5, None)
+        torch.ops.tt.decode_layers(torch.zeros(5, 16), weights, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None)
     with pytest.raises(RuntimeError, match="dtype of x"):
-        torch.ops.tt.decode_layers(x.double(), weights, cache.k.double(), cache.v.double(), 2, 3, 0, 1, 1, 5, None)
+        torch.ops.tt.decode_layers(x.double(), weights, cache.k.double(), cache.v.double(), 2, 3, 0, 1, 1, None, 5,
+                                   None)

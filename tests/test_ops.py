@@ -335,7 +335,7 @@ def test_compiled_decode_attention_writes_every_output(G, n, blocks, S, own, D):
     q, k, v, prefix, key_start, slot = prefix_problem(G, n, blocks, S, own, D, H=3, T=5, padded=bool(S), seed=D)
     out = torch.full((len(q), 3, D), float("nan"))  # poisoned: an unwritten element fails
     pk, pv = (prefix.k, prefix.v) if prefix is not None else (None, None)
-    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, n, slot, 5, key_start, out)
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, n, None, slot, 5, key_start, out)
     want = reference.attention(q, k, v, transition_dim=5, q_offset=slot, key_start=key_start, prefix=prefix)
     torch.testing.assert_close(out, want[:, :, 0], atol=2e-6, rtol=2e-6)
 
@@ -348,7 +348,7 @@ def test_compiled_decode_attention_extreme_scores_and_ties():
     k[1] = k[1, :, :1]  # all of row 1's own keys equal
     prefix.k[1].mul_(50.0)
     out = torch.empty(len(q), 2, 16)
-    torch.ops.tt.decode_attention(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, None, out)
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, prefix.k, prefix.v, 3, None, slot, 4, None, out)
     want = reference.attention(q.double(), k.double(), v.double(), transition_dim=4, q_offset=slot,
                                prefix=SharedPrefix(prefix.k.double(), prefix.v.double(), 3))
     assert out.isfinite().all()
@@ -361,19 +361,19 @@ def test_compiled_decode_attention_checks_its_arguments():
     out = torch.empty(6, 2, 16)
     op = torch.ops.tt.decode_attention
     with pytest.raises(RuntimeError, match="q must be"):
-        op(q, k, v, prefix.k, prefix.v, 3, slot, 4, None, out)
+        op(q, k, v, prefix.k, prefix.v, 3, None, slot, 4, None, out)
     with pytest.raises(RuntimeError, match="not whole blocks"):
-        op(q[:, :, 0], k, v, prefix.k, prefix.v, 4, slot, 4, None, out)
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 4, None, slot, 4, None, out)
     with pytest.raises(RuntimeError, match="query slot"):
-        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot + 1, 4, None, out)
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, None, slot + 1, 4, None, out)
     with pytest.raises(RuntimeError, match="dtype of q"):
-        op(q[:, :, 0], k.double(), v.double(), prefix.k, prefix.v, 3, slot, 4, None, out)
+        op(q[:, :, 0], k.double(), v.double(), prefix.k, prefix.v, 3, None, slot, 4, None, out)
     with pytest.raises(RuntimeError, match="both prefix_k and prefix_v"):
-        op(q[:, :, 0], k, v, prefix.k, None, 3, slot, 4, None, out)
+        op(q[:, :, 0], k, v, prefix.k, None, 3, None, slot, 4, None, out)
     with pytest.raises(RuntimeError, match="key_start must be"):
-        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, torch.zeros(6, dtype=torch.int32), out)
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, None, slot, 4, torch.zeros(6, dtype=torch.int32), out)
     with pytest.raises(RuntimeError, match="out must have shape"):
-        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, slot, 4, None, out[:5])
+        op(q[:, :, 0], k, v, prefix.k, prefix.v, 3, None, slot, 4, None, out[:5])
 
 
 def test_attention_refuses_a_bad_prefix():

@@ -7,23 +7,36 @@ from dataclasses import dataclass
 import torch
 
 
+def prefix_rows(rows: int, groups: int, group_rows: int, device: torch.device | str) -> torch.Tensor:
+    """The row holding each of `rows` rows' shared prefix `[rows]` when no explicit table is given:
+    `(r // group_rows) % groups` (the planner's [E, B, W] rows: `groups` plans of `group_rows` beams)."""
+    return torch.arange(rows, device=device) // group_rows % groups
+
+
 @dataclass
 class SharedPrefix:
-    """Keys and values `[G, h, S, D]` of window slots [0, S) that whole groups of rows share:
-    row r reads group `(r // group_rows) % G` (the planner's [E, B, W] rows: G plans of W beams).
-    Attention reads them once per group instead of once per row."""
+    """Keys and values `[G, h, S, D]` of window slots [0, S) that rows share: row r reads prefix
+    `(r // group_rows) % G` (the planner's [E, B, W] rows: G plans of W beams), or `rows[r]` when
+    the table `rows [R]` (int64, values in [0, G)) is given (the likelihood search: each surviving
+    beam reads the window of the beam it descends from, whatever the order survivors come in).
+    Attention reads a prefix once per group of rows instead of once per row where it can."""
 
     k: torch.Tensor
     v: torch.Tensor
     group_rows: int
+    rows: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
         return self.k.shape[2]
 
     def groups_of(self, rows: int) -> torch.Tensor:
-        """The group of each of `rows` rows `[rows]`."""
-        return torch.arange(rows, device=self.k.device) // self.group_rows % self.k.shape[0]
+        """The prefix (group) each of `rows` rows reads `[rows]`: the table `rows` when given."""
+        if self.rows is not None:
+            if self.rows.shape != (rows,):
+                raise ValueError(f"the shared prefix's row table is {tuple(self.rows.shape)}, asked for {rows} rows")
+            return self.rows
+        return prefix_rows(rows, self.k.shape[0], self.group_rows, self.k.device)
 
     def expand(self, rows: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole windows `[rows, h, S + n, D]`: each row's group prefix, then its own `k, v`."""
@@ -39,14 +52,16 @@ class KVCache:
 
     Row r, slot s holds the K/V of the token at window slot s of sequence r. The model writes
     slots as it runs; the planner moves rows between beams with `tile_rows` / `gather_rows`.
-    After `share`, slots [0, shared) are no longer per row: every row reads them from the first
-    row of its group (rows 0..groups-1), and writes, tiles and gathers start at slot `shared`.
+    After `share`, slots [0, shared) are no longer per row: every row reads them from one of rows
+    0..groups-1 (by its group, or by the table `prefix_rows`), and writes, tiles and gathers start
+    at slot `shared`.
     """
 
     kv: torch.Tensor
     shared: int = 0
     groups: int = 1
     group_rows: int = 1
+    prefix_rows: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layer: int, max_rows: int, n_head: int, max_len: int, head_dim: int,
@@ -71,19 +86,46 @@ class KVCache:
     def max_len(self) -> int:
         return self.kv.shape[4]
 
-    def share(self, slots: int, groups: int = 1, group_rows: int = 1) -> None:
-        """Declare slots [0, slots) of rows 0..groups-1 the prefix that row r shares with group
-        `(r // group_rows) % groups`; `share(0)` makes every slot per row again."""
+    def share(self, slots: int, groups: int = 1, group_rows: int = 1, rows: torch.Tensor | None = None) -> None:
+        """Declare slots [0, slots) of rows 0..groups-1 the prefixes that the rows read: row r reads
+        the prefix of row `(r // group_rows) % groups`, or of row `rows[r]` when the table `rows`
+        (int64 `[R]` on the cache's device, values in [0, groups)) is given; `share(0)` makes every
+        slot per row again. The table is kept, not copied (no host synchronization), and its values
+        are trusted, like `key_start`'s: the kernels read row `rows[r]` without checking it."""
         if slots and groups > self.max_rows:
             raise ValueError(f"cache holds {self.max_rows} rows; cannot share a prefix among {groups} groups")
+        if slots and rows is not None and (not isinstance(rows, torch.Tensor) or rows.dtype != torch.long
+                                           or rows.dim() != 1 or rows.device != self.kv.device
+                                           or len(rows) > self.max_rows):
+            what = (f"{rows.dtype} {tuple(rows.shape)} on {rows.device}" if isinstance(rows, torch.Tensor)
+                    else type(rows).__name__)
+            raise ValueError(f"share: rows must be an int64 [R] tensor (R <= {self.max_rows}) on {self.kv.device}, "
+                             f"got {what}")
         self.shared, self.groups, self.group_rows = slots, groups, group_rows
+        self.prefix_rows = rows if slots else None
 
     def prefix(self, layer: int) -> SharedPrefix | None:
         """The shared prefix of `layer`, or None when nothing is shared."""
         if not self.shared:
             return None
         k, v = self.kv[:, layer, : self.groups, :, : self.shared]
-        return SharedPrefix(k, v, self.group_rows)
+        return SharedPrefix(k, v, self.group_rows, self.prefix_rows)
+
+    def materialize_prefix(self, rows: int) -> None:
+        """Copy each of rows 0..rows-1's shared prefix (slots [0, shared) of the row it reads them
+        from) into its own slots [0, shared), then `share(0)`: every slot is per row again. The
+        prefixes are gathered before any is written (rows 0..groups-1 hold them and are among the rows)."""
+        if not self.shared:
+            return
+        if self.prefix_rows is not None:
+            source = self.prefix_rows[:rows]
+            if len(source) != rows:
+                raise ValueError(f"materialize_prefix: the row table holds {len(self.prefix_rows)} rows, "
+                                 f"asked for {rows}")
+        else:
+            source = prefix_rows(rows, self.groups, self.group_rows, self.kv.device)
+        self.kv[:, :, :rows, :, : self.shared] = self.kv[:, :, source, :, : self.shared]  # a gather: a copy
+        self.share(0)
 
     def write(self, layer: int, start: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store keys and values `kv [2, rows, h, n, D]` at slots start..start+n of rows 0..rows-1;

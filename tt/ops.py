@@ -82,11 +82,12 @@ def _compiled_library() -> bool:
         return None
 
     @torch.library.register_fake("tt::decode_attention")
-    def _(q, k, v, prefix_k, prefix_v, group_rows, q_slot, transition_dim, key_start, out):
+    def _(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start, out):
         return None
 
     @torch.library.register_fake("tt::decode_layers")
-    def _(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, transition_dim, key_start):
+    def _(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows, transition_dim,
+          key_start):
         return torch.empty_like(x)
 
     return True
@@ -155,7 +156,8 @@ def attention(
 ) -> torch.Tensor:
     """Causal attention that never attends value tokens. q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`;
     query i sits at slot `q_offset + i`; `key_start [R]` marks left padding (see reference).
-    With a shared `prefix` (slots [0, S) per group of rows), k/v hold each row's slots S.."""
+    With a shared `prefix` (slots [0, S) per group of rows, or per row by its table `prefix.rows`),
+    k/v hold each row's slots S.."""
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"attention expects q [R,h,Lq,D] and k, v [R,h,Lk,D]; got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
@@ -229,9 +231,11 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
     if _decode_backend(x.device) == "Triton":
         stacked = weights if isinstance(weights, tuple) else _triton_decode().stack_weights(weights)
         return _triton_decode().decode_layers(x.contiguous(), stacked, n_head, cache.kv, slot, cache.shared,
-                                              cache.groups, cache.group_rows, transition_dim, key_start)
+                                              cache.groups, cache.group_rows, transition_dim, key_start,
+                                              prefix_rows=cache.prefix_rows)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
-                                      cache.groups, cache.group_rows, transition_dim, _int64(key_start))
+                                      cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
+                                      _int64(key_start))
 
 
 def _int64(key_start: torch.Tensor | None) -> torch.Tensor | None:
@@ -246,7 +250,15 @@ def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_
     if prefix.k.shape != prefix.v.shape or prefix.k.shape[1:] != (h, S, D) or prefix.k.device != q.device:
         raise ValueError(f"attention: shared prefix k/v must be [G, {h}, S, {D}] on {q.device}, "
                          f"got {tuple(prefix.k.shape)}, {tuple(prefix.v.shape)} on {prefix.k.device}")
-    if R % (G * prefix.group_rows):
+    if prefix.rows is not None:  # a row table: any number of rows, each reading any of the G prefixes
+        rows = prefix.rows
+        if not isinstance(rows, torch.Tensor) or rows.shape != (R,) or rows.dtype != torch.long \
+                or rows.device != q.device:
+            what = (f"{rows.dtype} {tuple(rows.shape)} on {rows.device}" if isinstance(rows, torch.Tensor)
+                    else type(rows).__name__)
+            raise ValueError(f"attention: the shared prefix's rows must be int64 [{R}] on {q.device} (one prefix "
+                             f"row per query row), got {what}")
+    elif R % (G * prefix.group_rows):
         raise ValueError(f"attention: {R} rows are not whole blocks of {G} groups x {prefix.group_rows} rows")
     if S % transition_dim or q_offset < S:
         raise ValueError(f"attention: a shared prefix covers whole transitions before the queries; got {S} "
@@ -258,8 +270,8 @@ def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_
 def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int, q_slot: int, key_start):
     """One query per row on the compiled kernel: the prefix and the row's keys in one pass."""
     out = torch.empty(q.shape[0], q.shape[1], q.shape[3], dtype=q.dtype, device=q.device)
-    pk, pv = (prefix.k, prefix.v) if prefix is not None else (None, None)
-    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, prefix.group_rows if prefix is not None else 1,
+    pk, pv, rows = (prefix.k, prefix.v, prefix.rows) if prefix is not None else (None, None, None)
+    torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, prefix.group_rows if prefix is not None else 1, rows,
                                   q_slot, transition_dim, _int64(key_start), out)
     return out[:, :, None]
 
@@ -280,12 +292,19 @@ def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tu
 def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, q_offset: int, key_start):
     """Cascade attention: each group's queries against its shared prefix in one batch (the prefix
     read once), each row against its own keys, merged by their log-sum-exps (on Triton, one
-    query per row runs both parts in one kernel)."""
+    query per row runs both parts in one kernel, also with a row table `prefix.rows`)."""
     R, h, Lq, D = q.shape
     G, S, n = prefix.k.shape[0], prefix.length, prefix.group_rows
     if Lq == 1 and _attention_backend(q.device) == "triton":  # decode: one kernel, no partial outputs
         return _triton_attention().decode_after_prefix(q, k, v, prefix.k, prefix.v, n, transition_dim, q_offset,
-                                                       key_start)
+                                                       key_start, prefix_rows=prefix.rows)
+    if prefix.rows is not None:
+        # A row table, several queries per row (or one where neither tt::decode_attention nor
+        # Triton runs): no groups of rows to batch against a prefix, so each row's whole window is
+        # gathered (a copy of its prefix, as the reference does) and attended at once. The fused
+        # kernels (C++ decode_attention / decode_layers, Triton) read the table in place instead.
+        k, v = prefix.expand(R, k, v)
+        return _attention_lse(q, k, v, transition_dim, q_offset, key_start)[0]
     blocks = R // (G * n)
     grouped = q.view(blocks, G, n, h, Lq, D).permute(1, 3, 0, 2, 4, 5).reshape(G, h, blocks * n * Lq, D)
     group_start = None if key_start is None else key_start.view(blocks, G, n)[0, :, 0]

@@ -207,10 +207,15 @@ class _Search:
         self.cache.gather_rows(rows, self.filled)
         return logits
 
+    def window_moves(self, u: int) -> bool:
+        """Whether transition `u` starts a new window: at every transition (`exact`), or when the
+        block is full (`cached`)."""
+        return self.config.window == "exact" or u - self.window_start > self.model.config.n_transitions - 1
+
     def next_transition(self, u: int, src: torch.Tensor) -> torch.Tensor:
         """Logits of the first token of transition `u` (its first observation token) for the
         survivors, which came from rows `src`: as the authors' cropped forward sees it."""
-        if self.config.window == "exact" or u - self.window_start > self.model.config.n_transitions - 1:
+        if self.window_moves(u):
             return self.reencode(max(0, u - self.keep + 1), u)
         self.cache.gather_rows(src, self.filled)  # cached: move the survivors' rows into place
         return self.decode(self.hist[:, u * self.T - 1], blocks=1)
@@ -269,14 +274,22 @@ class _Search:
 
     def _plan_likelihood(self) -> torch.Tensor:
         """Expand every beam by every token, a token at a time; keep the W most likely sequences
-        (the authors' `beam_search`). Returns each plan's best log-likelihood."""
+        (the authors' `beam_search`). Returns each plan's best log-likelihood.
+
+        Beams re-rank at every token, but their cache rows are not copied whole: at each transition
+        every row's window is anchored (slots [0, S) its own), and then each survivor reads those
+        slots from the row of the beam it descends from (`ancestors`, the cache's prefix rows) and
+        only the tokens planned since the anchor (at most a transition's) move with it."""
         config, O, A, T, B, W = self.config, self.O, self.A, self.T, self.B, self.W
         filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A
         filters += [(config.k_rew, config.cdf_rew)] * 2
-        plan_rows = torch.arange(B, device=self.prefix.device)[:, None] * W
+        device = self.prefix.device
+        plan_rows = torch.arange(B, device=device)[:, None] * W
+        self.ancestors = torch.arange(B * W, device=device)
         logits = self.open_plans().repeat_interleave(W, 0)
+        self.anchor()
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # as log_probs returns
-        logp_sum = torch.full((B, W), float("-inf"), dtype=dtype, device=logits.device)
+        logp_sum = torch.full((B, W), float("-inf"), dtype=dtype, device=device)
         logp_sum[:, 0] = 0.0  # one live beam per plan to begin with; a beam at -inf is dead
         first, end = self.n_ctx * T + O, (self.n_ctx + config.horizon) * T
         for position in range(first, end):
@@ -288,12 +301,29 @@ class _Search:
             self.hist[:, position] = tokens.view(-1)
             if position + 1 == end:
                 break
-            if (position + 1) % T == 0:
-                logits = self.next_transition((position + 1) // T, src)
-            else:
-                self.cache.gather_rows(src, self.filled)
-                logits = self.decode(self.hist[:, position], blocks=1)
+            u, new_transition = (position + 1) // T, (position + 1) % T == 0
+            if new_transition and self.window_moves(u):
+                logits = self.reencode(max(0, u - self.keep + 1), u)  # a new window: anchor it
+                self.anchor()
+                continue
+            self.follow(src)
+            if new_transition:  # cached: fold the ancestors' windows in
+                self.anchor()
+            logits = self.decode(self.hist[:, position], blocks=1)
         return logp_sum[:, 0]
+
+    def anchor(self) -> None:
+        """Every row's window becomes its own, and its whole transitions the prefix that the row's
+        later tokens read (through `ancestors`, once beams re-rank)."""
+        rows = self.B * self.W
+        self.cache.materialize_prefix(rows)
+        self.ancestors.copy_(torch.arange(rows, device=self.ancestors.device))
+        self.cache.share(self.filled - self.filled % self.T, groups=rows, rows=self.ancestors)
+
+    def follow(self, src: torch.Tensor) -> None:
+        """Survivor i continues row `src[i]`: its ancestor's window and the tokens planned since."""
+        self.ancestors.copy_(self.ancestors[src])
+        self.cache.gather_rows(src, self.filled)  # slots [anchor, filled) only
 
 
 @torch.no_grad()

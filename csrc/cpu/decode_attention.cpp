@@ -3,9 +3,12 @@
 //
 // Tasks are (group, head, row of the group), so a thread takes the rows of one group and head in
 // a run: it transposes that prefix's keys once ([D, S], a small buffer) and scores every row's
-// query against all S of them with FMAs across keys, no horizontal sums. A row's own keys are
-// few and read once. The mask is a bias row built once per key_start; exp is a polynomial; sums
-// run in independent lanes or banks, so the loops vectorize and pipeline (with -fno-trapping-math).
+// query against all S of them with FMAs across keys, no horizontal sums. With a prefix row table
+// (row r reads prefix prefix_rows[r]) the rows are sorted by their prefix row first, and tasks are
+// (prefix, head, row of those that read it), listed up front: the same runs in the same order.
+// A row's own keys are few and read once. The mask is a bias row built once per key_start; exp
+// is a polynomial; sums run in independent lanes or banks, so the loops vectorize and pipeline
+// (with -fno-trapping-math).
 // Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time.
 #include <ATen/Parallel.h>
 
@@ -13,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "../ops.h"
@@ -50,6 +54,8 @@ struct Problem {
   View q, k, v, prefix_k, prefix_v;
   float* out;
   const int64_t* key_start;
+  const int64_t* prefix_rows;  // [rows] or null: the prefix each row reads (else its group's)
+  const int64_t* tasks;        // with prefix_rows: task i is row tasks[i] / heads, head tasks[i] % heads
   int64_t rows, heads, dim, own_slots, prefix_slots, groups, group_rows, q_slot, transition_dim;
 };
 
@@ -143,13 +149,13 @@ TT_INLINE void add_values(const float* weights, const float* values, int64_t str
     for (int64_t d = 0; d < D; ++d) acc[d] += banks[b][d];
 }
 
-// Tasks [begin, end) in (group, head, row of the group) order. `scratch` holds L scores, L mask
-// biases (0 or -inf: the same for every row with the same key_start) and, with a prefix, its keys
-// transposed [D, S_pad].
+// Tasks [begin, end) in (group, head, row of the group) order (with a prefix row table, as listed
+// in p.tasks). `scratch` holds L scores, L mask biases (0 or -inf: the same for every row
+// with the same key_start) and, with a prefix, its keys transposed [D, S_pad].
 template <class Dim>
 TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float* scratch) {
   const int64_t D = Dim::size(p.dim), S = p.prefix_slots, T = p.transition_dim, L = S + p.own_slots;
-  const int64_t S_pad = padded_prefix(S), rows_per_group = p.rows / p.groups;
+  const int64_t S_pad = padded_prefix(S), rows_per_group = p.prefix_rows ? 0 : p.rows / p.groups;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float neg_inf = -std::numeric_limits<float>::infinity();
   float* scores = scratch;
@@ -159,9 +165,18 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
   int64_t transposed = -1;  // the (group, head) whose prefix keys are in prefix_keys
   int64_t masked_for = -1;  // the key_start whose mask is in bias
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t group_head = task / rows_per_group, i = task % rows_per_group;
-    const int64_t group = group_head / p.heads, h = group_head % p.heads;
-    const int64_t r = (i / p.group_rows) * p.groups * p.group_rows + group * p.group_rows + i % p.group_rows;
+    int64_t r, group, h;
+    if (p.prefix_rows) {  // (prefix, head, row of those that read it)
+      r = p.tasks[task] / p.heads;
+      h = p.tasks[task] % p.heads;
+      group = p.prefix_rows[r];
+    } else {  // (group, head, row of the group)
+      const int64_t group_head = task / rows_per_group, i = task % rows_per_group;
+      group = group_head / p.heads;
+      h = group_head % p.heads;
+      r = (i / p.group_rows) * p.groups * p.group_rows + group * p.group_rows + i % p.group_rows;
+    }
+    const int64_t group_head = group * p.heads + h;
     const int64_t start = p.key_start ? p.key_start[r] : 0;
     if (masked_for != start) {  // visible: causal, not a value token, padding only to padding (reference.attention_mask)
       const bool query_real = p.q_slot >= start;
@@ -225,9 +240,10 @@ void attend(const Problem& p, int64_t begin, int64_t end) {
 
 void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
-                          int64_t group_rows, int64_t q_slot, int64_t transition_dim,
-                          const std::optional<at::Tensor>& key_start, at::Tensor& out) {
-  check_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, q_slot, transition_dim, key_start, out);
+                          int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
+                          int64_t transition_dim, const std::optional<at::Tensor>& key_start, at::Tensor& out) {
+  check_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start,
+                         out);
   TORCH_CHECK(q.scalar_type() == at::kFloat, "tt::decode_attention: the CPU kernel takes float32, got ",
               q.scalar_type());
   TORCH_CHECK(q.size(2) <= kMaxHeadDim, "tt::decode_attention: head dim ", q.size(2), " > ", kMaxHeadDim);
@@ -242,6 +258,24 @@ void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
   }
   p.out = out.data_ptr<float>();
   p.key_start = key_start.has_value() ? key_start->data_ptr<int64_t>() : nullptr;
+  p.prefix_rows = nullptr;
+  p.tasks = nullptr;
+  std::vector<int64_t> order, tasks;
+  if (has_prefix && prefix_rows.has_value()) {  // rows that read one prefix next to each other
+    const int64_t R = q.size(0), H = q.size(1);
+    const int64_t* table = prefix_rows->data_ptr<int64_t>();
+    p.prefix_rows = table;
+    order.resize(R);
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return table[a] < table[b]; });
+    tasks.reserve(R * H);
+    for (int64_t begin = 0, end = 0; begin < R; begin = end) {  // a run of rows reading one prefix
+      while (end < R && table[order[end]] == table[order[begin]]) ++end;
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = begin; i < end; ++i) tasks.push_back(order[i] * H + h);
+    }
+    p.tasks = tasks.data();
+  }
   p.rows = q.size(0);
   p.heads = q.size(1);
   p.dim = q.size(2);

@@ -11,8 +11,9 @@ namespace tt {
 
 at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                              const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
-                             int64_t group_rows, int64_t transition_dim, const std::optional<at::Tensor>& key_start) {
-  check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows);
+                             int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t transition_dim,
+                             const std::optional<at::Tensor>& key_start) {
+  check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows);
   const int64_t R = x.size(0), C = x.size(1), D = C / n_head, n_layer = cache_k.size(0);
   at::Tensor h = x;
   for (int64_t l = 0; l < n_layer; ++l) {
@@ -30,8 +31,8 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
     }
     at::Tensor att = at::empty({R, n_head, D}, x.options());
     decode_attention_cpu(qkv.select(1, 0), k_layer.narrow(2, shared, slot + 1 - shared),
-                         v_layer.narrow(2, shared, slot + 1 - shared), prefix_k, prefix_v, group_rows, slot,
-                         transition_dim, key_start, att);
+                         v_layer.narrow(2, shared, slot + 1 - shared), prefix_k, prefix_v, group_rows, prefix_rows,
+                         slot, transition_dim, key_start, att);
     h = h + at::addmm(w[5], att.view({R, C}), w[4].t());
     // MLP: ln2, fc, GELU, proj, residual
     const at::Tensor m = at::gelu(at::addmm(w[9], at::layer_norm(h, {C}, w[6], w[7]), w[8].t()));
