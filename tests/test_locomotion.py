@@ -1,5 +1,6 @@
 """The paper's locomotion tasks: shipped SAC policies and the D4RL-style data sets made from them."""
 
+import functools
 import json
 import os
 
@@ -10,7 +11,7 @@ import pytest
 from tt.cli import main
 from tt.envs import locomotion, make_dataset
 from tt.envs.actor import Actor, load_actor, load_card, save_actor
-from tt.envs.rollouts import collect_episodes
+from tt.envs.rollouts import RolloutWorkers, collect_episodes
 
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6), "walker2d": (17, 6)}
 TERMINATES = {"hopper": True, "halfcheetah": False, "walker2d": True}
@@ -165,3 +166,77 @@ def test_data_make_through_the_cli(capsys):
     assert "sized in steps" in capsys.readouterr().err
     assert main(["data", "make", "hopper-mediocre"]) == 2
     assert "unknown built-in data set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["hopper", "halfcheetah"])
+def test_an_action_does_not_depend_on_the_batch_it_comes_in(task):
+    """Rows one at a time and in shuffled batches of many sizes give the same bits: what makes the
+    data independent of the number of environments and workers."""
+    actor = load_actor(shipped(task, "medium"))
+    rng = np.random.default_rng(0)
+    obs = (rng.normal(size=(300, actor.observation_dim)) * rng.uniform(0.1, 10, size=(300, 1))).astype(np.float32)
+    noise = rng.standard_normal((300, actor.action_dim)).astype(np.float32)
+    alone = np.concatenate([actor.act(obs[i:i + 1], noise[i:i + 1]) for i in range(300)])
+    alone_mean = np.concatenate([actor.act(obs[i:i + 1]) for i in range(300)])
+    for size in (2, 7, 8, 9, 16, 17, 300):
+        order = rng.permutation(300)
+        batched, batched_mean = np.empty_like(alone), np.empty_like(alone)
+        for start in range(0, 300, size):
+            rows = order[start:start + size]
+            batched[rows], batched_mean[rows] = actor.act(obs[rows], noise[rows]), actor.act(obs[rows])
+        np.testing.assert_array_equal(batched, alone, err_msg=f"batches of {size}")
+        np.testing.assert_array_equal(batched_mean, alone_mean, err_msg=f"batches of {size}")
+
+
+def _fields(buffers) -> list:
+    return [(b.id, b.observations.tobytes(), b.actions.tobytes(), b.rewards, b.terminations, b.truncations)
+            for b in buffers]
+
+
+def test_data_are_identical_for_any_number_of_workers_and_environments():
+    runs = {(workers, n_envs): locomotion.generate("hopper", "medium-replay", 3000, 2, False, n_envs=n_envs,
+                                                   workers=workers)[0]
+            for workers, n_envs in [(1, 16), (2, 5)]}  # 16 lanes in this process; 3 + 2 in two workers
+    first = _fields(runs[1, 16])
+    assert sum(len(b.rewards) for b in runs[1, 16]) == 3000
+    assert len(first) > 10, "several episodes, so the lanes and workers share them out"
+    for key, buffers in runs.items():
+        assert _fields(buffers) == first, f"workers, environments = {key}"
+
+
+def test_the_step_budget_is_exact_and_cuts_a_longer_run():
+    make = functools.partial(locomotion.make_env, "Hopper-v5")
+    policy = locomotion.random_policy("Hopper-v5")
+    longer = collect_episodes(make, policy, seed=7, steps=3000, n_envs=4, progress=False)
+    for steps in (1, 17, 1000, 2345):
+        episodes = collect_episodes(make, policy, seed=7, steps=steps, n_envs=5, progress=False)
+        assert sum(len(e["rewards"]) for e in episodes) == steps
+        for e in episodes:
+            assert len(e["observations"]) == len(e["actions"]) + 1
+            assert e["terminations"][-1] or e["truncations"][-1], "every episode ends"
+            assert not (e["terminations"][:-1].any() or e["truncations"][:-1].any())
+        for e, full in zip(episodes[:-1], longer):  # whole episodes are the longer run's
+            for key in e:
+                np.testing.assert_array_equal(e[key], full[key])
+        last, full = episodes[-1], longer[len(episodes) - 1]
+        n = len(last["rewards"])
+        np.testing.assert_array_equal(last["observations"], full["observations"][:n + 1])
+        np.testing.assert_array_equal(last["actions"], full["actions"][:n])
+        if n < len(full["rewards"]):
+            assert last["truncations"][-1] and not last["terminations"][-1], "the cut episode is truncated"
+
+
+def test_worker_errors_are_raised_in_the_parent():
+    import torch
+
+    layer = lambda o, i: (torch.randn(o, i), torch.randn(o))
+    wrong = Actor([layer(8, 5)], layer(3, 8), layer(3, 8), -np.ones(3, np.float32), np.ones(3, np.float32))
+    make = functools.partial(locomotion.make_env, "Hopper-v5")
+    with RolloutWorkers(2) as pool:
+        with pytest.raises(RuntimeError, match=r"rollout worker \d failed: ValueError: observations must be"):
+            pool.collect(make, wrong.batch_policy(), seed=0, steps=100, n_envs=2, progress=False)
+        with pytest.raises(TypeError, match="picklable"):
+            pool.collect(lambda: make(), wrong.batch_policy(), seed=0, steps=100, progress=False)
+        episodes = pool.collect(make, locomotion.random_policy("Hopper-v5"), seed=0, steps=100, n_envs=2,
+                                progress=False)  # the pool still works after an error
+    assert sum(len(e["rewards"]) for e in episodes) == 100

@@ -6,6 +6,14 @@ actor: an MLP with ReLU, then a mean head and a log-std head (clamped to [-20, 2
 is tanh of the mean (`deterministic`) or of a draw from the Gaussian (SAC's own exploration),
 scaled to the action space. Only torch is needed to act; stable-baselines3 is needed only to
 train (`scripts/train_policies.py`).
+
+A row's action does not depend on the batch it comes in: `Actor.act` evaluates the network on
+blocks of exactly `BLOCK` rows (the last one padded), so every matrix product has one shape, and
+the elementwise functions run on whole blocks. Matrix-product kernels pick their blocking and
+reduction order by shape; with one shape and one thread a row's result is a function of that
+row alone (checked by tests/test_locomotion.py for every row position). That is what makes a
+rollout's data independent of the number of environments stepped together and of the worker
+process that ran an episode.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tt.io import atomic_write, read_json
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+BLOCK = 8  # rows per network evaluation: one shape for every call
 
 
 @dataclass
@@ -40,31 +49,43 @@ class Actor:
     def action_dim(self) -> int:
         return self.mu[0].shape[0]
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """Actions [B, A] for observations [B, O]: the mean action, or with standard-normal `noise`
-        [B, A] a draw from the policy's Gaussian (SAC's exploration), squashed and scaled."""
+        [B, A] a draw from the policy's Gaussian (SAC's exploration), squashed and scaled. Row i
+        of the result depends on row i of the inputs alone (blocks of `BLOCK` rows)."""
         obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim != 2 or obs.shape[1] != self.observation_dim:
             raise ValueError(f"observations must be [B, {self.observation_dim}], got {list(obs.shape)}")
-        x = torch.from_numpy(obs)
+        n = len(obs)
+        if noise is not None and noise.shape != (n, self.action_dim):
+            raise ValueError(f"noise must be {[n, self.action_dim]}, got {list(noise.shape)}")
+        out = np.empty((n, self.action_dim), dtype=np.float32)
+        for start in range(0, n, BLOCK):
+            stop = min(start + BLOCK, n)
+            out[start:stop] = self._act_block(obs[start:stop], None if noise is None else noise[start:stop])
+        return out
+
+    @torch.no_grad()
+    def _act_block(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+        """`act` for at most `BLOCK` rows, zero-padded to `BLOCK` in fresh (aligned) buffers."""
+        n = len(obs)
+        x = torch.zeros(BLOCK, self.observation_dim)
+        x[:n] = torch.from_numpy(obs)
         for weight, bias in self.hidden:
             x = torch.relu(torch.nn.functional.linear(x, weight, bias))
         mean = torch.nn.functional.linear(x, *self.mu).numpy()
         if noise is not None:
-            if noise.shape != mean.shape:
-                raise ValueError(f"noise must be {list(mean.shape)}, got {list(noise.shape)}")
+            padded = np.zeros((BLOCK, self.action_dim), dtype=np.float32)
+            padded[:n] = noise
             log_std = torch.nn.functional.linear(x, *self.log_std).clamp(LOG_STD_MIN, LOG_STD_MAX).numpy()
-            mean = mean + np.exp(log_std) * noise
+            mean = mean + np.exp(log_std) * padded
         squashed = np.tanh(mean)
-        return (self.low + (squashed + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
+        return (self.low + (squashed[:n] + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
 
-    def batch_policy(self, deterministic: bool = False):
-        """A `tt.envs.rollouts.BatchPolicy`: each row's noise from its episode's own generator."""
-        if deterministic:
-            return lambda obs, rngs: self.act(obs)
-        return lambda obs, rngs: self.act(obs, np.stack([g.standard_normal(self.action_dim, dtype=np.float32)
-                                                         for g in rngs]))
+    def batch_policy(self, deterministic: bool = False) -> ActorPolicy:
+        """A `tt.envs.rollouts.BatchPolicy` (picklable, for worker processes): each row's noise from
+        its episode's own generator."""
+        return ActorPolicy(self, deterministic)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -103,6 +124,20 @@ class Actor:
         params = lambda m: (m.weight.detach().cpu().clone(), m.bias.detach().cpu().clone())
         return cls([params(m) for m in linears], params(actor.mu), params(actor.log_std),
                    np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32))
+
+
+@dataclass
+class ActorPolicy:
+    """`Actor.batch_policy`: actions for a batch of episodes, row i's noise drawn from `rngs[i]`."""
+
+    actor: Actor
+    deterministic: bool = False
+
+    def __call__(self, obs: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+        if self.deterministic:
+            return self.actor.act(obs)
+        noise = np.stack([g.standard_normal(self.actor.action_dim, dtype=np.float32) for g in rngs])
+        return self.actor.act(obs, noise)
 
 
 def save_actor(path: str, actor: Actor, card: dict | None = None) -> None:

@@ -17,20 +17,23 @@ so `minari.get_normalized_score` gives D4RL's scale.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
 import sys
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
 from tt.envs.actor import Actor, load_actor, load_card
-from tt.envs.rollouts import BatchPolicy, as_buffers, collect_episodes
+from tt.envs.rollouts import BatchPolicy, RolloutWorkers, as_buffers, default_workers
 
 ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 VARIANTS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 DEFAULT_STEPS = {"medium-expert": 2_000_000}  # D4RL: 1M steps, medium-expert the two 1M sets together
+MIN_STEPS_PER_WORKER = 10_000  # below this, starting worker processes costs more than it saves
 POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
 
 
@@ -73,9 +76,20 @@ def replay_names(task: str) -> list[str]:
     return [f"replay-{i}" for i in indices]
 
 
+@dataclass
+class UniformPolicy:
+    """Uniformly random actions in [low, high] (a `BatchPolicy`, picklable for worker processes)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __call__(self, obs: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+        return np.stack([g.uniform(self.low, self.high) for g in rngs]).astype(np.float32)
+
+
 def random_policy(env_id: str) -> BatchPolicy:
     space = make_env(env_id).action_space
-    return lambda obs, rngs: np.stack([g.uniform(space.low, space.high) for g in rngs]).astype(np.float32)
+    return UniformPolicy(space.low, space.high)
 
 
 def sources(task: str, variant: str, steps: int) -> list[tuple[str, BatchPolicy, int]]:
@@ -96,17 +110,24 @@ def reference_scores(task: str) -> dict:
     return {"ref_min_score": float(card["reference_random_return"]), "ref_max_score": float(card["return_mean"])}
 
 
-def generate(task: str, variant: str, steps: int | None, seed: int, progress: bool,
-             n_envs: int = 16) -> tuple[list, dict]:
-    """Episodes (Minari buffers) of a locomotion variant, exactly `steps` steps, and its metadata."""
+def generate(task: str, variant: str, steps: int | None, seed: int, progress: bool, n_envs: int = 16,
+             workers: int | None = None) -> tuple[list, dict]:
+    """Episodes (Minari buffers) of a locomotion variant, exactly `steps` steps, and its metadata.
+
+    `workers` processes step the `n_envs` environments (default: `default_workers()`, one for small
+    data sets); the data are the same for any number of either.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     steps = steps or DEFAULT_STEPS.get(variant, 1_000_000)
+    if workers is None:
+        workers = max(1, min(default_workers(), steps // MIN_STEPS_PER_WORKER))
     env_id = ENV_IDS[task]
     meta = {**reference_scores(task), "algorithm_name": f"SAC-{variant}"}
     buffers = []
-    for j, (name, policy, share) in enumerate(sources(task, variant, steps)):
-        episodes = collect_episodes(lambda: make_env(env_id), policy, seed=(seed * 16 + j) * 1_000_000, steps=share,
-                                    n_envs=n_envs, desc=f"{task}-{variant} ({name})", progress=progress)
-        buffers += as_buffers(episodes, first_id=len(buffers))
+    with RolloutWorkers(workers, preload=("gymnasium.envs.mujoco",)) as pool:
+        for j, (name, policy, share) in enumerate(sources(task, variant, steps)):
+            episodes = pool.collect(functools.partial(make_env, env_id), policy, seed=(seed * 16 + j) * 1_000_000,
+                                    steps=share, n_envs=n_envs, desc=f"{task}-{variant} ({name})", progress=progress)
+            buffers += as_buffers(episodes, first_id=len(buffers))
     return buffers, meta
