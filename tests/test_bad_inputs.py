@@ -84,6 +84,8 @@ BAD_INPUTS = [
     bad("data-make-episodes-0", "data", "make", "pendulum-medium", "--episodes", "0", error="--episodes: must be >= 1"),
     bad("data-make-steps-negative", "data", "make", "hopper-medium", "--steps", "-5", error="--steps: must be >= 1"),
     bad("train-steps-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--steps", "0", error="--steps: must"),
+    bad("train-discretizer", "train", "--dataset", "pendulum-medium", "--out", "r", "--discretizer", "median",
+        error="invalid choice: 'median'"),
     bad("train-batch-size-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--batch-size", "0",
         error="--batch-size: must be >= 1"),
     bad("train-epochs-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--epochs", "0",

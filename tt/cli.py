@@ -32,7 +32,8 @@ def cmd_train(args) -> None:
     from tt.train import make_config, train
 
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
-                     epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every)
+                     epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
+                     discretizer=args.discretizer)
     cfg = make_config(args.preset, **overrides)
     if args.download:
         from tt.data import load_dataset
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--seed", type=int)
     train.add_argument("--save-every", type=positive_int, help="optimizer steps between checkpoints")
+    train.add_argument("--discretizer", choices=("quantile", "uniform"),
+                       help="bins: quantile (the authors', default) or uniform (for data piled on bounds, such "
+                            "as saturated actions, which quantile bins merge with their neighbours)")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")

@@ -132,7 +132,7 @@ def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tu
 # it reports, not what a step computes.
 RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
 FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
-         "seed": "--seed", "device": "--device"}
+         "seed": "--seed", "device": "--device", "discretizer": "--discretizer"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
