@@ -88,3 +88,16 @@ def record(benchmark, timings: Timings, group: str, name: str, bytes_moved: int 
             timings.bytes_moved.setdefault(group, {})[name] = bytes_moved
         if flops is not None:
             timings.flops.setdefault(group, {})[name] = flops
+
+
+def time_graph_plans(benchmark, model, discretizer, config, prefix) -> None:
+    """Benchmark `PlanGraphs` replaying one plan from `prefix` (captured first; CUDA only)."""
+    from tt.planner import PlanGraphs
+    from tt.rng import Philox
+
+    device = prefix.device
+    graphs = PlanGraphs(model, discretizer, config, Philox(0, device))
+    graphs.plan(prefix[None].cpu())  # captures (this first plan runs eagerly)
+    assert graphs.failed is None and graphs.layouts == 1
+    benchmark.pedantic(lambda: (graphs.plan(prefix[None].cpu()), torch.cuda.synchronize()), rounds=10,
+                       iterations=1, warmup_rounds=1)

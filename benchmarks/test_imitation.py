@@ -5,11 +5,10 @@ replayed as a CUDA graph. Beam 64, horizon 5, context 5 (TT_BENCH_SIZE=small: be
 
 import pytest
 import torch
-from common import DEVICES, SMALL, hopper, record
+from common import DEVICES, SMALL, hopper, record, time_graph_plans
 
 from tt import reference
-from tt.planner import PlanConfig, PlanGraphs, beam_plan
-from tt.rng import Philox
+from tt.planner import PlanConfig, beam_plan
 
 BEAM, HORIZON = (8, 2) if SMALL else (64, 5)
 
@@ -35,11 +34,7 @@ def test_likelihood_plan(benchmark, timings, hopper_plan, planner):
         benchmark.pedantic(run, rounds=1 if device.type == "cpu" and not SMALL else 3, iterations=1,
                            warmup_rounds=1 if device.type == "cuda" else 0)
     elif "graph" in planner:
-        graphs = PlanGraphs(model, discretizer, config, Philox(0, device))
-        graphs.plan(prefix[None].cpu())  # captures (this first plan runs eagerly)
-        assert graphs.failed is None and graphs.layouts == 1
-        run = lambda: (graphs.plan(prefix[None].cpu()), sync())
-        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+        time_graph_plans(benchmark, model, discretizer, config, prefix)
     else:
         cache = model.setup_cache(BEAM, model.config.block_size)
         run = lambda: (beam_plan(model, prefix[None], discretizer, config, cache=cache), sync())

@@ -9,10 +9,10 @@ import copy
 
 import pytest
 import torch
-from common import DEVICES, SMALL, hopper, record
+from common import DEVICES, SMALL, hopper, record, time_graph_plans
 
 from tt import reference
-from tt.planner import PlanConfig, PlanGraphs, beam_plan
+from tt.planner import PlanConfig, beam_plan
 from tt.rng import Philox
 
 SETTINGS = [(8, 3)] if SMALL else [(32, 5), (128, 15)]  # (beam width, horizon)
@@ -45,11 +45,7 @@ def test_plan(benchmark, timings, monkeypatch, hopper_plan, planner, beam, horiz
         rounds = 1 if beam * horizon > 1000 else 3  # the authors' algorithm takes ~40 s at beam 128 / horizon 15
         benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if device.type == "cuda" else 0)
     elif "graph" in planner:
-        graphs = PlanGraphs(model, discretizer, config, Philox(0, device))
-        graphs.plan(prefix[None].cpu())  # captures (this first plan runs eagerly)
-        assert graphs.failed is None and graphs.layouts == 1
-        run = lambda: (graphs.plan(prefix[None].cpu()), sync())
-        benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+        time_graph_plans(benchmark, model, discretizer, config, prefix)
     else:
         cache = model.setup_cache(2 * beam, model.config.block_size)
         run = lambda: (beam_plan(model, prefix[None], discretizer, config, Philox(0, device), cache), sync())

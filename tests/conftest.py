@@ -28,3 +28,14 @@ def inverted_pendulum_medium():
     from tt.envs import make_dataset
 
     return make_dataset("invertedpendulum-medium", episodes=8, seed=0, progress=False)
+
+
+@pytest.fixture(params=["compiled", "reference"])
+def backend(request, monkeypatch):
+    """Run a test on tt._C's ops ("compiled", skipped where it is not built) and on the reference."""
+    from tt import ops
+
+    if request.param == "compiled" and not ops._compiled_library():
+        pytest.skip("tt._C is not built")
+    monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
+    return request.param

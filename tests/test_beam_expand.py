@@ -19,14 +19,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not HAS_C, reas
 nan, inf = float("nan"), float("inf")
 
 
-@pytest.fixture(params=["compiled", "reference"])
-def backend(request, monkeypatch):
-    if request.param == "compiled" and not HAS_C:
-        pytest.skip("tt._C is not built")
-    monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
-    return request.param
-
-
 def inputs(B: int, W: int, V: int, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scores [B, W] and logp [B*W, V] (float32) of one kind:
     plain: cumulative log-probs and log-softmax rows, as the search makes them;

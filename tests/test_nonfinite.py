@@ -13,15 +13,8 @@ from tt import ops, reference
 from tt.rng import Philox
 
 HAS_C = ops._compiled_library()
-BACKENDS = ["reference", pytest.param("compiled", marks=pytest.mark.skipif(not HAS_C, reason="tt._C is not built"))]
 
 nan, inf = float("nan"), float("inf")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.setenv("TT_BACKEND", "reference" if request.param == "reference" else "")
-    return request.param
 
 
 def draws(row: list[float], n: int = 64, dtype=torch.float32, **filters) -> set[int]:

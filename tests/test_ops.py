@@ -15,14 +15,6 @@ HAS_C = ops._compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
 
 
-@pytest.fixture(params=["compiled", "reference"])
-def backend(request, monkeypatch):
-    if request.param == "compiled" and not HAS_C:
-        pytest.skip("tt._C is not built")
-    monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
-    return request.param
-
-
 def filtered_probs(logits, temperature, top_k, cdf):
     """Independent numpy statement of the sampling distribution: temperature, cdf, top-k, softmax."""
     z = np.asarray(logits, dtype=np.float64) / temperature
