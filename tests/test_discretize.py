@@ -100,3 +100,25 @@ def test_save_load_round_trip(tmp_path):
     disc = Discretizer.fit(np.random.default_rng(1).normal(size=(300, 6)), 30)
     disc.save(str(tmp_path / "d.safetensors"))
     np.testing.assert_array_equal(Discretizer.load(str(tmp_path / "d.safetensors")).thresholds, disc.thresholds)
+
+
+def test_actions_can_take_their_own_bins():
+    """Saturated actions (a point mass at -2): quantile bins merge it with its neighbours, so its
+    token stands for a midpoint far inside the range; uniform action bins keep it near -2, while the
+    other dimensions keep their quantile bins."""
+    from types import SimpleNamespace
+
+    from tt.train import TrainConfig, fit_discretizer
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    obs = rng.normal(size=(n, 2))
+    action = np.where(rng.random(n) < 0.3, -2.0, rng.uniform(-0.5, 2.0, n))
+    joined = np.column_stack([obs, action, rng.normal(size=(n, 2))])
+    data = SimpleNamespace(joined=joined, observation_dim=2, action_dim=1)
+    quantile = fit_discretizer(data, TrainConfig(n_bins=20))
+    mixed = fit_discretizer(data, TrainConfig(n_bins=20, action_discretizer="uniform"))
+    minus_two = np.array([[0.0, 0.0, -2.0, 0.0, 0.0]])
+    assert quantile.reconstruct(quantile.discretize(minus_two))[0, 2] > -1.5
+    assert mixed.reconstruct(mixed.discretize(minus_two))[0, 2] == pytest.approx(-2.0 + 4.0 / 40, abs=1e-3)
+    np.testing.assert_array_equal(mixed.thresholds[:, [0, 1, 3, 4]], quantile.thresholds[:, [0, 1, 3, 4]])

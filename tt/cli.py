@@ -33,7 +33,7 @@ def cmd_train(args) -> None:
 
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
                      epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
-                     discretizer=args.discretizer)
+                     discretizer=args.discretizer, action_discretizer=args.action_discretizer)
     cfg = make_config(args.preset, **overrides)
     if args.download:
         from tt.data import load_dataset
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--discretizer", choices=("quantile", "uniform"),
                        help="bins: quantile (the authors', default) or uniform (for data piled on bounds, such "
                             "as saturated actions, which quantile bins merge with their neighbours)")
+    train.add_argument("--action-discretizer", choices=("quantile", "uniform"),
+                       help="the actions' bins, when not --discretizer's (uniform for saturated actions, "
+                            "quantile for the rest)")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")

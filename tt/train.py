@@ -32,6 +32,7 @@ class TrainConfig:
     dataset: str = "pendulum-medium"
     n_bins: int = 100
     discretizer: str = "quantile"
+    action_discretizer: str | None = None  # the actions' bins, when not `discretizer`'s (e.g. saturated actions)
     discount: float = 0.99
     termination_penalty: float | None = -100.0
     n_transitions: int = 10
@@ -115,12 +116,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def fit_discretizer(trajectories: Trajectories, cfg: TrainConfig) -> Discretizer:
+    """`cfg.discretizer`'s bins for every dimension, the actions' from `cfg.action_discretizer` if set.
+
+    Quantile bins merge a point mass at a bound (actions saturated at their limit) with the values
+    next to it: -2 and everything up to -0.35 in one bin whose midpoint, -1.2, is what the planner
+    then acts with. Uniform bins keep the bound's own bin."""
+    joined = trajectories.joined
+    discretizer = Discretizer.fit(joined, cfg.n_bins, cfg.discretizer)
+    if cfg.action_discretizer in (None, cfg.discretizer):
+        return discretizer
+    actions = slice(trajectories.observation_dim, trajectories.observation_dim + trajectories.action_dim)
+    thresholds = discretizer.thresholds.copy()
+    thresholds[:, actions] = Discretizer.fit(joined[:, actions], cfg.n_bins, cfg.action_discretizer).thresholds
+    return Discretizer(thresholds)
+
+
 def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tuple[Trajectories, Discretizer, dict]:
     """The data set's trajectories, the discretizer (fitted on them unless one is given) and a summary."""
     dataset = load_dataset(cfg.dataset)
     trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
     if discretizer is None:
-        discretizer = Discretizer.fit(trajectories.joined, cfg.n_bins, cfg.discretizer)
+        discretizer = fit_discretizer(trajectories, cfg)
     info = {"dataset_id": dataset.spec.dataset_id, "observation_dim": trajectories.observation_dim,
             "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
             "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
@@ -132,7 +149,8 @@ def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tu
 # it reports, not what a step computes.
 RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
 FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
-         "seed": "--seed", "device": "--device", "discretizer": "--discretizer"}
+         "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
+         "action_discretizer": "--action-discretizer"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
