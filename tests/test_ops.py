@@ -425,3 +425,18 @@ def test_resolve_device_names_what_is_missing():
         ops.resolve_device("cuda:99")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         ops.resolve_device("gpu")
+
+
+@needs_c
+def test_a_library_built_from_other_sources_is_detected():
+    """tt._C from older sources (an op missing, or other arguments) is named, so `_compiled_library`
+    falls back to the reference ops with a warning instead of failing inside a call."""
+    assert ops.stale_ops() == []
+
+    def old_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, q_slot, transition_dim, key_start, out):
+        return None
+
+    problems = ops.stale_ops({"decode_attention": old_decode_attention, "not_an_op": old_decode_attention})
+    assert len(problems) == 2
+    assert problems[0].startswith("tt::decode_attention takes (q, k, v, prefix_k, prefix_v, group_rows, prefix_rows")
+    assert problems[1] == "tt::not_an_op is missing"

@@ -9,6 +9,7 @@ pick a backend by device and availability. The compiled ops come from the extens
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 import os
@@ -55,41 +56,70 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _fake_sample_next(logits, temperature, top_k, cdf, midpoints, rng_state, tokens, expectation):
+    return None
+
+
+def _fake_beam_select(scores, k, group, terms, tokens, values, indices, rows, terms_out, tokens_out):
+    return None
+
+
+def _fake_beam_expand(scores, logp, k, values, parents, tokens):
+    return None
+
+
+def _fake_philox_uniform(seed, offset, out):
+    return None
+
+
+def _fake_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start,
+                           out):
+    return None
+
+
+def _fake_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows,
+                        transition_dim, key_start):
+    return torch.empty_like(x)
+
+
+# Each op's fake (meta) implementation; its parameters are the op's schema as this Python code calls it.
+FAKES = {"sample_next": _fake_sample_next, "beam_select": _fake_beam_select, "beam_expand": _fake_beam_expand,
+         "philox_uniform": _fake_philox_uniform, "decode_attention": _fake_decode_attention,
+         "decode_layers": _fake_decode_layers}
+
+
+def stale_ops(fakes: dict = FAKES) -> list[str]:
+    """The ops that tt._C lacks or registers with other arguments than `fakes` say (a library built
+    from older sources than the Python code), as readable lines."""
+    problems = []
+    for name, fake in fakes.items():
+        if not hasattr(torch.ops.tt, name):
+            problems.append(f"tt::{name} is missing")
+            continue
+        have = [a.name for a in getattr(torch.ops.tt, name).default._schema.arguments]
+        want = list(inspect.signature(fake).parameters)
+        if have != want:
+            problems.append(f"tt::{name} takes ({', '.join(have)}), the Python code passes ({', '.join(want)})")
+    return problems
+
+
 @functools.cache
 def _compiled_library() -> bool:
-    """Load tt._C (registers torch.ops.tt.*) and its fake implementations; False if it is missing."""
+    """Load tt._C (registers torch.ops.tt.*) and its fake implementations; False (the PyTorch
+    reference ops) if it is missing or was built from other sources than this Python code."""
     try:
         import tt._C  # noqa: F401
     except ImportError as e:
         warnings.warn(f"tt._C is not built ({e}); using the PyTorch reference ops. "
                       "Reinstall with `pip install -e . --no-build-isolation` to build them.", stacklevel=3)
         return False
-
-    @torch.library.register_fake("tt::sample_next")
-    def _(logits, temperature, top_k, cdf, midpoints, rng_state, tokens, expectation):
-        return None
-
-    @torch.library.register_fake("tt::beam_select")
-    def _(scores, k, group, terms, tokens, values, indices, rows, terms_out, tokens_out):
-        return None
-
-    @torch.library.register_fake("tt::beam_expand")
-    def _(scores, logp, k, values, parents, tokens):
-        return None
-
-    @torch.library.register_fake("tt::philox_uniform")
-    def _(seed, offset, out):
-        return None
-
-    @torch.library.register_fake("tt::decode_attention")
-    def _(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start, out):
-        return None
-
-    @torch.library.register_fake("tt::decode_layers")
-    def _(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows, transition_dim,
-          key_start):
-        return torch.empty_like(x)
-
+    problems = stale_ops()
+    if problems:
+        warnings.warn(f"tt._C is out of date ({'; '.join(problems)}); using the PyTorch reference ops. "
+                      "Rebuild it with `pip install -e . --no-build-isolation`.", stacklevel=3)
+        return False
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"tt::{name}")(fake)
     return True
 
 
