@@ -113,6 +113,13 @@ def check_prefix(model: TrajectoryTransformer, prefix: torch.Tensor) -> list[int
     return pad.all(-1).sum(-1).tolist()
 
 
+def search_rows(config: PlanConfig, n_plans: int) -> int:
+    """Rows of the KV cache a search of `n_plans` plans uses: every beam's E expansion copies for the
+    return objective, one row per beam for the likelihood objective."""
+    copies = config.n_expand if config.objective == "return" else 1
+    return copies * n_plans * config.beam_width
+
+
 class _Search:
     """A batched search, prepared: its constants and the tensors it reads its inputs from (prefix
     tokens, padding). `run` does device work only, with no host synchronization, so a CUDA graph
@@ -128,14 +135,13 @@ class _Search:
         device = prefix.device
         self.B, L = prefix.shape
         self.W, self.E = config.beam_width, config.n_expand
-        self.copies = self.E if config.objective == "return" else 1  # rows per beam while a token is chosen
         self.n_ctx = (L - self.O) // self.T  # context transitions of the longest prefix
         self.prefix = prefix
         self.pad = torch.tensor(pad_transitions, device=device)  # padding transitions per plan
         self.padded = any(pad_transitions)  # fixed for this search: rows pass key_start or never do
         # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
         self.keep = min(config.max_context_transitions or c.n_transitions, c.n_transitions)
-        rows = self.copies * self.B * self.W
+        rows = search_rows(config, self.B)
         max_len = c.block_size if config.window == "cached" else self.keep * self.T
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             cache = model.setup_cache(rows, max_len)
@@ -197,14 +203,14 @@ class _Search:
 
     def open_plans(self) -> torch.Tensor:
         """Encode each plan's window up to its current observation once, make its context the prefix
-        its rows share, and copy its observation to its `copies * W` rows; logits `[B, N+1]`."""
+        its rows share, and copy its observation to all its rows (`search_rows`); logits `[B, N+1]`."""
         T, O, W, B, K = self.T, self.O, self.W, self.B, self.model.config.n_transitions
+        copies = search_rows(self.config, B) // (B * W)  # of each beam
         u = self.n_ctx
         first = max(0, u - (self.keep if self.config.window == "exact" else K) + 1)
         logits = self.prefill(self.hist[::W, first * T : u * T + O], first)
         self.cache.share((u - first) * T, groups=B, group_rows=W)
-        rows = torch.arange(B, device=logits.device).repeat_interleave(W).repeat(self.copies)
-        self.cache.gather_rows(rows, self.filled)
+        self.cache.gather_rows(torch.arange(B, device=logits.device).repeat_interleave(W).repeat(copies), self.filled)
         return logits
 
     def window_moves(self, u: int) -> bool:
@@ -285,7 +291,8 @@ class _Search:
         filters += [(config.k_rew, config.cdf_rew)] * 2
         device = self.prefix.device
         plan_rows = torch.arange(B, device=device)[:, None] * W
-        self.ancestors = torch.arange(B * W, device=device)
+        self.identity = torch.arange(B * W, device=device)
+        self.ancestors = self.identity.clone()
         logits = self.open_plans().repeat_interleave(W, 0)
         self.anchor()
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # as log_probs returns
@@ -317,7 +324,7 @@ class _Search:
         later tokens read (through `ancestors`, once beams re-rank)."""
         rows = self.B * self.W
         self.cache.materialize_prefix(rows)
-        self.ancestors.copy_(torch.arange(rows, device=self.ancestors.device))
+        self.ancestors.copy_(self.identity)
         self.cache.share(self.filled - self.filled % self.T, groups=rows, rows=self.ancestors)
 
     def follow(self, src: torch.Tensor) -> None:
@@ -583,7 +590,7 @@ class Planner:
         prefixes = [torch.from_numpy(np.concatenate(self._context[i] + [obs_tokens[k]])) for k, i in enumerate(envs)]
         config = self.config
         prefix = pad_prefixes(prefixes, self.T)
-        rows = config.n_expand * len(envs) * config.beam_width
+        rows = search_rows(config, len(envs))
         length = self.model.config.block_size
         if self._cache is None or self._cache.max_rows < rows:
             self._cache = self.model.setup_cache(rows, length)
