@@ -80,3 +80,14 @@ def test_planner_acts_with_the_likelihood_objective():
 def test_objective_is_checked():
     with pytest.raises(ValueError, match="objective must be 'return' or 'likelihood'"):
         PlanConfig(objective="reward")
+
+
+def test_lineages_encode_each_history_once():
+    """`ops.lineages` (CPU): one representative per distinct lineage, each row mapped to its own."""
+    from tt import ops
+
+    lineage = torch.tensor([5, 3, 5, 9, 3, 3, 0, 9])
+    representatives, table = ops.lineages(lineage)
+    assert len(representatives) == 4 and table.shape == lineage.shape
+    assert torch.equal(lineage[representatives][table], lineage)
+    assert len(set(lineage[representatives].tolist())) == 4

@@ -442,6 +442,19 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
     return reference.log_probs(logits, temperature, top_k, cdf)
 
 
+def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows that share a history, encoded once: `lineage [R]` (equal values: equal history) to one
+    representative row per lineage `[D]` and each row's lineage `[R]` in [0, D). On CPU the D
+    distinct lineages; elsewhere every row its own (a fixed shape: no host synchronization, so a
+    CUDA graph can capture it)."""
+    rows = torch.arange(len(lineage), device=lineage.device)
+    if lineage.device.type != "cpu":
+        return rows, rows
+    distinct, table = torch.unique(lineage, return_inverse=True)
+    representatives = torch.empty(len(distinct), dtype=torch.long).scatter_(0, table, rows)
+    return representatives, table
+
+
 def beam_expand(scores: torch.Tensor, logp: torch.Tensor, k: int):
     """The likelihood search's batched top-k (see `reference.beam_expand`, the same on every backend):
     candidate `c = w * V + v` of plan b scores `scores[b, w] + logp[b * W + w, v]` (float32); per plan

@@ -173,25 +173,39 @@ class _Search:
             self._key_start[key] = start.repeat_interleave(n_rows_per_plan).repeat(blocks)
         return self._key_start[key]
 
-    def prefill(self, tokens: torch.Tensor, first: int) -> torch.Tensor:
-        """Encode `tokens [rows, n]` (history from transition `first` on) as a fresh window."""
+    def prefill(self, tokens: torch.Tensor, first: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode `tokens [rows, n]` (history from transition `first` on) as a fresh window: the
+        plans' rows (`[B, n]` each), or the search's rows `rows`."""
         self.set_window(first)
         self.cache.share(0)
         self.filled = tokens.shape[1]
-        return self.model.prefill(tokens, self.cache, self.key_start(len(tokens) // self.B))
+        if rows is None:
+            key_start = self.key_start(len(tokens) // self.B)
+        else:
+            key_start = None if not self.padded else self.key_start(self.W)[rows]
+        return self.model.prefill(tokens, self.cache, key_start)
 
-    def reencode(self, first: int, end: int) -> torch.Tensor:
+    def reencode(self, first: int, end: int, shared_until: int | None = None,
+                 lineage: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the survivors' transitions [first, end) as a fresh window; logits of its last token.
-        The plan's context transitions in it are the same in every row of a plan: they are encoded
-        once per plan and shared, and only the planned transitions once per row."""
+        Rows share their tokens before transition `shared_until` with the other rows of their
+        plan (by default: the plan's context), or, given `lineage [B*W]`, with the rows of equal
+        lineage (the likelihood search: the beam each descends from at the last anchor). That part
+        of the window is encoded once per plan or lineage and read by its rows as a shared prefix;
+        the rest once per row."""
         T, W = self.T, self.W
-        context = self.n_ctx - first  # context transitions in the window (end > n_ctx: one is planned)
-        if context <= 0:
+        split = min(max(self.n_ctx if shared_until is None else shared_until, first), end)
+        if split == first:  # nothing shared
             return self.prefill(self.hist[:, first * T : end * T], first)
-        self.prefill(self.hist[::W, first * T : self.n_ctx * T], first)
-        self.cache.share(context * T, groups=self.B, group_rows=W)
-        tokens = self.hist[:, self.n_ctx * T : end * T]
-        logits = self.model.step(tokens, self.cache, context * T, self.key_start(W), last_only=True)
+        if lineage is None:  # a plan's rows: row p * W represents plan p
+            self.prefill(self.hist[::W, first * T : split * T], first)
+            self.cache.share((split - first) * T, groups=self.B, group_rows=W)
+        else:
+            representatives, table = ops.lineages(lineage)
+            self.prefill(self.hist[representatives, first * T : split * T], first, representatives)
+            self.cache.share((split - first) * T, groups=len(representatives), rows=table)
+        tokens = self.hist[:, split * T : end * T]
+        logits = self.model.step(tokens, self.cache, (split - first) * T, self.key_start(W), last_only=True)
         self.filled = (end - first) * T
         return logits
 
@@ -309,8 +323,9 @@ class _Search:
             if position + 1 == end:
                 break
             u, new_transition = (position + 1) // T, (position + 1) % T == 0
-            if new_transition and self.window_moves(u):
-                logits = self.reencode(max(0, u - self.keep + 1), u)  # a new window: anchor it
+            if new_transition and self.window_moves(u):  # a new window (then anchored): rows of one
+                # lineage share everything before the transition just planned
+                logits = self.reencode(max(0, u - self.keep + 1), u, shared_until=u - 1, lineage=self.ancestors)
                 self.anchor()
                 continue
             self.follow(src)
