@@ -1,7 +1,10 @@
 """The pendulums: Pendulum-v1 and MuJoCo InvertedPendulum-v5 with scripted experts.
 
-Variants: `expert` (the controller), `medium` (the controller with action noise and random
-actions mixed in) and `mixed` (medium episodes plus random-policy episodes).
+Variants: `expert` (the controller with a little Gaussian action noise, as D4RL's expert data come
+from a stochastic policy: without it the data hold no state off the controller's own path, and
+an imitator's first error leaves everything it has seen), `medium` (more action noise and random
+actions mixed in) and `mixed` (medium episodes plus random-policy episodes). Reference scores
+come from the noiseless controller.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class ScriptedTask:
     noise: float  # std of Gaussian action noise in `medium`, in units of the action range / 2
     random_prob: float  # probability of a uniformly random action in `medium`
     episodes: int  # default number of episodes per variant
+    expert_noise: float = 0.2  # std of the action noise in `expert`, same units (returns as the controller's)
 
 
 TASKS: dict[str, ScriptedTask] = {
@@ -98,14 +102,18 @@ def policies(task: ScriptedTask, env: gym.Env) -> dict[str, Policy]:
     low, high = env.action_space.low, env.action_space.high
     scale = (high - low) / 2.0
 
-    def noisy(obs, rng):
-        if rng.random() < task.random_prob:
-            return rng.uniform(low, high)
-        return np.clip(expert(obs) + rng.normal(0.0, task.noise, size=low.shape) * scale, low, high)
+    def noisy(noise: float, random_prob: float) -> Policy:
+        def act(obs, rng):
+            if rng.random() < random_prob:
+                return rng.uniform(low, high)
+            return np.clip(expert(obs) + rng.normal(0.0, noise, size=low.shape) * scale, low, high)
+
+        return act
 
     return {
-        "expert": lambda obs, rng: expert(obs),
-        "medium": noisy,
+        "controller": lambda obs, rng: expert(obs),
+        "expert": noisy(task.expert_noise, 0.0),
+        "medium": noisy(task.noise, task.random_prob),
         "random": lambda obs, rng: rng.uniform(low, high),
     }
 
@@ -132,6 +140,6 @@ def generate(task_name: str, variant: str, episodes: int | None, seed: int, prog
 
     ref_rng = np.random.default_rng(10_000 + seed)  # reference scores from separate seeds
     ref = {k: float(np.mean([sum(rollout(env, pols[k], seed=1_000_000 + i, rng=ref_rng)["rewards"])
-                             for i in range(10)])) for k in ("random", "expert")}
-    return buffers, {"ref_min_score": ref["random"], "ref_max_score": ref["expert"],
+                             for i in range(10)])) for k in ("random", "controller")}
+    return buffers, {"ref_min_score": ref["random"], "ref_max_score": ref["controller"],
                      "algorithm_name": f"scripted-{variant}"}
