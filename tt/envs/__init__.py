@@ -3,23 +3,28 @@
     pendulum-*, invertedpendulum-*     scripted experts (tt.envs.pendulum), in seconds
     hopper-*, halfcheetah-*, walker2d-*  the paper's locomotion tasks from SAC policies that tt
                                         ships (tt.envs.locomotion), D4RL's variants and sizes
+    pointmaze-fourrooms                 a goal task: PointMaze on a four-rooms map, a scripted
+                                        waypoint controller driving to random goals (tt.envs.pointmaze)
 
-Each stores reference scores (random and expert returns), so `minari.get_normalized_score` works.
+Each stores reference scores (random and expert returns; the maze's 0 and 1 make its normalized score
+the success rate), so `minari.get_normalized_score` works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 
-from tt.envs import locomotion, pendulum
+from tt.envs import locomotion, pendulum, pointmaze
 from tt.io import atomic_write, swap_directory
 
 BUILTIN: dict[str, tuple[str, str]] = {  # short name -> (task, variant)
     **{f"{task}-{v}": (task, v) for task in pendulum.TASKS for v in pendulum.VARIANTS},
     **{f"{task}-{v}": (task, v) for task in locomotion.ENV_IDS for v in locomotion.VARIANTS},
+    **{f"pointmaze-{maze}": ("pointmaze", maze) for maze in pointmaze.TASKS},
 }
 
 
@@ -45,18 +50,22 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
                  progress: bool = True):
     """Generate the built-in data set `name` (e.g. `hopper-medium`) and return it as a MinariDataset.
 
-    Pendulums take a number of `episodes` per policy, locomotion tasks a number of `steps`.
+    Pendulums take a number of `episodes` per policy, the maze a number of `episodes`, locomotion
+    tasks a number of `steps`.
     """
     import minari
 
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(BUILTIN)}")
     task, variant = BUILTIN[name]
+    if (task in pendulum.TASKS or task == "pointmaze") and steps is not None:
+        raise ValueError(f"{name} is sized in episodes (--episodes), not steps")
     if task in pendulum.TASKS:
-        if steps is not None:
-            raise ValueError(f"{name} is sized in episodes (--episodes), not steps")
         buffers, meta = pendulum.generate(task, variant, episodes, seed, progress)
         source = "tt/envs/pendulum.py"
+    elif task == "pointmaze":
+        buffers, meta = pointmaze.generate(variant, episodes, seed, progress)
+        source = "tt/envs/pointmaze.py"
     else:
         if episodes is not None:
             raise ValueError(f"{name} is sized in steps (--steps), not episodes")
@@ -65,13 +74,15 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
         buffers, meta = locomotion.generate(task, variant, steps, seed, progress)
         source = "tt/envs/locomotion.py"
     dataset_id = dataset_id_of(name)
-    env_id = env_id_of(task)
-    _build_beside(dataset_id, lambda: minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env=env_id, eval_env=env_id,
-        algorithm_name=meta["algorithm_name"], author="tt", author_email="tt@localhost", code_permalink=source,
-        ref_min_score=meta["ref_min_score"], ref_max_score=meta["ref_max_score"],
-        description=f"tt built-in {variant} data for {env_id}, seed {seed}",
-    ))
+    env = pointmaze.env_spec(variant) if task == "pointmaze" else env_id_of(task)  # a spec: PointMaze, tt's map
+    env_id = env if isinstance(env, str) else env.id
+    with pointmaze.private_tempdir() if task == "pointmaze" else contextlib.nullcontext():  # Minari makes the env
+        _build_beside(dataset_id, lambda: minari.create_dataset_from_buffers(
+            dataset_id=dataset_id, buffer=buffers, env=env, eval_env=env,
+            algorithm_name=meta["algorithm_name"], author="tt", author_email="tt@localhost", code_permalink=source,
+            ref_min_score=meta["ref_min_score"], ref_max_score=meta["ref_max_score"],
+            description=f"tt built-in {variant} data for {env_id}, seed {seed}",
+        ))
     return minari.load_dataset(dataset_id)
 
 

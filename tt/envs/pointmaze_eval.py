@@ -1,0 +1,163 @@
+"""Goal reaching on a PointMaze: success over (start, goal) pairs in different rooms, and maps of
+the driven paths.
+
+    python -m tt.envs.pointmaze_eval --goals 50 --seed 0 --out DIR
+
+measures the data's controller (noiseless, and with the data's action noise) and a random policy
+on the same pairs and reset seeds, and writes DIR/controller.json and DIR/controller_paths.png.
+A goal-conditioned model is measured with `evaluate` on the same pairs (same `seed`), its paths
+drawn with `draw_paths`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tt.envs.pointmaze import Cell, Maze, Policy, make_env, maze_of, policies, rollout
+from tt.goal_data import SUCCESS_DISTANCE
+from tt.io import atomic_write, write_json
+from tt.progress import progress as progress_bar
+
+BASELINES = ("controller", "data", "random")
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The reset seed (PointMaze's +-0.25 m position noise of start and goal) of evaluation episode
+    `index`: every policy measured with one `seed` meets the same positions."""
+    return 1_000_000 * (seed + 1) + index
+
+
+def evaluate(make_policy: Callable[[], Policy], pairs: Sequence[tuple[Cell, Cell]], seed: int,
+             maze_name: str = "fourrooms", desc: str = "goals", progress: bool = True) -> dict:
+    """One episode per (start, goal) pair with a fresh policy from `make_policy` each; the success
+    rate (within PointMaze's 0.45 m before the time limit) with its standard error, the mean steps
+    of the successes, and per episode its cells, goal, success, steps and driven path [n, 2]."""
+    env = make_env(maze_name)
+    rng = np.random.default_rng(seed)
+    episodes = []
+    bar = progress_bar(len(pairs), desc, progress)
+    try:
+        for i, (start, goal) in enumerate(pairs):
+            ep = rollout(env, make_policy(), start, goal, episode_seed(seed, i), rng)
+            success = bool(ep["terminations"][-1])
+            episodes.append({"start": list(start), "goal": list(goal), "success": success,
+                             "steps": len(ep["rewards"]), "goal_xy": ep["observations"]["desired_goal"][0].tolist(),
+                             "path": ep["observations"]["observation"][:, :2]})
+            bar.update()
+            bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}", refresh=False)
+    finally:
+        bar.close()
+        env.close()
+    return summarize(episodes)
+
+
+def summarize(episodes: list[dict]) -> dict:
+    """Success rate, its standard error over episodes, and mean steps to the goal (successes only)."""
+    success = np.array([e["success"] for e in episodes], dtype=np.float64)
+    steps = [e["steps"] for e in episodes if e["success"]]
+    n = len(success)
+    return {"episodes": episodes, "n": n, "success_rate": float(success.mean()),
+            "se": float(np.sqrt(success.mean() * (1 - success.mean()) / max(n - 1, 1))),
+            "mean_steps_to_goal": float(np.mean(steps)) if steps else None}
+
+
+def draw_paths(target, maze: Maze, paths: Sequence[np.ndarray], goals: Sequence | np.ndarray | None = None,
+               starts: Sequence | np.ndarray | None = None, planned: Sequence[np.ndarray | None] | None = None,
+               reached: Sequence[bool] | None = None, title: str | None = None):
+    """Draw the maze's walls and, per episode, its driven path [n, 2] (solid), its planned path
+    (dashed, optional), its start (circle, default the path's first point) and goal (star, with
+    the success radius); an episode not `reached` ends in a cross.
+
+    `target` is a matplotlib Axes (returned) or a file path: a PNG written there (returned), from a
+    bare Figure, so pyplot and the caller's backend are left alone."""
+    if isinstance(target, (str, os.PathLike)):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5.5, 5.5))
+        draw_paths(fig.subplots(), maze, paths, goals, starts, planned, reached, title)
+        fig.tight_layout()
+        with atomic_write(os.fspath(target)) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        return target
+    from matplotlib.patches import Circle
+
+    ax = target
+    half_w, half_h = maze.cols * maze.scale / 2, maze.rows * maze.scale / 2
+    ax.imshow(maze.wall, cmap="Greys", vmin=0, vmax=1.4, extent=(-half_w, half_w, -half_h, half_h),
+              origin="upper", interpolation="nearest")
+    for i, path in enumerate(paths):
+        path = np.asarray(path, dtype=np.float64).reshape(-1, 2)
+        color = f"C{i % 10}"
+        ax.plot(path[:, 0], path[:, 1], color=color, lw=1.2, alpha=0.85)
+        if planned is not None and planned[i] is not None:
+            plan = np.asarray(planned[i], dtype=np.float64).reshape(-1, 2)
+            ax.plot(plan[:, 0], plan[:, 1], color=color, lw=1.0, ls="--", alpha=0.85)
+        start = path[0] if starts is None else np.asarray(starts[i], dtype=np.float64)
+        ax.plot(*start, "o", color=color, ms=5, mec="black", mew=0.5)
+        if goals is not None:
+            goal = np.asarray(goals[i], dtype=np.float64)
+            ax.plot(*goal, "*", color=color, ms=11, mec="black", mew=0.5)
+            ax.add_patch(Circle(tuple(goal), SUCCESS_DISTANCE, fill=False, color=color, lw=0.8, alpha=0.7))
+        if reached is not None and not reached[i]:
+            ax.plot(*path[-1], "x", color="black", ms=8, mew=2)
+    ax.set_xlim(-half_w, half_w)
+    ax.set_ylim(-half_h, half_h)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = None, maze_name: str = "fourrooms",
+                        progress: bool = True) -> dict:
+    """The data's controller (noiseless and noisy) and a random policy on `n_goals` pairs of
+    different rooms; with `out_dir`, controller.json (no paths) and controller_paths.png."""
+    env = make_env(maze_name)
+    maze = maze_of(env)
+    env.close()
+    pairs = maze.evaluation_pairs(n_goals, seed)
+    pols = policies(maze)
+    results = {name: evaluate(lambda name=name: pols[name], pairs, seed, maze_name, f"{name} on {maze_name}",
+                              progress) for name in BASELINES}
+    if out_dir is not None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5.0 * len(BASELINES), 5.2))
+        for ax, (name, r) in zip(fig.subplots(1, len(BASELINES)), results.items()):
+            eps = r["episodes"]
+            draw_paths(ax, maze, [e["path"] for e in eps], [e["goal_xy"] for e in eps],
+                       reached=[e["success"] for e in eps],
+                       title=f"{name}: success {100 * r['success_rate']:.0f} % of {r['n']} goals in another room")
+        fig.tight_layout()
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic_write(os.path.join(out_dir, "controller_paths.png")) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        strip = {name: {**r, "episodes": [{k: v for k, v in e.items() if k != "path"} for e in r["episodes"]]}
+                 for name, r in results.items()}
+        write_json(os.path.join(out_dir, "controller.json"),
+                   {"maze": maze_name, "seed": seed, "n_goals": n_goals, "results": strip})
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--goals", type=int, default=50, help="evaluation (start, goal) pairs (default 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--maze", default="fourrooms")
+    parser.add_argument("--out", default=None, help="directory for controller.json and controller_paths.png")
+    args = parser.parse_args(argv)
+    results = evaluate_controller(args.goals, args.seed, args.out, args.maze)
+    for name, r in results.items():
+        steps = "-" if r["mean_steps_to_goal"] is None else f"{r['mean_steps_to_goal']:.1f}"
+        print(f"{name:>10}: success {100 * r['success_rate']:.1f} % (s.e. {100 * r['se']:.1f}) over {r['n']} goals, "
+              f"mean steps to goal {steps}")
+
+
+if __name__ == "__main__":
+    main()
