@@ -157,9 +157,10 @@ class KVCache:
         time through one buffer (the sources are read before their rows are written; a block at a
         time stays in the CPU's caches, where one gather of everything takes twice as long)."""
         buffer = None
-        for kv in self.kv:
-            for layer in kv:
-                source = layer[:, :, slots]
-                buffer = torch.index_select(source, 0, index, out=buffer) if buffer is not None \
+        for kv in range(2):
+            for layer in range(self.kv.shape[1]):  # (indexing, not iterating: in-place writes to its views are allowed)
+                source = self.kv[kv, layer, :, :, slots]
+                reuse = buffer is not None and not source.requires_grad  # out= has no autograd
+                buffer = torch.index_select(source, 0, index, out=buffer) if reuse \
                     else torch.index_select(source, 0, index)
-                layer[: len(index), :, slots].copy_(buffer)
+                self.kv[kv, layer, : len(index), :, slots] = buffer
