@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # On a GPU machine without network access: install tt (building tt._C for the torch found there),
-# run the GPU tests, then the CUDA benchmarks, a profile of one plan per window mode, the scaling
-# sweeps on the GPU and last the CPU benchmarks, and print the speed-up tables.
+# run the GPU tests, then the CUDA benchmarks, a profile of one plan per window mode, training
+# throughput under torchrun at 1 and N processes (one a GPU), the scaling sweeps on the GPU and last
+# the CPU benchmarks, and print the speed-up tables.
 # Needs torch, triton, numpy, scipy, safetensors, tqdm, matplotlib, pytest, pytest-benchmark,
 # setuptools and ninja (the GPU image has them), not the RL packages (minari, gymnasium, mujoco): the
 # tests it runs do not import them. Each phase has a time limit, so the whole run ends inside 10
-# minutes, and OUT_DIR keeps what finished (6 files: run.log, benchmarks-{cuda,cpu}.json,
-# profile.txt, scaling-cuda.{json,png}) even when a phase runs out of time.
+# minutes, and OUT_DIR keeps what finished (7 files: run.log, benchmarks-{cuda,cpu}.json,
+# profile.txt, scaling-cuda.{json,png}, distributed-cuda.jsonl) even when a phase runs out of time.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default $OUT, else /tmp/tt-gpu)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,20 @@ else
   echo "no time left"; status=1
 fi
 echo "profiled at $(elapsed)"
+
+echo "== distributed training (cuda): tokens/s at 1 and N processes, one GPU each, the same global batch"
+: > "$out/distributed-cuda.jsonl"
+for n in $(printf '%s\n' 1 "$(nvidia-smi -L | wc -l)" | sort -un); do
+  if [ "$(left)" -gt 240 ]; then  # the scaling sweeps keep their time
+    timeout 75 python3 -m torch.distributed.run --standalone --nproc-per-node "$n" benchmarks/train_throughput.py \
+      --device cuda --out "/tmp/tt-throughput-$n" >> "$out/distributed-cuda.jsonl" 2> "/tmp/tt-throughput-$n.log" \
+      || { tail -5 "/tmp/tt-throughput-$n.log"; status=1; }
+  else
+    echo "no time left for $n processes"; status=1
+  fi
+done
+cat "$out/distributed-cuda.jsonl"
+echo "distributed training done at $(elapsed)"
 
 echo "== scaling (cuda)"
 if [ "$(left)" -gt 150 ]; then

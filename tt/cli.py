@@ -29,18 +29,26 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> None:
+    """Train; under torchrun with DistributedDataParallel, the batch shared out over the processes."""
+    from tt import distributed
     from tt.train import make_config, train
 
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
                      epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
-                     discretizer=args.discretizer, action_discretizer=args.action_discretizer)
+                     discretizer=args.discretizer, action_discretizer=args.action_discretizer,
+                     n_transitions=args.n_transitions, holdout_episodes=args.holdout_episodes,
+                     hidden_obs_fraction=args.hidden_obs_fraction)
     cfg = make_config(args.preset, **overrides)
-    if args.download:
-        from tt.data import load_dataset
+    with distributed.process_group(cfg.device):
+        if args.download:
+            from tt.data import load_dataset
 
-        load_dataset(args.dataset, download=True)
-    train(cfg, args.out, resume=args.resume)
-    print(f"run written to {args.out}")
+            if distributed.local_rank() == 0:  # one download per machine
+                load_dataset(args.dataset, download=True)
+            distributed.barrier()
+        train(cfg, args.out, resume=args.resume)
+        if distributed.is_main():
+            print(f"run written to {args.out}")
 
 
 def cmd_import_reference(args) -> None:
@@ -128,23 +136,33 @@ def plan_overrides(args) -> dict:
 
 
 def cmd_eval(args) -> None:
+    """Evaluate; under torchrun the rounds of episodes are shared out over the processes."""
+    from tt import distributed
     from tt.evaluate import evaluate
 
     out = args.out or os.path.join(args.run, "eval")
-    results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
-                       device=args.device, video=args.video, **plan_overrides(args))
-    print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
-          f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
-          f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
+    with distributed.process_group(args.device):
+        results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
+                           device=args.device, video=args.video, **plan_overrides(args))
+        is_main = distributed.is_main()
+    if is_main:
+        print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
+              f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
+              f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
 
 
 def cmd_score(args) -> None:
+    """Score runs; under torchrun every run's episodes are shared out over the processes."""
+    from tt import distributed
     from tt.score import format_table, score_runs
 
-    summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
-                         device=args.device, **plan_overrides(args))
-    print(format_table(summary))
-    print(f"written to {args.out}")
+    with distributed.process_group(args.device):
+        summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
+                             device=args.device, **plan_overrides(args))
+        is_main = distributed.is_main()
+    if is_main:
+        print(format_table(summary))
+        print(f"written to {args.out}")
 
 
 DEMO = dict(dataset="pendulum-medium", episodes=10, envs=5, plan=dict(horizon=5, beam_width=16, n_expand=2))
@@ -174,6 +192,32 @@ def cmd_demo(args) -> None:
         print(f"  {name:42s} {value:10.3f}")
     print(f"  {'wall time (s)':42s} {time.time() - started:10.1f}")
     print(f"run, plots and eval.json in {args.out}")
+
+
+def cmd_predict(args) -> None:
+    """Open-loop prediction on held-out episodes: the Trajectory Transformer and, given, the ensemble."""
+    from tt.video import use_headless_rendering
+
+    use_headless_rendering()  # frames.png: before MuJoCo is imported
+    from tt.prediction import PredictConfig, format_table, predict
+
+    fields = ("episodes", "horizon", "samples", "context", "start", "seed", "window", "temperature", "k_obs",
+              "cdf_obs", "k_rew", "cdf_rew")
+    config = PredictConfig(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    out = args.out or os.path.join(args.run, "predict")
+    results = predict(args.run, args.dynamics, config, out=out, device=args.device, frames=args.frames)
+    print(format_table(results))
+    print(f"predict.json, predict.png{', frames.png' if results['frames'] else ''} written to {out}")
+
+
+def cmd_train_dynamics(args) -> None:
+    from tt.dynamics import DynamicsConfig, train_dynamics
+
+    fields = ("dataset", "members", "hidden", "layers", "batch_size", "max_steps", "eval_every", "patience",
+              "holdout_episodes", "hidden_obs_fraction", "seed", "device")
+    config = DynamicsConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
+    train_dynamics(config, args.out)
+    print(f"ensemble written to {args.out}")
 
 
 def add_plan_flags(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--action-discretizer", choices=("quantile", "uniform"),
                        help="the actions' bins, when not --discretizer's (uniform for saturated actions, "
                             "quantile for the rest)")
+    train.add_argument("--n-transitions", type=positive_int,
+                       help="transitions per training window (K, default 10; 2: the Markovian model of "
+                            "tt predict --context 1)")
+    train.add_argument("--holdout-episodes", type=int,
+                       help="leave the data set's last episodes out of training (tt predict measures on them)")
+    train.add_argument("--hidden-obs-fraction", type=fraction,
+                       help="partial observability: hide each observation dimension with this probability "
+                            "(a fixed seeded mask, recorded in the run)")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")
@@ -258,6 +310,49 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
     add_plan_flags(sc)
     sc.set_defaults(func=cmd_score)
+
+    pr = sub.add_parser("predict", help="open-loop prediction on held-out episodes, the model's against an "
+                        "ensemble's (the paper's Figures 2 and 3)")
+    pr.add_argument("--run", required=True, help="run directory (trained with held-out episodes)")
+    pr.add_argument("--dynamics", help="a Gaussian ensemble's directory (tt train-dynamics) to compare with")
+    pr.add_argument("--episodes", type=positive_int, default=10, help="held-out episodes to predict")
+    pr.add_argument("--horizon", type=positive_int, default=100, help="steps predicted")
+    pr.add_argument("--samples", type=positive_int, default=32, help="futures sampled per episode")
+    pr.add_argument("--context", type=positive_int, default=argparse.SUPPRESS,
+                    help="previous transitions a prediction conditions on (default: all the model holds; "
+                         "1: Markovian)")
+    pr.add_argument("--start", type=int, default=argparse.SUPPRESS,
+                    help="the step predictions start from (default: --context)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device")
+    pr.add_argument("--out", help="results directory (default RUN/predict)")
+    pr.add_argument("--no-frames", dest="frames", action="store_false",
+                    help="skip frames.png (MuJoCo tasks: true and predicted states rendered)")
+    for flag in ("window", "temperature", "k_obs", "cdf_obs", "k_rew", "cdf_rew"):
+        kind, text = PLAN_FLAGS[flag]
+        pr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=argparse.SUPPRESS,
+                        choices=PLAN_CHOICES.get(flag),
+                        help=text if flag in ("window", "temperature") else f"{text}; default: off")
+    pr.set_defaults(func=cmd_predict)
+
+    dyn = sub.add_parser("train-dynamics", help="train a single-step Gaussian ensemble (PETS), the baseline of "
+                         "tt predict")
+    dyn.add_argument("--dataset", required=True, help="Minari id or built-in name")
+    dyn.add_argument("--out", required=True, help="ensemble directory")
+    dyn.add_argument("--holdout-episodes", type=int, help="the data set's last episodes left out, as the run's")
+    dyn.add_argument("--hidden-obs-fraction", type=fraction,
+                     help="partial observability, as the run's: each observation dimension hidden with this "
+                          "probability (a fixed seeded mask)")
+    dyn.add_argument("--members", type=positive_int)
+    dyn.add_argument("--hidden", type=positive_int, help="units per hidden layer")
+    dyn.add_argument("--layers", type=positive_int, help="hidden layers")
+    dyn.add_argument("--batch-size", type=positive_int)
+    dyn.add_argument("--steps", dest="max_steps", type=positive_int, help="at most this many optimizer steps")
+    dyn.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
+    dyn.add_argument("--patience", type=positive_int, help="evaluations without improvement before stopping")
+    dyn.add_argument("--seed", type=int)
+    dyn.add_argument("--device", help="auto | cpu | cuda")
+    dyn.set_defaults(func=cmd_train_dynamics)
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo")

@@ -181,3 +181,63 @@ class TokenWindows:
         window = self.tokens[rows].reshape(len(index), -1)
         mask = self.row_valid[rows][:, :, None].expand(-1, -1, self.T).reshape(len(index), -1)
         return window[:, :-1], window[:, 1:], mask[:, 1:].float()
+
+
+# ----------------------------------------------------------------------------- views for prediction
+
+HIDDEN_OBSERVATIONS_SEED = 0  # the partially observed variant's mask is a function of the data's shape alone
+
+
+def episode_starts(lengths: np.ndarray) -> np.ndarray:
+    """Row of `Trajectories.joined` at which each episode begins."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def hold_out(trajectories: Trajectories, episodes: int) -> tuple[Trajectories, Trajectories | None]:
+    """(training part, held-out part): the last `episodes` episodes are held out (None when 0)."""
+    n = len(trajectories.lengths)
+    if not 0 <= episodes < n:
+        raise ValueError(f"cannot hold out {episodes} of the data set's {n} episodes (at least one must be left "
+                         "to train on)")
+    if episodes == 0:
+        return trajectories, None
+    cut = int(trajectories.lengths[: n - episodes].sum())
+
+    def part(rows: slice, eps: slice) -> Trajectories:
+        t = trajectories
+        return Trajectories(t.joined[rows], t.lengths[eps], t.terminated[eps], t.returns[eps], t.observation_dim,
+                            t.action_dim)
+
+    return part(slice(0, cut), slice(0, n - episodes)), part(slice(cut, None), slice(n - episodes, None))
+
+
+def visible_observations(observation_dim: int, hidden_fraction: float) -> np.ndarray:
+    """The observation dimensions a partially observed variant keeps, ascending: a random subset of
+    `hidden_fraction` of them (rounded half up, one kept at least) is hidden, drawn from a fixed seed,
+    so each dimension is hidden with probability about `hidden_fraction` and every run and ensemble
+    of a task hides the same ones."""
+    if not 0.0 <= hidden_fraction < 1.0:
+        raise ValueError(f"the hidden fraction of observation dimensions must be in [0, 1), got {hidden_fraction}")
+    n_hidden = min(observation_dim - 1, int(hidden_fraction * observation_dim + 0.5))
+    hidden = np.random.default_rng(HIDDEN_OBSERVATIONS_SEED).permutation(observation_dim)[:n_hidden]
+    return np.setdiff1d(np.arange(observation_dim), hidden)
+
+
+def select_observations(trajectories: Trajectories, visible: np.ndarray) -> Trajectories:
+    """The trajectories with only the observation dimensions `visible` (the actions, rewards and values unchanged)."""
+    t = trajectories
+    if np.array_equal(visible, np.arange(t.observation_dim)):
+        return t
+    columns = np.concatenate([np.asarray(visible, dtype=np.int64), np.arange(t.observation_dim, t.transition_dim)])
+    return Trajectories(np.ascontiguousarray(t.joined[:, columns]), t.lengths, t.terminated, t.returns, len(visible),
+                        t.action_dim)
+
+
+def training_split(trajectories: Trajectories, holdout_episodes: int = 0, hidden_obs_fraction: float = 0.0
+                   ) -> tuple[Trajectories, Trajectories | None, np.ndarray]:
+    """(training episodes, held-out episodes or None, visible observation dimensions): the data as a run
+    with these settings sees them, both parts with the visible observation dimensions only."""
+    train, heldout = hold_out(trajectories, holdout_episodes)
+    visible = visible_observations(trajectories.observation_dim, hidden_obs_fraction)
+    return (select_observations(train, visible), None if heldout is None else select_observations(heldout, visible),
+            visible)

@@ -24,7 +24,7 @@ class Discretizer:
     """
 
     def __init__(self, thresholds: np.ndarray):
-        thresholds = np.asarray(thresholds, dtype=np.float64)
+        thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)  # safetensors saves the C-order buffer
         if thresholds.ndim != 2 or thresholds.shape[0] < 2:
             raise ValueError(f"thresholds must be [N+1, T] with N >= 1, got shape {thresholds.shape}")
         if not np.isfinite(thresholds).all():

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
+import torch
 
+from tt import distributed
 from tt.checkpoint import load_run
 from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
@@ -20,11 +23,21 @@ from tt.planner import Planner
 from tt.progress import progress as progress_bar
 from tt.video import EpisodeVideo, check_video_path, rendering_env
 
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+ROUND_DRAWS = 2**40  # Philox offsets a round may use: round j draws from offset j * ROUND_DRAWS on
+
 
 def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
              device: str | None = None, progress: bool = True, video: str | None = None, **plan_overrides) -> dict:
-    """Roll out `episodes` episodes with `tt.Planner` over `n_envs` environments; returns the results.
+    """Roll out `episodes` episodes with `tt.Planner`, `n_envs` environments at a time; returns the results.
 
+    The episodes run in rounds of `n_envs` (the last may be smaller): round j plays episodes
+    j*n_envs, j*n_envs+1, ... side by side in one vector environment, episode k's environment reset
+    with seed + k, the planner drawing from Philox seed `seed` at offset j * ROUND_DRAWS. A round is
+    a function of (seed, j) alone, so under torchrun (`tt.distributed`) the ranks share the rounds
+    out, each on its own device, and gather results equal to one process's; rank 0 writes them.
     `video`: also render the first environment's first episode to this .mp4 or .gif file (`results["video"]`).
     """
     import minari
@@ -40,51 +53,26 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     if dataset_id is None:
         raise ValueError(f"run {run_dir} names no data set (imported with --thresholds): evaluation needs the data "
                          "set for its environment and returns; import it again with --dataset ID")
-    planner = Planner.load(run_dir, device=device, seed=seed, **plan_overrides)
+    planner = Planner.load(run_dir, device=distributed.local_device(device), seed=seed, **plan_overrides)
     dataset = load_dataset(dataset_id)
     data_returns = trajectories_from_minari(dataset).returns
 
     n_envs = min(n_envs, episodes)
-    env_fns = [lambda: dataset.recover_environment(eval_env=True)] * n_envs
-    if video:  # environment 0 draws its first episode; no extra planning
-        recorder = EpisodeVideo(rendering_env(dataset), video)
-        env_fns[0] = lambda: recorder
-    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    try:
-        planner.check_env(envs)
-    except ValueError:
-        envs.close()
-        raise
-    quota = np.array([episodes // n_envs + (i < episodes % n_envs) for i in range(n_envs)])
-    returns, lengths = [[] for _ in range(n_envs)], [[] for _ in range(n_envs)]
-    running, steps = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
-    plan_seconds, trace = [], {"actual": [], "plan": None}
-    obs, _ = envs.reset(seed=seed)
-    bar = progress_bar(episodes, "evaluating", progress)
-    while any(len(r) < q for r, q in zip(returns, quota)):
-        started = time.perf_counter()
-        actions = planner.act(obs)
-        plan_seconds.append(time.perf_counter() - started)
-        if trace["plan"] is None:
-            trace["plan"] = planner.current_plans[0]
-        if not returns[0]:
-            trace["actual"].append(np.concatenate([obs[0], actions[0]]))
-        obs, reward, terminated, truncated, _ = envs.step(actions.astype(envs.single_action_space.dtype))
-        done = terminated | truncated
-        planner.observe(reward, done)
-        running += reward
-        steps += 1
-        for i in np.flatnonzero(done):
-            if len(returns[i]) < quota[i]:
-                returns[i].append(float(running[i]))
-                lengths[i].append(int(steps[i]))
-                bar.update()
-                bar.set_postfix(mean_return=f"{np.mean(sum(returns, [])):.1f}", refresh=False)
-            running[i], steps[i] = 0.0, 0
-    bar.close()
-    envs.close()
+    rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]
+    mine = distributed.shard(len(rounds))  # rank 0's include round 0: the trace and the video
+    local, bar = [], None
+    for j in mine:
+        envs, obs, recorder = _open_round(planner, dataset, rounds[j], seed, video if j == 0 else None)
+        if bar is None:  # after the first reset: an environment that cannot start says so before any bar
+            bar = progress_bar(sum(len(rounds[k]) for k in mine), "evaluating", progress and distributed.is_main())
+        local.append(_play_round(planner, envs, obs, recorder, j, seed, bar))
+    if bar is not None:
+        bar.close()
+    trace = local[0][1] if local and mine.start == 0 else None
+    played = [r for part in distributed.all_gather([r for r, _ in local]) for r in part]  # in round order
 
-    episode_returns = np.array(sum(returns, []))
+    episode_returns = np.array([x for r in played for x in r["returns"]])
+    plan_seconds = [x for r in played for x in r["plan_seconds"]]
     try:
         scores = minari.get_normalized_score(dataset, episode_returns)
     except ValueError:
@@ -93,7 +81,7 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     results = {
         "run": run_dir, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
         "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(),
-        "returns": episode_returns.tolist(), "lengths": sum(lengths, []),
+        "returns": episode_returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
         "normalized_scores": [float(s) for s in scores],
         "mean_return": float(episode_returns.mean()), "std_return": float(episode_returns.std()),
         "mean_normalized_score": float(np.mean(scores)),
@@ -104,13 +92,72 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         "wall_seconds": time.perf_counter() - wall_started,
     }
     if video:
-        results["video"] = recorder.written
-    if out:
+        results["video"] = played[0]["video"]
+    if out and distributed.is_main():
         os.makedirs(out, exist_ok=True)
         write_json(os.path.join(out, "eval.json"), results)
         plot_returns(results, data_returns, os.path.join(out, "returns.png"))
         plot_plan_vs_actual(trace, planner, os.path.join(out, "plan_vs_actual.png"))
     return results
+
+
+def _open_round(planner: Planner, dataset, episodes: range, seed: int,
+                video: str | None) -> tuple[gym.vector.SyncVectorEnv, np.ndarray, EpisodeVideo | None]:
+    """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
+    environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
+    recorder of its first environment (`video`), if any."""
+    env_fns = [lambda: dataset.recover_environment(eval_env=True)] * len(episodes)
+    recorder = None
+    if video:  # environment 0 draws its episode; no extra planning
+        recorder = EpisodeVideo(rendering_env(dataset), video)
+        env_fns[0] = lambda: recorder
+    envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    try:
+        planner.check_env(envs)
+        obs, _ = envs.reset(seed=seed + episodes.start)
+    except Exception:
+        envs.close()
+        raise
+    return envs, obs, recorder
+
+
+def _play_round(planner: Planner, envs: gym.vector.SyncVectorEnv, obs: np.ndarray, recorder: EpisodeVideo | None,
+                index: int, seed: int, bar: tqdm) -> tuple[dict, dict]:
+    """Play round `index` in `envs` (from `_open_round`) until each environment's episode has ended once;
+    closes them. Returns the round's record (returns, lengths, planning seconds per step, the video
+    written) and the trace of its first environment (first plan, rollout) for `plot_plan_vs_actual`."""
+    n = envs.num_envs
+    planner.reset()
+    planner.rng.state.copy_(torch.tensor([seed, index * ROUND_DRAWS]))  # in place: captured graphs read it
+    returns, lengths = [None] * n, [None] * n
+    running, steps = np.zeros(n), np.zeros(n, dtype=int)
+    plan_seconds, trace = [], {"actual": [], "plan": None}
+    try:
+        while None in returns:
+            started = time.perf_counter()
+            actions = planner.act(obs)
+            plan_seconds.append(time.perf_counter() - started)
+            if trace["plan"] is None:
+                trace["plan"] = planner.current_plans[0]
+            if returns[0] is None:
+                trace["actual"].append(np.concatenate([obs[0], actions[0]]))
+            obs, reward, terminated, truncated, _ = envs.step(actions.astype(envs.single_action_space.dtype))
+            done = terminated | truncated
+            planner.observe(reward, done)
+            running += reward
+            steps += 1
+            for i in np.flatnonzero(done):
+                if returns[i] is None:
+                    returns[i], lengths[i] = float(running[i]), int(steps[i])
+                    bar.update()
+                    bar.set_postfix(mean_return=f"{np.mean([r for r in returns if r is not None]):.1f}",
+                                    refresh=False)
+                running[i], steps[i] = 0.0, 0
+    finally:
+        envs.close()
+    record = {"round": index, "returns": returns, "lengths": lengths, "plan_seconds": plan_seconds,
+              "video": recorder.written if recorder else None}
+    return record, trace
 
 
 def _figure(**kwargs):

@@ -340,3 +340,37 @@ def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig) -> tuple[to
         x = torch.cat([x[index[0, keep] // V], (index[0, keep] % V)[:, None]], dim=1)
         logp_sum = values[0, keep]
     return x[0, start:], logp_sum[0]
+
+
+# ----------------------------------------------------------------------------- open-loop prediction
+
+
+@torch.no_grad()
+def sample_continuations(model, prefix: torch.Tensor, forced: torch.Tensor, samples: int, config: PlanConfig,
+                         rng: torch.Generator | Philox | None = None) -> torch.Tensor:
+    """`samples` continuations of each prefix `[B, L]` (all of one length: context transitions, then an
+    observation), a full forward of the cropped window per drawn token, as `sample_tokens` draws.
+
+    `forced [B, n]` holds the n tokens that follow each prefix: a token to take as it is (the
+    prediction's real actions), or -1 where the model draws, at the same positions in every row.
+    Drawn tokens are filtered by their kind's top-k and cdf (`config.k_obs`, `cdf_obs`, ...), at
+    `config.temperature`, conditioning on at most `config.max_context_transitions` transitions (the
+    planner's window rule). Rows are laid out `[B, samples]` and one `sample_next` call draws a
+    position for all of them, so a `Philox` gives the fast path's draws. Returns tokens `[B, samples, n]`.
+    """
+    O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
+    C = config.max_context_transitions
+    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
+    filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A
+    filters += [(config.k_rew, config.cdf_rew)] * 2
+    B, L = prefix.shape
+    x, given = prefix.repeat_interleave(samples, 0), forced.repeat_interleave(samples, 0)
+    for i in range(forced.shape[1]):
+        if forced[0, i] >= 0:
+            token = given[:, i]
+        else:
+            logits = model(crop_window(x, max_block, T))[:, -1]
+            top_k, cdf = filters[(L + i) % T]
+            token, _ = sample_next(logits, temperature=config.temperature, top_k=top_k, cdf=cdf, rng=rng)
+        x = torch.cat([x, token[:, None]], dim=1)
+    return x[:, L:].reshape(B, samples, -1)

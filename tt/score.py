@@ -15,6 +15,7 @@ import shlex
 
 import numpy as np
 
+from tt import distributed
 from tt.checkpoint import load_run
 from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
@@ -140,7 +141,9 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
 
     Every run directory, data set and the plan settings are checked before the first episode, so
     a typo fails at once rather than after hours of evaluation. With `out`, each run's results go
-    to `out/<run name>/` and the summary to `out/score.json` and `out/score.png`.
+    to `out/<run name>/` and the summary to `out/score.json` and `out/score.png`. Under torchrun every
+    run's episodes are shared out over the ranks (see `evaluate`); rank 0 writes, every rank returns
+    the summary.
     """
     from tt.evaluate import evaluate
 
@@ -156,7 +159,7 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
     names = run_names(runs)
 
     evaluated = []
-    bar = progress_bar(len(runs), "scoring runs", progress)
+    bar = progress_bar(len(runs), "scoring runs", progress and distributed.is_main())
     for run, name in zip(runs, names):
         bar.set_postfix_str(name)
         results = evaluate(run, episodes=episodes, n_envs=n_envs, seed=seed,
@@ -173,7 +176,7 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
                           "device": device, "plan_overrides": dict(plan_overrides),
                           "command": command_line(runs, episodes, n_envs, seed, device, plan_overrides)}
     summary["plan_config"] = plan_config
-    if out:
+    if out and distributed.is_main():
         write_json(os.path.join(out, "score.json"), _json_safe(summary))
         plot_scores(summary, os.path.join(out, "score.png"))
     return summary

@@ -2,6 +2,12 @@
 
 Data order is a function of (seed, epoch) and the RNG state is checkpointed, so `--resume`
 continues at the same step with the same batches as an uninterrupted run.
+
+Under torchrun (`tt.distributed`) every rank takes its contiguous part of each global batch and
+DistributedDataParallel averages the gradients; each rank's loss is scaled so that the average is
+the gradient of the single-process loss (the weighted cross-entropy averaged over the whole
+batch), and tokens, the schedule and the logged loss count the whole batch. The step is the
+single-process step, so a run resumes at any world size that divides the batch size.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tt import distributed
 from tt.checkpoint import load_run, load_trainer_state, save_run
-from tt.data import TokenWindows, Trajectories, load_dataset, trajectories_from_minari
+from tt.data import TokenWindows, Trajectories, load_dataset, training_split, trajectories_from_minari
 from tt.discretize import Discretizer
 from tt.io import append_line, atomic_write, read_jsonl, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.ops import resolve_device
 from tt.progress import progress as progress_bar
 
 
@@ -55,6 +61,8 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 42
     device: str = "auto"
+    holdout_episodes: int = 0  # the data set's last episodes, left out of training (for `tt predict`)
+    hidden_obs_fraction: float = 0.0  # partial observability: each observation dimension hidden with this probability
 
     def __post_init__(self):
         for name in ("n_bins", "n_transitions", "n_layer", "n_head", "n_embd", "batch_size", "budget_steps",
@@ -68,6 +76,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.holdout_episodes < 0:
+            raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
+        if not 0.0 <= self.hidden_obs_fraction < 1.0:
+            raise ValueError(f"hidden_obs_fraction must be in [0, 1), got {self.hidden_obs_fraction}")
 
 
 PRESETS: dict[str, dict] = {
@@ -132,16 +144,25 @@ def fit_discretizer(trajectories: Trajectories, cfg: TrainConfig) -> Discretizer
     return Discretizer(thresholds)
 
 
-def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tuple[Trajectories, Discretizer, dict]:
-    """The data set's trajectories, the discretizer (fitted on them unless one is given) and a summary."""
-    dataset = load_dataset(cfg.dataset)
-    trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
+def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
+                 trajectories: Trajectories | None = None) -> tuple[Trajectories, Discretizer, dict]:
+    """The data set's trajectories, the discretizer (fitted on them unless one is given) and a summary.
+
+    `trajectories`: these instead of `cfg.dataset`'s (synthetic data; `cfg.dataset` names them)."""
+    if trajectories is None:
+        dataset = load_dataset(cfg.dataset)
+        trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
+        dataset_id = dataset.spec.dataset_id
+    else:
+        dataset_id = cfg.dataset
+    trajectories, _, visible = training_split(trajectories, cfg.holdout_episodes, cfg.hidden_obs_fraction)
     if discretizer is None:
         discretizer = fit_discretizer(trajectories, cfg)
-    info = {"dataset_id": dataset.spec.dataset_id, "observation_dim": trajectories.observation_dim,
+    info = {"dataset_id": dataset_id, "observation_dim": trajectories.observation_dim,
             "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
             "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
-            "discount": cfg.discount, "termination_penalty": cfg.termination_penalty}
+            "discount": cfg.discount, "termination_penalty": cfg.termination_penalty,
+            "holdout_episodes": cfg.holdout_episodes, "visible_observation_dims": visible.tolist()}
     return trajectories, discretizer, info
 
 
@@ -150,7 +171,8 @@ def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None) -> tu
 RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
 FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
          "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
-         "action_discretizer": "--action-discretizer"}
+         "action_discretizer": "--action-discretizer", "n_transitions": "--n-transitions",
+         "holdout_episodes": "--holdout-episodes", "hidden_obs_fraction": "--hidden-obs-fraction"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
@@ -173,21 +195,63 @@ def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
     return discretizer
 
 
-def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True) -> TrajectoryTransformer:
+def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True,
+          trajectories: Trajectories | None = None) -> TrajectoryTransformer:
     """Train on `cfg.dataset` into run directory `out`; returns the trained model (eval mode).
 
     `resume`: continue the run in `out` (same options, see `check_resume`; its stored discretizer).
+    `trajectories`: train on these instead of loading `cfg.dataset` (see `prepare_data`).
     Torch's global random state is the caller's: training draws from it (initialization, dropout)
-    inside `torch.random.fork_rng`, so the caller's generator is as it was when this returns."""
-    device = resolve_device(cfg.device)
-    stored_discretizer = check_resume(out, cfg) if resume else None
+    inside `torch.random.fork_rng`, so the caller's generator is as it was when this returns.
+    In a process group (`tt.distributed.process_group`: torchrun) every rank calls this alike and
+    trains its part of every batch; rank 0 alone reads the run to resume and writes `out`."""
+    device = distributed.local_device(cfg.device)
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise ValueError(f"the batch size ({cfg.batch_size}) must be a multiple of the number of processes "
+                         f"({world}): each takes an equal part of every batch")
+    stored_discretizer = distributed.from_main(lambda: check_resume(out, cfg)) if resume else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _train(cfg, out, resume, progress, device, stored_discretizer)
+        return _train(cfg, out, resume, progress, device, stored_discretizer, trajectories)
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """The dropout seed of a rank > 0 that starts (or resumes without its own checkpointed state) at `step`."""
+    return ((seed * 1_000_003 + rank) * 1_000_003 + step) % 2**63
+
+
+def local_part(index: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This rank's contiguous part of a global batch's windows and its share of the batch. A rank left
+    without windows (a last batch smaller than the world) takes the batch's first at share 0: it still
+    joins the gradient reduction, adding nothing."""
+    part = distributed.shard(len(index))
+    if not part:
+        return index[:1], 0.0
+    return index[part.start : part.stop], len(part) / len(index)
+
+
+def _read_checkpoint(out: str) -> dict:
+    """Weights, step and trainer state of the run in `out`, on the CPU (sent to every rank)."""
+    model, _, _, step = load_run(out)
+    return {"weights": model.state_dict(), "step": step, "trainer": load_trainer_state(out)}
+
+
+def _restore_rng(state: dict, seed: int, step: int, device: torch.device) -> None:
+    """This rank's generators as checkpointed: its own when the run had as many ranks, rank 0's for
+    rank 0 (the single-process state); another rank draws from `rank_seed` instead."""
+    rank = distributed.rank()
+    saved = state.get("rng_ranks", state["rng"][None])
+    if rank and len(saved) != distributed.world_size():
+        torch.manual_seed(rank_seed(seed, rank, step))
+        return
+    torch.set_rng_state(saved[rank].clone())  # a copy: set_rng_state misreads a row of a stacked tensor
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state.get("cuda_rng_ranks", state["cuda_rng"][None])[rank].clone(), device)
 
 
 def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,
-           stored_discretizer: Discretizer | None) -> TrajectoryTransformer:
-    trajectories, discretizer, data_info = prepare_data(cfg, stored_discretizer)
+           stored_discretizer: Discretizer | None, trajectories: Trajectories | None) -> TrajectoryTransformer:
+    trajectories, discretizer, data_info = prepare_data(cfg, stored_discretizer, trajectories)
     windows = TokenWindows(trajectories, discretizer, cfg.n_transitions)
     model_config = GPTConfig(
         trajectories.observation_dim, trajectories.action_dim, n_bins=cfg.n_bins, n_transitions=cfg.n_transitions,
@@ -197,6 +261,9 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
     torch.manual_seed(cfg.seed)
     model = TrajectoryTransformer(model_config).to(device)
     optimizer = configure_optimizer(model, cfg)
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    if rank:  # dropout masks of its own; rank 0 draws as a single process does
+        torch.manual_seed(rank_seed(cfg.seed, rank, 0))
 
     steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
     if cfg.budget_steps is not None:
@@ -217,33 +284,37 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
     elapsed_before = 0.0  # training seconds before a resume
     metrics_path = os.path.join(out, "metrics.jsonl")
     if resume:
-        loaded, _, _, step = load_run(out, device)
-        model.load_state_dict(loaded.state_dict())
-        state = load_trainer_state(out)
+        loaded = distributed.from_main(lambda: _read_checkpoint(out))
+        model.load_state_dict(loaded["weights"])
+        step, state = loaded["step"], loaded["trainer"]
         optimizer.load_state_dict(state["optimizer"])
         tokens_seen = int(state["tokens_seen"])
         window_losses = state.get("window_losses", torch.zeros(0, dtype=torch.float64)).tolist()
         elapsed_before = float(state.get("elapsed_s", 0.0))
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step])  # cut to the checkpoint
-    else:
+        _restore_rng(state, cfg.seed, step, device)
+        if main:
+            write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step])  # cut to it
+    elif main:
         write_jsonl(metrics_path, [])
 
-    def checkpoint():
+    def checkpoint():  # every rank calls it; rank 0 writes
         state = {"optimizer": optimizer.state_dict(), "tokens_seen": torch.tensor(tokens_seen),
                  "window_losses": torch.tensor(window_losses, dtype=torch.float64),
                  "elapsed_s": torch.tensor(time.time() - started, dtype=torch.float64),
                  "rng": torch.get_rng_state()}
         if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        save_run(out, model, discretizer, run_config, step, state)
-        plot_losses(metrics_path, os.path.join(out, "loss.png"))
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        if world > 1:  # every rank's generators, for a resume at the same world size
+            for key in [k for k in ("rng", "cuda_rng") if k in state]:
+                state[f"{key}_ranks"] = torch.stack(distributed.all_gather(state[key]))
+        if main:
+            save_run(out, model, discretizer, run_config, step, state)
+            plot_losses(metrics_path, os.path.join(out, "loss.png"))
 
     model.train()
+    trained = distributed.wrap(model, device)  # DDP over several ranks; the raw model is what is saved
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = progress_bar(total_steps, "training", progress, initial=step)
+    bar = progress_bar(total_steps, "training", progress and main, initial=step)
     started = time.time() - elapsed_before
     order, order_epoch = None, -1
     while step < total_steps:
@@ -251,29 +322,34 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(windows), cfg.seed, epoch), epoch
         index = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
-        x, y, mask = (t.to(device, non_blocking=True) for t in windows.batch(index))
+        part, share = local_part(index)
+        x, y, mask = (t.to(device, non_blocking=True) for t in windows.batch(part))
         with autocast:
-            _, loss = model(x, y, mask)
+            _, loss = trained(x, y, mask)  # the mean over this rank's part
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the ranks' gradients: scaled by world * share, the average is the gradient of the
+        # mean over the whole batch (one process: the loss as it is)
+        (loss * (share * world) if world > 1 else loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        tokens_seen += y.numel()
+        tokens_seen += len(index) * windows.block_size
         lr = cfg.learning_rate * lr_multiplier(tokens_seen, warmup_tokens, final_tokens)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step += 1
-        window_losses.append(loss.item())
+        window_losses.append((distributed.all_reduce_sum(loss.detach() * share) if world > 1 else loss).item())
         bar.update()
         if step % cfg.log_every == 0 or step == total_steps:
             record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(np.mean(window_losses)),
                       "lr": lr, "tokens": tokens_seen, "elapsed_s": time.time() - started}
-            append_line(metrics_path, json.dumps(record))
+            if main:
+                append_line(metrics_path, json.dumps(record))
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             window_losses = []
         if step % cfg.save_every == 0 or step == total_steps:
             checkpoint()
     bar.close()
+    distributed.barrier()  # the run directory is complete when any rank returns
     return model.eval()
 
 
