@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (ValueError, LookupError, FileNotFoundError) as e:
-        print(f"tt: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank fails alike: say it once
+            print(f"tt: error: {e}", file=sys.stderr)
         return 2
     return 0
 
