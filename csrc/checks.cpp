@@ -24,10 +24,11 @@ void check_output(const at::Tensor& reference, const at::Tensor& t, const char* 
 
 // A prefix row table: which prefix row each of R rows reads. Its values are trusted to lie in
 // [0, groups), as key_start's are trusted: checking them would read the table on the host.
-void check_prefix_rows(const at::Tensor& reference, const at::Tensor& rows, int64_t R, const char* op) {
-  check_same_device(reference, rows, op, "prefix_rows");
+void check_prefix_rows(const at::Tensor& reference, const at::Tensor& rows, int64_t R, const char* op,
+                       const char* name = "prefix_rows") {
+  check_same_device(reference, rows, op, name);
   TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.size(0) == R && rows.is_contiguous(), op,
-              ": prefix_rows must be a contiguous int64 [", R, "], got ", rows.scalar_type(), " ", rows.sizes(),
+              ": ", name, " must be a contiguous int64 [", R, "], got ", rows.scalar_type(), " ", rows.sizes(),
               rows.is_contiguous() ? "" : " (not contiguous)");
 }
 
@@ -132,7 +133,9 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                             int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
                             int64_t transition_dim, const std::optional<at::Tensor>& key_start,
-                            const at::Tensor& out) {
+                            const at::Tensor& out, const std::optional<at::Tensor>& goal_k,
+                            const std::optional<at::Tensor>& goal_v, int64_t goal_group_rows,
+                            const std::optional<at::Tensor>& goal_rows) {
   const char* op = "tt::decode_attention";
   TORCH_CHECK(q.dim() == 3, op, ": q must be [R, h, D] (one query per row), got ", q.sizes());
   TORCH_CHECK(is_float(q), op, ": q must be floating point, got ", q.scalar_type());
@@ -159,6 +162,22 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   } else {
     TORCH_CHECK(!prefix_rows.has_value(), op, ": prefix_rows given without a prefix (prefix_k, prefix_v)");
   }
+  TORCH_CHECK(goal_k.has_value() == goal_v.has_value(), op, ": give both goal_k and goal_v, or neither");
+  if (goal_k.has_value()) {
+    kv.push_back({&*goal_k, "goal_k"});
+    kv.push_back({&*goal_v, "goal_v"});
+    TORCH_CHECK(goal_k->sizes() == goal_v->sizes(), op, ": goal_k ", goal_k->sizes(), " and goal_v ",
+                goal_v->sizes(), " differ");
+    TORCH_CHECK(goal_k->dim() == 4 && goal_k->size(0) >= 1 && goal_k->size(2) >= 1, op,
+                ": goal_k must be [G, h, O, D] with G, O >= 1, got ", goal_k->sizes());
+    if (goal_rows.has_value()) {  // a table: values trusted (as prefix_rows')
+      check_prefix_rows(q, *goal_rows, R, op, "goal_rows");
+    } else {
+      TORCH_CHECK(goal_group_rows >= 1, op, ": goal_group_rows must be >= 1, got ", goal_group_rows);
+    }
+  } else {
+    TORCH_CHECK(!goal_rows.has_value(), op, ": goal_rows given without a goal (goal_k, goal_v)");
+  }
   for (const auto& [t, name] : kv) {
     check_same_device(q, *t, op, name);
     TORCH_CHECK(t->dim() == 4 && t->size(1) == h && t->size(3) == D, op, ": ", name, " must be [rows, ", h,
@@ -182,7 +201,8 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                          const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
-                         int64_t group_rows, const std::optional<at::Tensor>& prefix_rows) {
+                         int64_t group_rows, const std::optional<at::Tensor>& prefix_rows,
+                         const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v) {
   const char* op = "tt::decode_layers";
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [R, C], got ", x.sizes());
   const int64_t R = x.size(0), C = x.size(1);
@@ -200,6 +220,12 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
   if (prefix_rows.has_value()) {
     TORCH_CHECK(shared > 0, op, ": prefix_rows given without a shared prefix (shared = 0)");
     check_prefix_rows(x, *prefix_rows, R, op);
+  }
+  TORCH_CHECK(goal_k.has_value() == goal_v.has_value(), op, ": give both goal_k and goal_v, or neither");
+  if (goal_k.has_value()) {  // per layer, checked by decode_attention
+    TORCH_CHECK(goal_k->dim() == 5 && goal_k->sizes() == goal_v->sizes() && goal_k->size(0) == n_layer, op,
+                ": goal_k and goal_v must both be [", n_layer, ", G, heads, O, D], got ", goal_k->sizes(), ", ",
+                goal_v->sizes());
   }
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == n_layer * kWeightsPerLayer, op, ": expected ",
               n_layer * kWeightsPerLayer, " weights (", kWeightsPerLayer, " per block), got ", weights.size());

@@ -27,7 +27,9 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                             int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
                             int64_t transition_dim,
-                            const std::optional<at::Tensor>& key_start, const at::Tensor& out);
+                            const std::optional<at::Tensor>& key_start, const at::Tensor& out,
+                            const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v,
+                            int64_t goal_group_rows, const std::optional<at::Tensor>& goal_rows);
 
 void philox_uniform_cpu(int64_t seed, int64_t offset, at::Tensor& out);
 void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
@@ -40,16 +42,21 @@ void beam_expand_cpu(const at::Tensor& scores, const at::Tensor& logp, int64_t k
                      at::Tensor& parents, at::Tensor& tokens);
 void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                          const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
-                         int64_t group_rows, const std::optional<at::Tensor>& prefix_rows);
+                         int64_t group_rows, const std::optional<at::Tensor>& prefix_rows,
+                         const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v);
 at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                              const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
                              int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t transition_dim,
-                             const std::optional<at::Tensor>& key_start);
+                             const std::optional<at::Tensor>& key_start, const std::optional<at::Tensor>& goal_k,
+                             const std::optional<at::Tensor>& goal_v, int64_t goal_group_rows,
+                             const std::optional<at::Tensor>& goal_rows);
 void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                           int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
                           int64_t transition_dim,
-                          const std::optional<at::Tensor>& key_start, at::Tensor& out);
+                          const std::optional<at::Tensor>& key_start, at::Tensor& out,
+                          const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v,
+                          int64_t goal_group_rows, const std::optional<at::Tensor>& goal_rows);
 
 void philox_uniform_cuda(int64_t seed, int64_t offset, at::Tensor& out);
 void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,

@@ -32,20 +32,24 @@ TORCH_LIBRARY(tt, m) {
   // (slots S..S+n-1) after its group's shared prefix prefix_k, prefix_v [G, h, S, D] (row r reads
   // group (r / group_rows) % G, or prefix_rows[r] when that int64 [R] table is given: its values,
   // like key_start's, are trusted to lie in [0, G); none: S = 0), with the TT mask (causal, no
-  // value tokens, left padding before key_start [R]); out [R, h, D]. Inputs may be strided views
-  // with unit stride in D.
+  // value tokens, left padding before key_start [R]); out [R, h, D]. A goal segment goal_k, goal_v
+  // [G', h, O, D] (a goal-conditioned model's goal keys) is visible to every query, softmax over
+  // the union: row r reads goal goal_rows[r] or (r / goal_group_rows) % G'. Inputs may be strided
+  // views with unit stride in D.
   m.def(
       "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, int group_rows, "
-      "Tensor? prefix_rows, int q_slot, int transition_dim, Tensor? key_start, Tensor(a!) out) -> ()");
+      "Tensor? prefix_rows, int q_slot, int transition_dim, Tensor? key_start, Tensor(a!) out, "
+      "Tensor? goal_k=None, Tensor? goal_v=None, int goal_group_rows=1, Tensor? goal_rows=None) -> ()");
   // The transformer blocks of one decode step: x [R, C] (embedded tokens at window slot `slot`),
   // weights (12 per block, see ops.h), the cache's keys and values [n_layer, rows, h, len, D] (this
   // step's K/V are written at `slot`, the first `shared` slots of rows 0..groups-1 are the prefixes,
-  // read per group of rows or by the table prefix_rows [R], as in decode_attention). Returns the
-  // residual stream after the last block [R, C].
+  // read per group of rows or by the table prefix_rows [R], as in decode_attention; the goal segment
+  // goal_k, goal_v [n_layer, G', h, O, D] as decode_attention reads it). Returns the residual stream
+  // after the last block [R, C].
   m.def(
       "decode_layers(Tensor x, Tensor[] weights, Tensor(a!) cache_k, Tensor(b!) cache_v, int n_head, int slot, "
-      "int shared, int groups, int group_rows, Tensor? prefix_rows, int transition_dim, Tensor? key_start) "
-      "-> Tensor");
+      "int shared, int groups, int group_rows, Tensor? prefix_rows, int transition_dim, Tensor? key_start, "
+      "Tensor? goal_k=None, Tensor? goal_v=None, int goal_group_rows=1, Tensor? goal_rows=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tt, CPU, m) {

@@ -55,6 +55,11 @@ class KVCache:
     After `share`, slots [0, shared) are no longer per row: every row reads them from one of rows
     0..groups-1 (by its group, or by the table `prefix_rows`), and writes, tiles and gathers start
     at slot `shared`.
+
+    A goal-conditioned model's goals are a segment apart (`set_goal`): keys and values
+    `goal_kv [2, n_layer, G, h, O, D]` that every row's queries see, row r reading goal
+    `(r // goal_group_rows) % G`, or `goal_rows[r]` with a table (`read_goals`). They hold no window
+    slot, so sharing, tiling and gathering rows never move them: rows reach them through the mapping.
     """
 
     kv: torch.Tensor
@@ -62,6 +67,9 @@ class KVCache:
     groups: int = 1
     group_rows: int = 1
     prefix_rows: torch.Tensor | None = None
+    goal_kv: torch.Tensor | None = None
+    goal_group_rows: int = 1
+    goal_rows: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layer: int, max_rows: int, n_head: int, max_len: int, head_dim: int,
@@ -103,6 +111,34 @@ class KVCache:
                              f"got {what}")
         self.shared, self.groups, self.group_rows = slots, groups, group_rows
         self.prefix_rows = rows if slots else None
+
+    def set_goal(self, kv: torch.Tensor, group_rows: int = 1, rows: torch.Tensor | None = None) -> None:
+        """Hold the goals' keys and values `kv [2, n_layer, G, h, O, D]` (the model's `encode_goal`)
+        and how rows read them (`read_goals`)."""
+        if kv.dim() != 6 or kv.shape[:2] != self.kv.shape[:2] or kv.shape[3] != self.kv.shape[3] \
+                or kv.shape[5] != self.kv.shape[5] or kv.device != self.kv.device:
+            raise ValueError(f"set_goal: goal keys and values must be [2, n_layer, G, h, O, D] matching the cache "
+                             f"{tuple(self.kv.shape)} on {self.kv.device}, got {tuple(kv.shape)} on {kv.device}")
+        self.goal_kv = kv
+        self.read_goals(group_rows, rows)
+
+    def read_goals(self, group_rows: int = 1, rows: torch.Tensor | None = None) -> None:
+        """Row r reads goal `(r // group_rows) % G`, or `rows[r]` with the table `rows` (int64 `[R]`
+        on the cache's device, values trusted to lie in [0, G), as the shared prefix's table)."""
+        if rows is not None and (not isinstance(rows, torch.Tensor) or rows.dtype != torch.long or rows.dim() != 1
+                                 or rows.device != self.kv.device):
+            raise ValueError(f"read_goals: rows must be an int64 [R] tensor on {self.kv.device}")
+        if group_rows < 1:
+            raise ValueError(f"read_goals: group_rows must be >= 1, got {group_rows}")
+        self.goal_group_rows, self.goal_rows = group_rows, rows
+
+    def goal(self, layer: int, rows: int) -> SharedPrefix | None:
+        """The goal segment of `layer` as `rows` rows read it (keys first, visible to every query),
+        or None when the cache holds no goal."""
+        if self.goal_kv is None:
+            return None
+        table = None if self.goal_rows is None else self.goal_rows[:rows]
+        return SharedPrefix(self.goal_kv[0, layer], self.goal_kv[1, layer], self.goal_group_rows, table)
 
     def prefix(self, layer: int) -> SharedPrefix | None:
         """The shared prefix of `layer`, or None when nothing is shared."""

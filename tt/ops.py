@@ -73,12 +73,12 @@ def _fake_philox_uniform(seed, offset, out):
 
 
 def _fake_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start,
-                           out):
+                           out, goal_k=None, goal_v=None, goal_group_rows=1, goal_rows=None):
     return None
 
 
 def _fake_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows,
-                        transition_dim, key_start):
+                        transition_dim, key_start, goal_k=None, goal_v=None, goal_group_rows=1, goal_rows=None):
     return torch.empty_like(x)
 
 
@@ -183,11 +183,16 @@ def attention(
     key_start: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     prefix: SharedPrefix | None = None,
+    goal: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Causal attention that never attends value tokens. q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`;
     query i sits at slot `q_offset + i`; `key_start [R]` marks left padding (see reference).
     With a shared `prefix` (slots [0, S) per group of rows, or per row by its table `prefix.rows`),
-    k/v hold each row's slots S.."""
+    k/v hold each row's slots S... With a `goal` segment (a goal-conditioned model's goal keys and
+    values `[G, h, O, D]`, read per group of rows or by the table `goal.rows` as a prefix is), its
+    keys are visible to every query: the softmax runs over them and the window's visible keys.
+    One query per row runs it in the compiled decode kernel; otherwise (training, prefill, and
+    Triton for now) the goal keys are concatenated in front, as the reference does."""
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"attention expects q [R,h,Lq,D] and k, v [R,h,Lk,D]; got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
@@ -203,10 +208,15 @@ def attention(
                          f"{key_start.dtype} {tuple(key_start.shape)} on {key_start.device}")
     if prefix is not None:
         _check_prefix(q, prefix, transition_dim, q_offset, dropout_p)
+    if goal is not None:
+        _check_goal(q, goal)
     backend = _attention_backend(q.device)
     if backend == "native" and q.shape[2] == 1 and q.dtype == torch.float32 and not dropout_p \
             and _has_kernel("decode_attention", q.device.type):
-        return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start)
+        return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
+    if goal is not None:  # the goal keys in front, one masked attention (autograd as SDPA has it)
+        return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset, key_start=key_start,
+                                   dropout_p=dropout_p, prefix=prefix, goal=goal)
     if prefix is not None and backend != "reference":
         return _attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start)
     if backend == "triton":
@@ -216,15 +226,16 @@ def attention(
                                key_start=key_start, dropout_p=dropout_p, prefix=prefix)
 
 
-def fused_decode(x: torch.Tensor) -> bool:
+def fused_decode(x: torch.Tensor, goal: bool = False) -> bool:
     """Whether a decode step on `x [R, 1, C]` runs its blocks in one call (`decode_layers`): on
     CPU the C++ op (float32, tt._C built, native attention), on Triton's attention backend the
-    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH).
+    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH; not yet
+    with a `goal` segment: goal-conditioned models run the Python blocks there).
     `TT_DECODE=blocks` turns both off."""
     backend = _decode_backend(x.device)
     if backend == "C++":
         return x.dtype == torch.float32
-    return (backend == "Triton" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return (backend == "Triton" and not goal and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1]))
 
 
@@ -257,15 +268,25 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
                   transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
     token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs).
-    `weights` come from `decode_weights` (a list is stacked here, per call, where Triton runs)."""
+    `weights` come from `decode_weights` (a list is stacked here, per call, where Triton runs).
+    The cache's goal segment, if it holds one, is read by every row (C++ only, see `fused_decode`)."""
     if _decode_backend(x.device) == "Triton":
+        if cache.goal_kv is not None:
+            raise ValueError("decode_layers: the Triton decode kernel takes no goal segment yet (see fused_decode)")
         stacked = weights if isinstance(weights, tuple) else _triton_decode().stack_weights(weights)
         return _triton_decode().decode_layers(x.contiguous(), stacked, n_head, cache.kv, slot, cache.shared,
                                               cache.groups, cache.group_rows, transition_dim, key_start,
                                               prefix_rows=cache.prefix_rows)
+    goal = cache.goal(0, len(x))
+    if goal is None:
+        return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
+                                          cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
+                                          _int64(key_start))
+    _check_goal(x.view(len(x), n_head, 1, -1), goal)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
-                                      _int64(key_start))
+                                      _int64(key_start), cache.goal_kv[0], cache.goal_kv[1], goal.group_rows,
+                                      goal.rows)
 
 
 def _int64(key_start: torch.Tensor | None) -> torch.Tensor | None:
@@ -297,12 +318,30 @@ def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_
         raise ValueError("attention: a shared prefix is for inference (no dropout)")
 
 
-def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int, q_slot: int, key_start):
-    """One query per row on the compiled kernel: the prefix and the row's keys in one pass."""
+def _check_goal(q: torch.Tensor, goal: SharedPrefix) -> None:
+    """A goal segment: keys and values `[G, h, O, D]` on q's device, and a row table (if any) `[R]`."""
+    R, h, _, D = q.shape
+    if goal.k.shape != goal.v.shape or goal.k.dim() != 4 or goal.k.shape[1] != h or goal.k.shape[3] != D \
+            or goal.k.shape[0] < 1 or goal.length < 1 or goal.k.device != q.device or goal.k.dtype != q.dtype:
+        raise ValueError(f"attention: goal k/v must be [G, {h}, O, {D}] {q.dtype} on {q.device}, got "
+                         f"{tuple(goal.k.shape)}, {tuple(goal.v.shape)} {goal.k.dtype} on {goal.k.device}")
+    if goal.rows is not None and (goal.rows.shape != (R,) or goal.rows.dtype != torch.long
+                                  or goal.rows.device != q.device):
+        raise ValueError(f"attention: the goal's rows must be int64 [{R}] on {q.device}, got "
+                         f"{goal.rows.dtype} {tuple(goal.rows.shape)} on {goal.rows.device}")
+    if goal.group_rows < 1:
+        raise ValueError(f"attention: the goal's group_rows must be >= 1, got {goal.group_rows}")
+
+
+def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int, q_slot: int, key_start,
+                      goal: SharedPrefix | None = None):
+    """One query per row on the compiled kernel: the goal, the prefix and the row's keys in one pass."""
     out = torch.empty(q.shape[0], q.shape[1], q.shape[3], dtype=q.dtype, device=q.device)
     pk, pv, rows = (prefix.k, prefix.v, prefix.rows) if prefix is not None else (None, None, None)
+    gk, gv, grows = (goal.k, goal.v, goal.rows) if goal is not None else (None, None, None)
     torch.ops.tt.decode_attention(q[:, :, 0], k, v, pk, pv, prefix.group_rows if prefix is not None else 1, rows,
-                                  q_slot, transition_dim, _int64(key_start), out)
+                                  q_slot, transition_dim, _int64(key_start), out, gk, gv,
+                                  goal.group_rows if goal is not None else 1, grows)
     return out[:, :, None]
 
 

@@ -126,7 +126,8 @@ class _Search:
     can capture it and replay it after `load` has put new inputs into the same tensors."""
 
     def __init__(self, model: TrajectoryTransformer, prefix: torch.Tensor, pad_transitions: list[int],
-                 discretizer: Discretizer, config: PlanConfig, cache: KVCache | None):
+                 discretizer: Discretizer, config: PlanConfig, cache: KVCache | None,
+                 goal: torch.Tensor | None = None):
         if model.training:
             raise RuntimeError("planning needs the model in eval mode (dropout off): call model.eval()")
         c = model.config
@@ -137,6 +138,8 @@ class _Search:
         self.W, self.E = config.beam_width, config.n_expand
         self.n_ctx = (L - self.O) // self.T  # context transitions of the longest prefix
         self.prefix = prefix
+        model.check_goal(goal, self.B)
+        self.goal = goal  # [B, O] each plan's goal (observation tokens) for a goal-conditioned model
         self.pad = torch.tensor(pad_transitions, device=device)  # padding transitions per plan
         self.padded = any(pad_transitions)  # fixed for this search: rows pass key_start or never do
         # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
@@ -181,9 +184,19 @@ class _Search:
         self.filled = tokens.shape[1]
         if rows is None:
             key_start = self.key_start(len(tokens) // self.B)
+            self.read_goals(len(tokens) // self.B)
         else:
             key_start = None if not self.padded else self.key_start(self.W)[rows]
-        return self.model.prefill(tokens, self.cache, key_start)
+            self.read_goals(table=rows // self.W)
+        logits = self.model.prefill(tokens, self.cache, key_start)
+        self.read_goals(self.W)  # the search's rows from here on
+        return logits
+
+    def read_goals(self, group_rows: int = 1, table: torch.Tensor | None = None) -> None:
+        """Rows read their plan's goal: `group_rows` rows per plan, plan-major (the search's rows
+        [E, B, W] and [B, W] with W), or plan `table[r]`; nothing without a goal."""
+        if self.goal is not None:
+            self.cache.read_goals(group_rows, table)
 
     def reencode(self, first: int, end: int, shared_until: int | None = None,
                  lineage: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,6 +259,8 @@ class _Search:
         self.hist = torch.full((self.B * self.W, L + H * T), -1, dtype=torch.long, device=self.prefix.device)
         self.hist[:, :L] = self.prefix.repeat_interleave(self.W, 0)  # the survivors' tokens
         self.filled = 0  # cache slots in use
+        if self.goal is not None:  # each plan's goal, encoded once and read by all its rows
+            self.model.encode_goal(self.goal, self.cache, self.W)
         best = self._plan_likelihood() if self.config.objective == "likelihood" else self._plan_return(rng)
         start = self.n_ctx * T
         return PlanResult(self.hist[:: self.W, start : start + H * T], best)
@@ -351,15 +366,18 @@ class _Search:
 @torch.no_grad()
 def beam_plan(model: TrajectoryTransformer, prefix_tokens: torch.Tensor, discretizer: Discretizer,
               config: PlanConfig = PlanConfig(), rng: Philox | torch.Generator | None = None,
-              cache: KVCache | None = None) -> PlanResult:
+              cache: KVCache | None = None, goal: torch.Tensor | None = None) -> PlanResult:
     """Plan B trajectories at once from `prefix_tokens [B, L]` (rows left-padded with -1 by whole
     transitions when their contexts differ in length). Same search as `tt.reference.beam_plan`;
-    with the same `Philox` state a single plan draws exactly as the reference's."""
+    with the same `Philox` state a single plan draws exactly as the reference's. A goal-conditioned
+    model plans towards `goal [B, O]` (each plan's goal as observation tokens), encoded once per
+    plan into the cache's goal segment that all its beams read."""
     device = model.tok_emb.weight.device
     pad_transitions = check_prefix(model, prefix_tokens)
     if not isinstance(rng, Philox):
         rng = Philox.from_generator(rng, device)
-    return _Search(model, prefix_tokens.to(device), pad_transitions, discretizer, config, cache).run(rng)
+    goal = None if goal is None else goal.to(device)
+    return _Search(model, prefix_tokens.to(device), pad_transitions, discretizer, config, cache, goal).run(rng)
 
 
 class CUDAGraphRecorder:
@@ -479,10 +497,14 @@ class Planner:
     `model.train()` again, to go on training it. The planner draws from its own Philox generator
     (`seed`, or fresh entropy from the OS without one): torch's global generator is never read
     or reseeded. `check_env(env)` checks a Gymnasium environment's spaces against the model.
+
+    A goal-conditioned model plans towards a goal observation `[O]`: `goal` for every environment,
+    or `set_goal(g, env)` for one (each environment of a vector env its own). Goals are
+    discretized with the observation bins; plans of such a model are not captured as CUDA graphs.
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig = PlanConfig(),
-                 device: str | torch.device | None = None, seed: int | None = None):
+                 device: str | torch.device | None = None, seed: int | None = None, goal: np.ndarray | None = None):
         if discretizer.transition_dim != model.transition_dim or discretizer.n_bins != model.config.n_bins:
             raise ValueError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                              f"match the model ({model.config.n_bins} bins, {model.transition_dim} dims)")
@@ -498,12 +520,16 @@ class Planner:
         self.stats = {"plans": 0, "stop_tokens_in_actions": 0}
         self._cache: KVCache | None = None
         self._graphs = None
-        if config.cuda_graphs and self.device.type == "cuda":
+        self._default_goal: np.ndarray | None = None
+        self._goals: dict[int, np.ndarray] = {}
+        if config.cuda_graphs and self.device.type == "cuda" and not model.config.goal_conditioned:
             if ops.backends()["sample_next"]["cuda"] == "CUDA":
                 self._graphs = PlanGraphs(self.model, discretizer, config, self.rng)
             else:
                 warnings.warn("CUDA graphs need tt._C's CUDA kernels (not built): planning eagerly", stacklevel=2)
         self.reset()
+        if goal is not None:
+            self.set_goal(goal)
 
     @classmethod
     def load(cls, run_dir: str, device: str | torch.device | None = None, seed: int | None = None,
@@ -534,6 +560,39 @@ class Planner:
         self._plans: list[Plan | None] = [None] * (n_envs or 0)
         self._age = [0] * (n_envs or 0)
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def set_goal(self, goal: np.ndarray, env: int | None = None) -> None:
+        """The goal observation `[O]` to plan towards: of environment `env`, or of every environment
+        (`env=None`; `[n, O]`: one per environment, in order). Plans made after this use it."""
+        if not self.model.config.goal_conditioned:
+            raise ValueError("set_goal: this model is not goal-conditioned (trained without --goal-conditioned)")
+        goal = np.asarray(goal, dtype=np.float64)
+        if goal.ndim not in (1, 2) or goal.shape[-1] != self.O or (goal.ndim == 2 and env is not None):
+            raise ValueError(f"a goal is an observation [{self.O}] (or [n, {self.O}], one per environment), "
+                             f"got shape {tuple(goal.shape)}")
+        if not np.isfinite(goal).all():
+            raise ValueError("the goal contains NaN or infinite values")
+        if env is not None:
+            if not 0 <= env < (self._n if self._n is not None else env + 1):
+                raise ValueError(f"set_goal: environment {env} is not one of the {self._n} tracked")
+            self._goals[env] = goal
+        elif goal.ndim == 2:
+            if self._n is not None and len(goal) != self._n:
+                raise ValueError(f"set_goal: {len(goal)} goals for {self._n} environments")
+            self._goals = dict(enumerate(goal))
+        else:
+            self._default_goal, self._goals = goal, {}
+
+    def _goal_tokens(self, envs: list[int]) -> torch.Tensor | None:
+        """The goals of environments `envs` as observation tokens `[len(envs), O]` (None without a goal model)."""
+        if not self.model.config.goal_conditioned:
+            return None
+        goals = [self._goals.get(i, self._default_goal) for i in envs]
+        missing = [i for i, g in zip(envs, goals) if g is None]
+        if missing:
+            raise ValueError(f"the model is goal-conditioned but environment(s) {missing} have no goal: give "
+                             "Planner(..., goal=g) or call planner.set_goal(g, env)")
+        return torch.from_numpy(self.discretizer.discretize(np.stack(goals), columns=slice(0, self.O)))
 
     @property
     def current_plans(self) -> list[Plan | None]:
@@ -612,7 +671,8 @@ class Planner:
         if self._graphs is not None:
             result = self._graphs.plan(prefix, self._cache)
         else:
-            result = beam_plan(self.model, prefix, self.discretizer, config, self.rng, self._cache)
+            result = beam_plan(self.model, prefix, self.discretizer, config, self.rng, self._cache,
+                               self._goal_tokens(envs))
         self.stats["plans"] += len(envs)
         tokens = result.tokens.view(len(envs), config.horizon, self.T).cpu().numpy()
         return [Plan(t, self.discretizer.reconstruct(t), float(s)) for t, s in zip(tokens, result.score.tolist())]

@@ -30,21 +30,27 @@ def attention_mask(
     q_offset: int = 0,
     key_start: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    n_goal: int = 0,
 ) -> torch.Tensor:
-    """Boolean mask `[R|1, 1, n_query, n_key]`, True where a query may attend a key.
+    """Boolean mask `[R|1, 1, n_query, n_goal + n_key]`, True where a query may attend a key.
 
     Query i sits at window slot `q_offset + i`, key j at slot j. Allowed: causal (j <= i) and
     not a value token (j mod T != T-1). Rows with `key_start[r] > 0` are left-padded by whole
     transitions: their real queries never see keys before `key_start[r]`; padding queries see
     only padding keys, so they stay finite and never reach real positions.
+    A goal-conditioned model's `n_goal` goal keys come first and are visible to every query (they
+    hold no window slot: slots, positions and the value-token rule count from the trajectory).
     """
     q_slot = q_offset + torch.arange(n_query, device=device)[:, None]
     k_slot = torch.arange(n_key, device=device)[None, :]
-    allowed = (k_slot <= q_slot) & (k_slot % transition_dim != transition_dim - 1)
-    if key_start is None:
-        return allowed[None, None]
-    start = key_start.to(device)[:, None, None, None]
-    return allowed[None, None] & ((k_slot >= start) == (q_slot >= start))
+    allowed = ((k_slot <= q_slot) & (k_slot % transition_dim != transition_dim - 1))[None, None]
+    if key_start is not None:
+        start = key_start.to(device)[:, None, None, None]
+        allowed = allowed & ((k_slot >= start) == (q_slot >= start))
+    if not n_goal:
+        return allowed
+    goal = torch.ones(*allowed.shape[:3], n_goal, dtype=torch.bool, device=device)
+    return torch.cat([goal, allowed], -1)
 
 
 def attention(
@@ -57,12 +63,18 @@ def attention(
     key_start: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     prefix: SharedPrefix | None = None,
+    goal: SharedPrefix | None = None,
 ) -> torch.Tensor:
     """Attention with the Trajectory Transformer mask; q `[R, h, Lq, D]`, k/v `[R, h, Lk, D]`.
-    With a shared `prefix` (S slots), k/v hold slots S.. of each row, after its group's prefix."""
+    With a shared `prefix` (S slots), k/v hold slots S.. of each row, after its group's prefix.
+    With a `goal` segment (a goal-conditioned model's goal keys and values `[G, h, O, D]`, each
+    row reading its goal as rows read a shared prefix), its O keys come first, visible to all."""
     if prefix is not None:
         k, v = prefix.expand(q.shape[0], k, v)
-    mask = attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
+    n_goal = 0 if goal is None else goal.length
+    if goal is not None:
+        k, v = goal.expand(q.shape[0], k, v)
+    mask = attention_mask(q.shape[2], k.shape[2] - n_goal, transition_dim, q_offset, key_start, q.device, n_goal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
@@ -248,12 +260,18 @@ def crop_window(x: torch.Tensor, max_block: int, transition_dim: int) -> torch.T
     return x[:, n_crop:]
 
 
-def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoints=None):
-    """Append n sampled tokens to every row of x, each from a full forward of the cropped window.
+def goal_forward(model, x: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+    """The model's logits for windows `x [R, L]`, every row conditioned on `goal [O]` when given."""
+    return model(x) if goal is None else model(x, goal=goal[None].expand(len(x), -1))
+
+
+def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoints=None, goal=None):
+    """Append n sampled tokens to every row of x, each from a full forward of the cropped window
+    (conditioned on `goal [O]` for a goal-conditioned model).
     Returns (x, expectations [rows, n] when `midpoints [n, N]` are given)."""
     expectations = []
     for i in range(n):
-        logits = model(crop_window(x, max_block, model.transition_dim))[:, -1]
+        logits = goal_forward(model, crop_window(x, max_block, model.transition_dim), goal)[:, -1]
         token, expectation = sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
                                          midpoints=None if midpoints is None else midpoints[i], rng=rng)
         x = torch.cat([x, token[:, None]], dim=1)
@@ -263,20 +281,21 @@ def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoint
 
 @torch.no_grad()
 def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
-              rng: torch.Generator | Philox | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              rng: torch.Generator | Philox | None = None, goal: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_plan` for one prefix `[L]` (context transitions, then an observation).
 
     `midpoints [N, T]` are the discretizer's bin midpoints. Returns the best beam's planned
     tokens `[H * T]` and its score. `config.max_context_transitions=None` means no cropping
     beyond the model's block size. Draws come from `rng`: a torch generator (multinomial, as the
     authors) or a `Philox` (the compiled ops' draws, so fast and reference plans can match draw
-    for draw).
+    for draw). A goal-conditioned model conditions every forward on `goal [O]` (observation tokens).
     """
     O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
     H, W, E = config.horizon, config.beam_width, config.n_expand
     C = config.max_context_transitions
     max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
-    sample = dict(max_block=max_block, temperature=config.temperature, rng=rng)
+    sample = dict(max_block=max_block, temperature=config.temperature, rng=rng, goal=goal)
     rew_val_midpoints = midpoints[:, T - 2 :].T.to(torch.float32)
 
     x = prefix[None].repeat(W, 1)
@@ -315,14 +334,16 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
 
 
 @torch.no_grad()
-def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig,
+                    goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_search` for one prefix `[L]` (context transitions, then an observation):
     a full forward of the cropped window per token, every beam expanded by every token, the W
     most likely sequences kept (ties to the lower beam-major index; a candidate at -inf never
     survives, so the search starts with one beam). Tokens are planned as `beam_plan` plans them
     (the first action, reward and value, then whole transitions, H in all), each filtered by its
-    kind's top-k and cdf. Returns the best sequence's tokens `[H * T]` (from the observation on) and
-    its log-likelihood."""
+    kind's top-k and cdf. A goal-conditioned model conditions every forward on `goal [O]` (observation
+    tokens). Returns the best sequence's tokens `[H * T]` (from the observation on) and its
+    log-likelihood."""
     O, T = model.config.observation_dim, model.transition_dim
     C = config.max_context_transitions
     max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
@@ -331,7 +352,7 @@ def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig) -> tuple[to
     x, logp_sum = prefix[None], torch.zeros(1, device=prefix.device)
     start = x.shape[1] - O
     for position in range(x.shape[1], start + config.horizon * T):
-        logits = model(crop_window(x, max_block, T))[:, -1]
+        logits = goal_forward(model, crop_window(x, max_block, T), goal)[:, -1]
         top_k, cdf = filters[position % T]
         candidates = (logp_sum[:, None] + log_probs(logits, config.temperature, top_k, cdf)).view(1, -1)
         values, index, *_ = beam_select(candidates, min(config.beam_width, candidates.shape[1]))

@@ -51,12 +51,14 @@ View view_of(const at::Tensor& t) {
 }
 
 struct Problem {
-  View q, k, v, prefix_k, prefix_v;
+  View q, k, v, prefix_k, prefix_v, goal_k, goal_v;
   float* out;
   const int64_t* key_start;
   const int64_t* prefix_rows;  // [rows] or null: the prefix each row reads (else its group's)
   const int64_t* tasks;        // with prefix_rows: task i is row tasks[i] / heads, head tasks[i] % heads
+  const int64_t* goal_rows;    // [rows] or null: the goal each row reads (else (r / goal_group_rows) % goals)
   int64_t rows, heads, dim, own_slots, prefix_slots, groups, group_rows, q_slot, transition_dim;
+  int64_t goal_slots, goals, goal_group_rows;  // goal_slots = 0: no goal segment
 };
 
 // Head dims the kernel is specialized for (unrolled, in registers); others take the generic loop.
@@ -151,7 +153,8 @@ TT_INLINE void add_values(const float* weights, const float* values, int64_t str
 
 // Tasks [begin, end) in (group, head, row of the group) order (with a prefix row table, as listed
 // in p.tasks). `scratch` holds L scores, L mask biases (0 or -inf: the same for every row
-// with the same key_start) and, with a prefix, its keys transposed [D, S_pad].
+// with the same key_start), with a prefix its keys transposed [D, S_pad], and the goal's
+// scores (visible to every query: no bias).
 template <class Dim>
 TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float* scratch) {
   const int64_t D = Dim::size(p.dim), S = p.prefix_slots, T = p.transition_dim, L = S + p.own_slots;
@@ -161,6 +164,8 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
   float* scores = scratch;
   float* bias = scratch + L;
   float* prefix_keys = scratch + 2 * L;  // [D, S_pad]
+  float* goal_scores = prefix_keys + S_pad * D;  // [goal_slots]
+  const int64_t n_goal = p.goal_slots;
   float acc[kMaxHeadDim];
   int64_t transposed = -1;  // the (group, head) whose prefix keys are in prefix_keys
   int64_t masked_for = -1;  // the key_start whose mask is in bias
@@ -207,13 +212,26 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
     const float* key = p.k.at(r, h, 0);
     for (int64_t j = S; j < L; ++j, key += p.k.slot) scores[j] = dot<Dim>(q, key, D);
     for (int64_t j = 0; j < L; ++j) scores[j] = scores[j] * scale + bias[j];
+    int64_t goal = 0;
+    if (n_goal) {  // the goal's keys: few, always visible
+      goal = p.goal_rows ? p.goal_rows[r] : (r / p.goal_group_rows) % p.goals;
+      const float* goal_key = p.goal_k.at(goal, h, 0);
+      for (int64_t j = 0; j < n_goal; ++j, goal_key += p.goal_k.slot)
+        goal_scores[j] = dot<Dim>(q, goal_key, D) * scale;
+    }
 
     for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
     float total = 0.f;
-    const float max_score = max_of(scores, L);
+    const float max_window = max_of(scores, L), max_goal = n_goal ? max_of(goal_scores, n_goal) : neg_inf;
+    const float max_score = max_goal > max_window ? max_goal : max_window;
     if (max_score != neg_inf) {
       for (int64_t j = 0; j < L; ++j) scores[j] = exp_nonpositive(scores[j] - max_score);
       total = sum_of(scores, L);
+      if (n_goal) {
+        for (int64_t j = 0; j < n_goal; ++j) goal_scores[j] = exp_nonpositive(goal_scores[j] - max_score);
+        total += sum_of(goal_scores, n_goal);
+        add_values<Dim>(goal_scores, p.goal_v.at(goal, h, 0), p.goal_v.slot, n_goal, acc, D);
+      }
       if (S) add_values<Dim>(scores, p.prefix_v.at(group, h, 0), p.prefix_v.slot, S, acc, D);
       add_values<Dim>(scores + S, p.v.at(r, h, 0), p.v.slot, L - S, acc, D);
     }
@@ -227,7 +245,8 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 void attend(const Problem& p, int64_t begin, int64_t end) {
-  std::vector<float> scratch(2 * (p.prefix_slots + p.own_slots) + padded_prefix(p.prefix_slots) * p.dim);
+  std::vector<float> scratch(2 * (p.prefix_slots + p.own_slots) + padded_prefix(p.prefix_slots) * p.dim +
+                             p.goal_slots);
   switch (p.dim) {
     case 16: return attend_tasks<HeadDim<16>>(p, begin, end, scratch.data());
     case 32: return attend_tasks<HeadDim<32>>(p, begin, end, scratch.data());
@@ -241,9 +260,11 @@ void attend(const Problem& p, int64_t begin, int64_t end) {
 void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                           int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
-                          int64_t transition_dim, const std::optional<at::Tensor>& key_start, at::Tensor& out) {
+                          int64_t transition_dim, const std::optional<at::Tensor>& key_start, at::Tensor& out,
+                          const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v,
+                          int64_t goal_group_rows, const std::optional<at::Tensor>& goal_rows) {
   check_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start,
-                         out);
+                         out, goal_k, goal_v, goal_group_rows, goal_rows);
   TORCH_CHECK(q.scalar_type() == at::kFloat, "tt::decode_attention: the CPU kernel takes float32, got ",
               q.scalar_type());
   TORCH_CHECK(q.size(2) <= kMaxHeadDim, "tt::decode_attention: head dim ", q.size(2), " > ", kMaxHeadDim);
@@ -285,6 +306,15 @@ void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
   p.group_rows = has_prefix ? group_rows : p.rows;
   p.q_slot = q_slot;
   p.transition_dim = transition_dim;
+  const bool has_goal = goal_k.has_value();
+  if (has_goal) {
+    p.goal_k = view_of(*goal_k);
+    p.goal_v = view_of(*goal_v);
+  }
+  p.goal_rows = has_goal && goal_rows.has_value() ? goal_rows->data_ptr<int64_t>() : nullptr;
+  p.goal_slots = has_goal ? goal_k->size(2) : 0;
+  p.goals = has_goal ? goal_k->size(0) : 1;
+  p.goal_group_rows = has_goal ? goal_group_rows : 1;
   at::parallel_for(0, p.rows * p.heads, 16, [&](int64_t begin, int64_t end) { attend(p, begin, end); });
 }
 

@@ -2,7 +2,8 @@
 // as tt.model.Block runs them, in one call. A decode step is a few hundred small ATen calls;
 // from Python each costs microseconds of interpreter and dispatch time, which at planner sizes
 // is about half of the step. Here the same ATen ops run in the same order (so the result is the
-// Python path's, bit for bit), with the K/V written to the cache and attention on decode_attention.
+// Python path's, bit for bit), with the K/V written to the cache and attention on decode_attention
+// (with a goal-conditioned model's goal segment, goal_k / goal_v [n_layer, G, h, O, D], when given).
 #include <ATen/ATen.h>
 
 #include "../ops.h"
@@ -12,8 +13,11 @@ namespace tt {
 at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                              const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
                              int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t transition_dim,
-                             const std::optional<at::Tensor>& key_start) {
-  check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows);
+                             const std::optional<at::Tensor>& key_start, const std::optional<at::Tensor>& goal_k,
+                             const std::optional<at::Tensor>& goal_v, int64_t goal_group_rows,
+                             const std::optional<at::Tensor>& goal_rows) {
+  check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows, goal_k,
+                      goal_v);
   const int64_t R = x.size(0), C = x.size(1), D = C / n_head, n_layer = cache_k.size(0);
   at::Tensor h = x;
   for (int64_t l = 0; l < n_layer; ++l) {
@@ -29,10 +33,15 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
       prefix_k = cache_k.select(0, l).narrow(0, 0, groups).narrow(2, 0, shared);
       prefix_v = cache_v.select(0, l).narrow(0, 0, groups).narrow(2, 0, shared);
     }
+    std::optional<at::Tensor> layer_goal_k, layer_goal_v;  // the goal segment's keys and values of this layer
+    if (goal_k.has_value()) {
+      layer_goal_k = goal_k->select(0, l);
+      layer_goal_v = goal_v->select(0, l);
+    }
     at::Tensor att = at::empty({R, n_head, D}, x.options());
     decode_attention_cpu(qkv.select(1, 0), k_layer.narrow(2, shared, slot + 1 - shared),
                          v_layer.narrow(2, shared, slot + 1 - shared), prefix_k, prefix_v, group_rows, prefix_rows,
-                         slot, transition_dim, key_start, att);
+                         slot, transition_dim, key_start, att, layer_goal_k, layer_goal_v, goal_group_rows, goal_rows);
     h = h + at::addmm(w[5], att.view({R, C}), w[4].t());
     // MLP: ln2, fc, GELU, proj, residual
     const at::Tensor m = at::gelu(at::addmm(w[9], at::layer_norm(h, {C}, w[6], w[7]), w[8].t()));
