@@ -377,3 +377,71 @@ def test_float32_goal_plan_on_the_compiled_kernels_matches_the_reference_backend
         results[backend] = beam_plan(model, pad_prefixes(prefixes, T), random_discretizer(N, T), config, goal=goal)
     assert torch.equal(results[""].tokens, results["reference"].tokens)
     torch.testing.assert_close(results[""].score, results["reference"].score, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training with hindsight goals
+
+
+def test_windows_carry_their_episodes_hindsight_goals():
+    from tt.data import HindsightGoals, TokenWindows, make_trajectories
+
+    rng = np.random.default_rng(0)
+    lengths = [5, 8, 3]
+    obs = [rng.normal(size=(n, 2)) + 10 * e for e, n in enumerate(lengths)]  # episode e's observations near 10e
+    traj = make_trajectories(obs, [rng.normal(size=(n, 1)) for n in lengths], [rng.normal(size=n) for n in lengths],
+                             [False] * 3)
+    discretizer = random_discretizer(40, 5)
+    goals = HindsightGoals.of(traj)
+    np.testing.assert_array_equal(goals.final, np.stack([o[-1] for o in obs]))
+    K = 3
+    final = TokenWindows(traj, discretizer, K, goals, "final")
+    index = torch.arange(len(final))
+    episode = np.repeat(np.arange(3), [n - 1 for n in lengths])
+    want = torch.from_numpy(discretizer.discretize(goals.final, columns=slice(0, 2)))[episode]
+    assert torch.equal(final.goals_of(index), want)
+    future = TokenWindows(traj, discretizer, K, goals, "future")
+    assert final.goal_draws(0, 0) is None and torch.equal(future.goal_draws(3, 1), future.goal_draws(3, 1))
+    step_tokens = torch.from_numpy(discretizer.discretize(goals.steps, columns=slice(0, 2)))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for draws in (torch.zeros(len(future)), torch.full((len(future),), 1 - 1e-12), future.goal_draws(0, 2)):
+        got = future.goals_of(index, draws)
+        local = np.concatenate([np.arange(n - 1) for n in lengths])
+        lo = starts[episode] + np.minimum(local + K - 1, np.array(lengths)[episode] - 1)
+        hi = starts[episode] + np.array(lengths)[episode]
+        step = lo + np.minimum((draws.numpy() * (hi - lo)).astype(int), hi - lo - 1)
+        assert torch.equal(got, step_tokens[step])
+    with pytest.raises(ValueError, match="goal_draws"):
+        future.goals_of(index)
+
+
+@pytest.fixture(scope="module")
+def pointmaze_tiny():
+    from tt.envs import make_dataset
+
+    return make_dataset("pointmaze-fourrooms", episodes=3, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("goal", ["final", "future"])
+def test_goal_conditioned_training_on_pointmaze_runs_and_plans(tmp_path, pointmaze_tiny, goal):
+    from tt.checkpoint import load_run
+    from tt.train import make_config, train
+
+    cfg = make_config("small", dataset="pointmaze-fourrooms", goal_conditioned=True, goal=goal, max_steps=3,
+                      batch_size=8, n_bins=20, n_layer=1, n_embd=16, n_head=2, n_transitions=3, save_every=3,
+                      log_every=1, device="cpu")
+    train(cfg, str(tmp_path), progress=False)
+    model, discretizer, config, _ = load_run(str(tmp_path))
+    assert model.config.goal_conditioned and config["train"]["goal"] == goal
+    assert config["data"]["goal_columns"] == [0, 1]
+    planner = Planner(model, discretizer, PlanConfig(horizon=2, beam_width=3, objective="likelihood"), seed=0,
+                      goal=np.array([1.0, 1.0, 0.0, 0.0]))
+    assert planner.act(np.zeros(4)).shape == (2,)
+
+
+def test_goal_options_are_checked():
+    from tt.train import make_config
+
+    with pytest.raises(ValueError, match="goal must be one of"):
+        make_config(goal="random")
+    with pytest.raises(ValueError, match="no --holdout-episodes"):
+        make_config(goal_conditioned=True, holdout_episodes=2)

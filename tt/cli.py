@@ -37,7 +37,8 @@ def cmd_train(args) -> None:
                      epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
                      discretizer=args.discretizer, action_discretizer=args.action_discretizer,
                      n_transitions=args.n_transitions, holdout_episodes=args.holdout_episodes,
-                     hidden_obs_fraction=args.hidden_obs_fraction)
+                     hidden_obs_fraction=args.hidden_obs_fraction, goal_conditioned=args.goal_conditioned or None,
+                     goal=args.goal)
     cfg = make_config(args.preset, **overrides)
     with distributed.process_group(cfg.device):
         if args.download:
@@ -274,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-obs-fraction", type=fraction,
                        help="partial observability: hide each observation dimension with this probability "
                             "(a fixed seeded mask, recorded in the run)")
+    train.add_argument("--goal-conditioned", action="store_true",
+                       help="a goal observation before every window (the authors' ConditionalGPT), trained with "
+                            "hindsight goals; plan towards goals with the likelihood objective")
+    train.add_argument("--goal", choices=("final", "future"),
+                       help="the hindsight goal: the episode's final observation (the authors', default) or an "
+                            "observation drawn uniformly from the episode's future")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")

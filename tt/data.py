@@ -130,6 +130,27 @@ def trajectories_from_minari(dataset, discount: float = 0.99, termination_penalt
     return make_trajectories(obs, act, rew, term, discount, termination_penalty)
 
 
+@dataclass
+class HindsightGoals:
+    """The goals a goal-conditioned model trains on, as observations (what the planner is given).
+
+    final: [E, O] where each episode ended up (the authors' hindsight goal)
+    steps: [n, O] each step's observation as a goal (rows as `Trajectories.joined`), the `future` draws
+    """
+
+    final: np.ndarray
+    steps: np.ndarray
+
+    @classmethod
+    def of(cls, trajectories: Trajectories) -> HindsightGoals:
+        """Goals from the observations alone: each episode's last observation, every step's observation."""
+        obs = trajectories.joined[:, : trajectories.observation_dim]
+        return cls(obs[np.cumsum(trajectories.lengths) - 1], obs)
+
+
+GOAL_MODES = ("final", "future")
+
+
 class TokenWindows:
     """Training windows of K transitions over one precomputed token array.
 
@@ -137,27 +158,38 @@ class TokenWindows:
     step but the last is one contiguous slice. Rows after a termination are trained (the model
     learns that episodes end); rows after a truncation carry loss mask 0.
     Inputs are the flattened window minus its last token, targets minus its first.
+
+    With `goals` each window also has a goal (`goals_of`), discretized with the observation bins:
+    its episode's final goal (`goal="final"`), or (`"future"`) an observation drawn uniformly from
+    its episode's steps at or after the window's last transition, from `goal_draws(seed, epoch)`.
     """
 
-    def __init__(self, trajectories: Trajectories, discretizer: Discretizer, n_transitions: int = 10):
+    def __init__(self, trajectories: Trajectories, discretizer: Discretizer, n_transitions: int = 10,
+                 goals: HindsightGoals | None = None, goal: str = "final"):
         if discretizer.transition_dim != trajectories.transition_dim:
             raise ValueError(
                 f"discretizer has {discretizer.transition_dim} dimensions, data {trajectories.transition_dim}"
             )
         if n_transitions < 1:
             raise ValueError(f"n_transitions must be >= 1, got {n_transitions}")
+        if goal not in GOAL_MODES:
+            raise ValueError(f"goal must be one of {', '.join(GOAL_MODES)}, got {goal!r}")
         self.K = n_transitions
         self.T = trajectories.transition_dim
+        self.goal_mode = goal
         stop = discretizer.stop_token
         real_tokens = discretizer.discretize(trajectories.joined)
-        rows, valid, starts = [], [], []
+        rows, valid, starts, episode, future = [], [], [], [], []
         offset, cursor = 0, 0
-        for length, terminated in zip(trajectories.lengths, trajectories.terminated):
+        for e, (length, terminated) in enumerate(zip(trajectories.lengths, trajectories.terminated)):
             rows.append(real_tokens[cursor : cursor + length])
             rows.append(np.full((self.K - 1, self.T), stop, dtype=np.int64))
             valid.append(np.ones(length, dtype=bool))
             valid.append(np.full(self.K - 1, bool(terminated)))
             starts.append(offset + np.arange(length - 1))
+            episode.append(np.full(length - 1, e))
+            future.append(np.stack([cursor + np.minimum(np.arange(length - 1) + self.K - 1, length - 1),
+                                    np.full(length - 1, cursor + length)], 1).reshape(-1, 2))
             offset += length + self.K - 1
             cursor += length
         self.tokens = torch.from_numpy(np.concatenate(rows))
@@ -167,6 +199,32 @@ class TokenWindows:
             raise ValueError(f"no training windows: all {len(trajectories.lengths)} episodes of the data set have "
                              "length 1 (a window starts at every step but the last of an episode)")
         self._offsets = torch.arange(self.K)
+        self.goals = None
+        if goals is not None:  # tokens of each episode's final goal and of each step's observation
+            O = trajectories.observation_dim
+            self.goals = {"final": torch.from_numpy(discretizer.discretize(goals.final, columns=slice(0, O))),
+                          "steps": torch.from_numpy(discretizer.discretize(goals.steps, columns=slice(0, O))),
+                          "episode": torch.from_numpy(np.concatenate(episode).astype(np.int64)),
+                          "future": torch.from_numpy(np.concatenate(future).astype(np.int64))}
+
+    def goal_draws(self, seed: int, epoch: int) -> torch.Tensor | None:
+        """Uniforms [windows] that pick each window's `future` goal in `epoch` (None for `final` goals):
+        a function of (seed, epoch), as the data order is."""
+        if self.goals is None or self.goal_mode != "future":
+            return None
+        return torch.from_numpy(np.random.default_rng([seed, epoch, 15]).random(len(self)))
+
+    def goals_of(self, index: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The goal tokens [B, O] of windows `index` (None without goals); `future` goals need `goal_draws`."""
+        if self.goals is None:
+            return None
+        if self.goal_mode == "final":
+            return self.goals["final"][self.goals["episode"][index]]
+        if draws is None:
+            raise ValueError("future goals are drawn: pass goal_draws(seed, epoch)")
+        lo, hi = self.goals["future"][index].unbind(1)
+        step = lo + (draws[index] * (hi - lo)).long().clamp_max(hi - lo - 1)
+        return self.goals["steps"][step]
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -24,7 +24,15 @@ import torch
 
 from tt import distributed
 from tt.checkpoint import load_run, load_trainer_state, save_run
-from tt.data import TokenWindows, Trajectories, load_dataset, training_split, trajectories_from_minari
+from tt.data import (
+    GOAL_MODES,
+    HindsightGoals,
+    TokenWindows,
+    Trajectories,
+    load_dataset,
+    training_split,
+    trajectories_from_minari,
+)
 from tt.discretize import Discretizer
 from tt.io import append_line, atomic_write, read_jsonl, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
@@ -63,6 +71,8 @@ class TrainConfig:
     device: str = "auto"
     holdout_episodes: int = 0  # the data set's last episodes, left out of training (for `tt predict`)
     hidden_obs_fraction: float = 0.0  # partial observability: each observation dimension hidden with this probability
+    goal_conditioned: bool = False  # a goal before every window (ConditionalGPT), trained with hindsight goals
+    goal: str = "final"  # the hindsight goal: the episode's final observation, or a uniformly drawn future one
 
     def __post_init__(self):
         for name in ("n_bins", "n_transitions", "n_layer", "n_head", "n_embd", "batch_size", "budget_steps",
@@ -80,6 +90,11 @@ class TrainConfig:
             raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
         if not 0.0 <= self.hidden_obs_fraction < 1.0:
             raise ValueError(f"hidden_obs_fraction must be in [0, 1), got {self.hidden_obs_fraction}")
+        if self.goal not in GOAL_MODES:
+            raise ValueError(f"goal must be one of {', '.join(GOAL_MODES)}, got {self.goal!r}")
+        if self.goal_conditioned and (self.holdout_episodes or self.hidden_obs_fraction):
+            raise ValueError("goal-conditioned training takes every episode with every observation dimension: "
+                             "no --holdout-episodes or --hidden-obs-fraction")
 
 
 PRESETS: dict[str, dict] = {
@@ -149,21 +164,44 @@ def prepare_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
     """The data set's trajectories, the discretizer (fitted on them unless one is given) and a summary.
 
     `trajectories`: these instead of `cfg.dataset`'s (synthetic data; `cfg.dataset` names them)."""
+    return prepare_goal_data(cfg, discretizer, trajectories)[:3]
+
+
+def prepare_goal_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
+                      trajectories: Trajectories | None = None
+                      ) -> tuple[Trajectories, Discretizer, dict, HindsightGoals]:
+    """`prepare_data`, and the hindsight goals of the episodes. A goal data set (`pointmaze-*`, Minari's
+    `D4RL/pointmaze`) is read with `tt.goal_data` (observations: the dict's `observation` part; goals:
+    the goal columns, the rest 0; no termination penalty: its episodes end at their goal); for any
+    other the goals are whole observations."""
+    from tt.goal_data import goal_observations, goal_trajectories_from_minari, is_goal_space
+
+    goals, goal_columns, penalty = None, None, cfg.termination_penalty
     if trajectories is None:
         dataset = load_dataset(cfg.dataset)
-        trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
+        if is_goal_space(dataset.observation_space):
+            read, penalty = goal_trajectories_from_minari(dataset, cfg.discount), None
+            trajectories, goal_columns = read.trajectories, read.goal_columns
+            obs = trajectories.joined[:, : trajectories.observation_dim]
+            goals = HindsightGoals(read.hindsight_goal_observations(),
+                                   goal_observations(obs[:, goal_columns], goal_columns, trajectories.observation_dim))
+        else:
+            trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
         dataset_id = dataset.spec.dataset_id
     else:
         dataset_id = cfg.dataset
+    if goals is None:
+        goals = HindsightGoals.of(trajectories)
     trajectories, _, visible = training_split(trajectories, cfg.holdout_episodes, cfg.hidden_obs_fraction)
     if discretizer is None:
         discretizer = fit_discretizer(trajectories, cfg)
     info = {"dataset_id": dataset_id, "observation_dim": trajectories.observation_dim,
             "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
             "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
-            "discount": cfg.discount, "termination_penalty": cfg.termination_penalty,
-            "holdout_episodes": cfg.holdout_episodes, "visible_observation_dims": visible.tolist()}
-    return trajectories, discretizer, info
+            "discount": cfg.discount, "termination_penalty": penalty,
+            "holdout_episodes": cfg.holdout_episodes, "visible_observation_dims": visible.tolist(),
+            "goal_columns": None if goal_columns is None else goal_columns.tolist()}
+    return trajectories, discretizer, info, goals
 
 
 # Options a resumed run may change: they decide where training stops, where it runs and how often
@@ -172,7 +210,8 @@ RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
 FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
          "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
          "action_discretizer": "--action-discretizer", "n_transitions": "--n-transitions",
-         "holdout_episodes": "--holdout-episodes", "hidden_obs_fraction": "--hidden-obs-fraction"}
+         "holdout_episodes": "--holdout-episodes", "hidden_obs_fraction": "--hidden-obs-fraction",
+         "goal_conditioned": "--goal-conditioned", "goal": "--goal"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
@@ -251,12 +290,14 @@ def _restore_rng(state: dict, seed: int, step: int, device: torch.device) -> Non
 
 def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,
            stored_discretizer: Discretizer | None, trajectories: Trajectories | None) -> TrajectoryTransformer:
-    trajectories, discretizer, data_info = prepare_data(cfg, stored_discretizer, trajectories)
-    windows = TokenWindows(trajectories, discretizer, cfg.n_transitions)
+    trajectories, discretizer, data_info, goals = prepare_goal_data(cfg, stored_discretizer, trajectories)
+    windows = TokenWindows(trajectories, discretizer, cfg.n_transitions, goals if cfg.goal_conditioned else None,
+                           cfg.goal)
     model_config = GPTConfig(
         trajectories.observation_dim, trajectories.action_dim, n_bins=cfg.n_bins, n_transitions=cfg.n_transitions,
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, embd_pdrop=cfg.dropout,
         resid_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, action_weight=cfg.action_weight,
+        goal_conditioned=cfg.goal_conditioned,
     )
     torch.manual_seed(cfg.seed)
     model = TrajectoryTransformer(model_config).to(device)
@@ -316,16 +357,18 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = progress_bar(total_steps, "training", progress and main, initial=step)
     started = time.time() - elapsed_before
-    order, order_epoch = None, -1
+    order, order_epoch, draws = None, -1, None
     while step < total_steps:
         epoch, within = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(windows), cfg.seed, epoch), epoch
+            draws = windows.goal_draws(cfg.seed, epoch)  # `future` goals: drawn per (seed, epoch)
         index = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
         part, share = local_part(index)
         x, y, mask = (t.to(device, non_blocking=True) for t in windows.batch(part))
-        with autocast:
-            _, loss = trained(x, y, mask)  # the mean over this rank's part
+        goal = windows.goals_of(part, draws)
+        with autocast:  # the mean over this rank's part
+            _, loss = trained(x, y, mask, goal=None if goal is None else goal.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients: scaled by world * share, the average is the gradient of the
         # mean over the whole batch (one process: the loss as it is)
