@@ -436,6 +436,13 @@ def test_goal_conditioned_training_on_pointmaze_runs_and_plans(tmp_path, pointma
     planner = Planner(model, discretizer, PlanConfig(horizon=2, beam_width=3, objective="likelihood"), seed=0,
                       goal=np.array([1.0, 1.0, 0.0, 0.0]))
     assert planner.act(np.zeros(4)).shape == (2,)
+    if goal == "final":  # tt eval on a goal task: success, steps to the goal, the paths drawn
+        from tt.envs.pointmaze_eval import evaluate_goals
+
+        result = evaluate_goals(str(tmp_path), n_goals=1, seed=0, out=str(tmp_path / "eval"), progress=False,
+                                horizon=1, beam_width=2)
+        assert result["n"] == 1 and 0.0 <= result["success_rate"] <= 1.0
+        assert (tmp_path / "eval" / "goal_paths.png").stat().st_size > 0 and (tmp_path / "eval" / "goals.json").exists()
 
 
 def test_goal_options_are_checked():

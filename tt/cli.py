@@ -136,12 +136,28 @@ def plan_overrides(args) -> dict:
     return {k: getattr(args, k) for k in (*PLAN_FLAGS, "cuda_graphs") if hasattr(args, k)}
 
 
+def is_goal_run(run_dir: str) -> bool:
+    """Whether the run in `run_dir` is a goal-conditioned model (its stored training options say so)."""
+    from tt.checkpoint import load_run
+
+    return bool((load_run(run_dir)[2].get("train") or {}).get("goal_conditioned"))
+
+
 def cmd_eval(args) -> None:
     """Evaluate; under torchrun the rounds of episodes are shared out over the processes."""
     from tt import distributed
     from tt.evaluate import evaluate
 
     out = args.out or os.path.join(args.run, "eval")
+    if is_goal_run(args.run):  # a goal task: success rate and steps to the goal over pairs of rooms
+        from tt.envs.pointmaze_eval import evaluate_goals
+
+        r = evaluate_goals(args.run, n_goals=args.episodes, seed=args.seed, out=out, device=args.device,
+                           **plan_overrides(args))
+        steps = "-" if r["mean_steps_to_goal"] is None else f"{r['mean_steps_to_goal']:.1f}"
+        print(f"success {100 * r['success_rate']:.1f} % (s.e. {100 * r['se']:.1f}) over {r['n']} goals in another "
+              f"room, mean steps to goal {steps}; written to {out}")
+        return
     with distributed.process_group(args.device):
         results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
                            device=args.device, video=args.video, **plan_overrides(args))

@@ -6,7 +6,7 @@ the driven paths.
 measures the data's controller (noiseless, and with the data's action noise) and a random policy
 on the same pairs and reset seeds, and writes DIR/controller.json and DIR/controller_paths.png.
 A goal-conditioned model is measured with `evaluate` on the same pairs (same `seed`), its paths
-drawn with `draw_paths`.
+drawn with `draw_paths`: `evaluate_goals(run_dir, n_goals, seed)` (`tt eval` on a goal-conditioned run).
 """
 
 from __future__ import annotations
@@ -143,6 +143,77 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
         write_json(os.path.join(out_dir, "controller.json"),
                    {"maze": maze_name, "seed": seed, "n_goals": n_goals, "results": strip})
     return results
+
+
+class GoalPlannerPolicy:
+    """A goal-conditioned run's `tt.Planner` as a `Policy`: each step it plans from the observation's
+    `observation` part towards its `desired_goal` (as a goal observation: the goal columns, the rest
+    0), reporting the previous step (reward 0: PointMaze's sparse reward is 1 only where the episode
+    ends) first. `planned` keeps the first plan's predicted positions [H, 2]."""
+
+    def __init__(self, planner, goal_columns: Sequence[int]):
+        self.planner, self.goal_columns = planner, np.asarray(goal_columns, dtype=np.int64)
+        self.planned: np.ndarray | None = None
+        self.started = False
+        planner.reset()
+
+    def __call__(self, obs: dict, rng: np.random.Generator) -> np.ndarray:
+        from tt.goal_data import goal_observations
+
+        if self.started:
+            self.planner.observe(0.0, False)
+        self.started = True
+        self.planner.set_goal(goal_observations(obs["desired_goal"], self.goal_columns, self.planner.O))
+        action = self.planner.act(np.asarray(obs["observation"], dtype=np.float64))
+        if self.planned is None:
+            self.planned = self.planner.current_plans[0].transitions[:, self.goal_columns]
+        return action
+
+
+def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | None = None,
+                   device: str | None = None, progress: bool = True, **plan_overrides) -> dict:
+    """A goal-conditioned run on `n_goals` (start, goal) pairs in different rooms of its maze (the
+    pairs and reset seeds of `evaluate_controller` for the same `seed`), planning with the likelihood
+    objective unless `plan_overrides` say otherwise: success rate, its standard error, mean steps to
+    the goal; with `out`, goals.json (no paths) and goal_paths.png (driven paths solid, each episode's
+    first plan dashed)."""
+    from tt.checkpoint import load_run
+    from tt.envs.pointmaze import TASKS
+    from tt.planner import Planner
+
+    _, _, run_config, _ = load_run(run_dir)
+    data = run_config.get("data") or {}
+    if not (run_config.get("train") or {}).get("goal_conditioned"):
+        raise ValueError(f"run {run_dir} is not goal-conditioned (train it with --goal-conditioned)")
+    mazes = [name for name in TASKS if name in str(data.get("dataset_id", ""))]
+    if not mazes or data.get("goal_columns") is None:
+        raise ValueError(f"run {run_dir} was trained on {data.get('dataset_id')!r}, not a tt pointmaze task "
+                         f"({', '.join(TASKS)})")
+    maze_name = mazes[0]
+    planner = Planner.load(run_dir, device=device, seed=seed, **{"objective": "likelihood", **plan_overrides})
+    env = make_env(maze_name)
+    maze = maze_of(env)
+    env.close()
+    pairs = maze.evaluation_pairs(n_goals, seed)
+    policies_made: list[GoalPlannerPolicy] = []
+
+    def make_policy() -> GoalPlannerPolicy:
+        policies_made.append(GoalPlannerPolicy(planner, data["goal_columns"]))
+        return policies_made[-1]
+
+    result = evaluate(make_policy, pairs, seed, maze_name, f"TT on {maze_name}", progress)
+    result["plan"] = planner.config.to_dict()
+    if out is not None:
+        eps = result["episodes"]
+        os.makedirs(out, exist_ok=True)
+        draw_paths(os.path.join(out, "goal_paths.png"), maze, [e["path"] for e in eps], [e["goal_xy"] for e in eps],
+                   planned=[p.planned for p in policies_made], reached=[e["success"] for e in eps],
+                   title=f"TT: success {100 * result['success_rate']:.0f} % of {result['n']} goals in another room")
+        write_json(os.path.join(out, "goals.json"),
+                   {"run": run_dir, "maze": maze_name, "seed": seed, "n_goals": n_goals,
+                    **{k: v for k, v in result.items() if k != "episodes"},
+                    "episodes": [{k: v for k, v in e.items() if k != "path"} for e in eps]})
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
