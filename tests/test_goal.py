@@ -452,3 +452,17 @@ def test_goal_options_are_checked():
         make_config(goal="random")
     with pytest.raises(ValueError, match="no --holdout-episodes"):
         make_config(goal_conditioned=True, holdout_episodes=2)
+
+
+def test_goal_conditioned_train_and_eval_from_the_command_line(tmp_path, pointmaze_tiny, capsys):
+    from tt.checkpoint import load_run
+    from tt.cli import main
+
+    run = str(tmp_path / "run")
+    main(["train", "--dataset", "pointmaze-fourrooms", "--out", run, "--preset", "small", "--steps", "1",
+          "--batch-size", "4", "--n-transitions", "2", "--goal-conditioned", "--goal", "future", "--device", "cpu"])
+    _, _, config, _ = load_run(run)
+    assert config["train"]["goal_conditioned"] and config["train"]["goal"] == "future"
+    main(["eval", "--run", run, "--episodes", "1", "--horizon", "1", "--beam-width", "2", "--device", "cpu"])
+    assert "goals in another room" in capsys.readouterr().out
+    assert (tmp_path / "run" / "eval" / "goal_paths.png").exists()
