@@ -1,8 +1,9 @@
 """The pendulums: Pendulum-v1 and MuJoCo InvertedPendulum-v5 with scripted experts.
 
 Variants: `expert` (the controller with a little Gaussian action noise, as D4RL's expert data come
-from a stochastic policy: without it the data hold no state off the controller's own path, and
-an imitator's first error leaves everything it has seen), `medium` (more action noise and random
+from a stochastic policy, and on Pendulum-v1 from start states drawn from the whole state space:
+without them the data hold no state off the controller's own path, and an imitator's first error
+leaves everything it has seen), `medium` (more action noise and random
 actions mixed in) and `mixed` (medium episodes plus random-policy episodes). Reference scores
 come from the noiseless controller.
 """
@@ -34,6 +35,15 @@ def pendulum_expert(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
         return np.clip(np.array([u]), -2.0, 2.0)
 
     return act
+
+
+def pendulum_any_state(env: gym.Env, rng: np.random.Generator) -> np.ndarray:
+    """Put Pendulum-v1 in a state drawn from all of it (angle and the whole velocity range, where
+    its own reset draws speeds up to 1) and return the observation: the expert's data then show it
+    braking from too much energy, a state an imitator reaches and the expert's own swing-up does not."""
+    sim = env.unwrapped
+    sim.state = np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-sim.max_speed, sim.max_speed)])
+    return sim._get_obs()
 
 
 def inverted_pendulum_lqr(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
@@ -70,18 +80,24 @@ class ScriptedTask:
     random_prob: float  # probability of a uniformly random action in `medium`
     episodes: int  # default number of episodes per variant
     expert_noise: float = 0.2  # std of the action noise in `expert`, same units (returns as the controller's)
+    expert_starts: Callable[[gym.Env, np.random.Generator], np.ndarray] | None = None  # `expert` start states
 
 
 TASKS: dict[str, ScriptedTask] = {
-    "pendulum": ScriptedTask("Pendulum-v1", pendulum_expert, noise=1.0, random_prob=0.3, episodes=100),
+    "pendulum": ScriptedTask("Pendulum-v1", pendulum_expert, noise=1.0, random_prob=0.3, episodes=100,
+                             expert_starts=pendulum_any_state),
     "invertedpendulum": ScriptedTask("InvertedPendulum-v5", inverted_pendulum_lqr, noise=0.4, random_prob=0.0,
                                      episodes=50),
 }
 
 
-def rollout(env: gym.Env, policy: Policy, seed: int, rng: np.random.Generator) -> dict:
-    """One episode as Minari buffer fields (observations include the final one)."""
+def rollout(env: gym.Env, policy: Policy, seed: int, rng: np.random.Generator,
+            start: Callable[[gym.Env, np.random.Generator], np.ndarray] | None = None) -> dict:
+    """One episode as Minari buffer fields (observations include the final one), from the
+    environment's reset or, given, from the state `start` sets."""
     obs, _ = env.reset(seed=seed)
+    if start is not None:
+        obs = start(env, rng)
     observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
     while True:
         action = policy(obs, rng).astype(env.action_space.dtype)
@@ -133,7 +149,8 @@ def generate(task_name: str, variant: str, episodes: int | None, seed: int, prog
     bar = progress_bar(sum(n for _, n in plan), f"generating {task_name}-{variant}", progress)
     for policy_name, count in plan:
         for _ in range(count):
-            episode = rollout(env, pols[policy_name], seed=seed * 100_000 + len(buffers), rng=rng)
+            episode = rollout(env, pols[policy_name], seed=seed * 100_000 + len(buffers), rng=rng,
+                              start=task.expert_starts if policy_name == "expert" else None)
             buffers.append(EpisodeBuffer(id=len(buffers), **episode))
             bar.update()
     bar.close()
