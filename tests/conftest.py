@@ -39,3 +39,13 @@ def backend(request, monkeypatch):
         pytest.skip("tt._C is not built")
     monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny plans are latency-bound: one torch thread keeps them quick on a busy machine (and is
+    what each torchrun rank has)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,13 +16,14 @@ import pytest
 import torch
 from test_score import PLAN
 from test_train import TINY
-from test_video import one_thread  # noqa: F401  (autouse: one torch thread, as each rank has)
 
 from tt import distributed
 from tt.checkpoint import load_run
 from tt.cli import main
 from tt.io import read_jsonl
 from tt.train import _restore_rng, local_part, make_config, rank_seed, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread, as each rank has
 
 OPTIONS = {**TINY, "dropout": 0.0, "batch_size": 64, "log_every": 1, "save_every": 1000}
 STEPS = 50  # 38 steps an epoch: the short last batch and a new epoch's order are crossed

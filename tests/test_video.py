@@ -8,12 +8,12 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from tt.cli import main
 from tt.video import use_headless_rendering
 
-pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
+pytestmark = [pytest.mark.filterwarnings("ignore:the plan's action holds a stop token"),
+              pytest.mark.usefixtures("one_thread")]
 
 TINY_PLAN = ["--horizon", "2", "--beam-width", "2", "--n-expand", "1", "--no-cuda-graphs", "--envs", "1"]
 SET_BY_TT = ("MUJOCO_GL", "SDL_VIDEODRIVER")  # what `tt eval --video` sets where unset
@@ -28,15 +28,6 @@ def render_settings_restored():
                 mp.setenv(name, "")  # recorded as unset, so the undo removes it again
                 mp.delenv(name)
         yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny plans are latency-bound: one torch thread keeps them quick on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_run(tmp_path_factory, dataset: str) -> str:
