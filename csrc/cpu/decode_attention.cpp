@@ -6,7 +6,9 @@
 // query against all S of them with FMAs across keys, no horizontal sums. With a prefix row table
 // (row r reads prefix prefix_rows[r]) the rows are sorted by their prefix row first, and tasks are
 // (prefix, head, row of those that read it), listed up front: the same runs in the same order.
-// A row's own keys are few and read once. The mask is a bias row built once per key_start; exp
+// A prefix that only one query of a thread's range reads is scored with dot products instead (its
+// transposition would cost more than it saves: after the likelihood search anchors its windows,
+// every row reads its own). A row's own keys are few and read once. The mask is a bias row built once per key_start; exp
 // is a polynomial; sums run in independent lanes or banks, so the loops vectorize and pipeline
 // (with -fno-trapping-math).
 // Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time.
@@ -169,18 +171,23 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
   float acc[kMaxHeadDim];
   int64_t transposed = -1;  // the (group, head) whose prefix keys are in prefix_keys
   int64_t masked_for = -1;  // the key_start whose mask is in bias
-  for (int64_t task = begin; task < end; ++task) {
-    int64_t r, group, h;
-    if (p.prefix_rows) {  // (prefix, head, row of those that read it)
+  // task -> (row, prefix it reads, head): (prefix, head, row of those that read it) with a table,
+  // else (group, head, row of the group)
+  const auto locate = [&](int64_t task, int64_t& r, int64_t& group, int64_t& h) {
+    if (p.prefix_rows) {
       r = p.tasks[task] / p.heads;
       h = p.tasks[task] % p.heads;
       group = p.prefix_rows[r];
-    } else {  // (group, head, row of the group)
+    } else {
       const int64_t group_head = task / rows_per_group, i = task % rows_per_group;
       group = group_head / p.heads;
       h = group_head % p.heads;
       r = (i / p.group_rows) * p.groups * p.group_rows + group * p.group_rows + i % p.group_rows;
     }
+  };
+  for (int64_t task = begin; task < end; ++task) {
+    int64_t r, group, h;
+    locate(task, r, group, h);
     const int64_t group_head = group * p.heads + h;
     const int64_t start = p.key_start ? p.key_start[r] : 0;
     if (masked_for != start) {  // visible: causal, not a value token, padding only to padding (reference.attention_mask)
@@ -190,7 +197,16 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
       masked_for = start;
     }
     const float* q = p.q.at(r, h, 0);
-    if (S) {  // against the prefix: FMAs across keys of the transposed keys
+    bool alone = false;  // the only query of this task range that reads this prefix and head
+    if (S && transposed != group_head) {
+      int64_t next_r = 0, next_group = -1, next_h = -1;
+      if (task + 1 < end) locate(task + 1, next_r, next_group, next_h);
+      alone = next_group * p.heads + next_h != group_head;
+    }
+    if (S && alone) {  // read once: dot products, where transposing would cost more than it saves
+      const float* key = p.prefix_k.at(group, h, 0);
+      for (int64_t j = 0; j < S; ++j, key += p.prefix_k.slot) scores[j] = dot<Dim>(q, key, D);
+    } else if (S) {  // against the prefix: FMAs across keys of the transposed keys
       if (transposed != group_head) {  // [D, S_pad]: keys in columns, zero-padded to whole chunks
         const float* key = p.prefix_k.at(group, h, 0);
         for (int64_t j = 0; j < S_pad; ++j, key += p.prefix_k.slot)
