@@ -91,3 +91,15 @@ def test_lineages_encode_each_history_once():
     assert len(representatives) == 4 and table.shape == lineage.shape
     assert torch.equal(lineage[representatives][table], lineage)
     assert len(set(lineage[representatives].tolist())) == 4
+
+
+def test_search_without_lineages_shares_by_plan(monkeypatch):
+    """Where `ops.lineages` cannot group rows (off the CPU), re-encoding shares each plan's context
+    instead: the same tokens as the reference."""
+    from tt import ops
+
+    monkeypatch.setattr(ops, "lineages", lambda lineage: None)
+    O, A, N, K, contexts, config = CASES[1]
+    model = random_model(O, A, N=N, K=K, seed=1)
+    rng = np.random.default_rng(1)
+    compare(model, [torch.from_numpy(rng.integers(0, N, size=c * (O + A + 2) + O)) for c in contexts], config)

@@ -481,15 +481,15 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
     return reference.log_probs(logits, temperature, top_k, cdf)
 
 
-def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Rows that share a history, encoded once: `lineage [R]` (equal values: equal history) to one
-    representative row per lineage `[D]` and each row's lineage `[R]` in [0, D). On CPU the D
-    distinct lineages; elsewhere every row its own (a fixed shape: no host synchronization, so a
-    CUDA graph can capture it)."""
-    rows = torch.arange(len(lineage), device=lineage.device)
+    representative row per lineage `[D]` and each row's lineage `[R]` in [0, D). On CPU only: the
+    number of lineages is data-dependent, which elsewhere would cost a host synchronization (and a
+    CUDA graph could not capture it); None there, and the caller shares less."""
     if lineage.device.type != "cpu":
-        return rows, rows
+        return None
     distinct, table = torch.unique(lineage, return_inverse=True)
+    rows = torch.arange(len(lineage))
     representatives = torch.empty(len(distinct), dtype=torch.long).scatter_(0, table, rows)
     return representatives, table
 

@@ -203,18 +203,21 @@ class _Search:
         """Encode the survivors' transitions [first, end) as a fresh window; logits of its last token.
         Rows share their tokens before transition `shared_until` with the other rows of their
         plan (by default: the plan's context), or, given `lineage [B*W]`, with the rows of equal
-        lineage (the likelihood search: the beam each descends from at the last anchor). That part
-        of the window is encoded once per plan or lineage and read by its rows as a shared prefix;
-        the rest once per row."""
+        lineage (the likelihood search: the beam each descends from at the last anchor; where
+        `ops.lineages` cannot group rows, by plan). That part of the window is encoded once per
+        plan or lineage and read by its rows as a shared prefix; the rest once per row."""
         T, W = self.T, self.W
+        found = None if lineage is None else ops.lineages(lineage)
+        if found is None:  # by plan: rows share the plan's context
+            shared_until = None
         split = min(max(self.n_ctx if shared_until is None else shared_until, first), end)
         if split == first:  # nothing shared
             return self.prefill(self.hist[:, first * T : end * T], first)
-        if lineage is None:  # a plan's rows: row p * W represents plan p
+        if found is None:  # a plan's rows: row p * W represents plan p
             self.prefill(self.hist[::W, first * T : split * T], first)
             self.cache.share((split - first) * T, groups=self.B, group_rows=W)
         else:
-            representatives, table = ops.lineages(lineage)
+            representatives, table = found
             self.prefill(self.hist[representatives, first * T : split * T], first, representatives)
             self.cache.share((split - first) * T, groups=len(representatives), rows=table)
         tokens = self.hist[:, split * T : end * T]
