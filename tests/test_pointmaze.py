@@ -1,6 +1,8 @@
 """The goal task pointmaze-fourrooms: its map, shortest paths, controller, data and plots, and the
 reader of goal data sets (Minari's D4RL/pointmaze layout)."""
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -304,3 +306,34 @@ def test_the_env_is_made_from_a_spec_without_registering_it_or_leaving_files():
     assert not env.unwrapped.continuing_task and env.unwrapped.reward_type == "sparse"
     assert maze_of(env).maze_map == FOUR_ROOMS
     env.close()
+
+
+def test_goals_played_in_lanes_are_the_episodes_played_one_at_a_time(maze):
+    """`evaluate_planner` steps several environments with one batch of plans, each taking the next
+    pair when its episode ends: every episode (path, success, steps, first plan) is the one the same
+    planner plays alone on that pair, and lanes left without a pair act on nothing."""
+    import torch
+    from test_goal import goal_model
+    from test_planner import random_discretizer
+
+    from tt.envs.pointmaze_eval import evaluate_planner
+    from tt.planner import PlanConfig, Planner
+
+    model = goal_model((4, 2, 12, 3, 1, 2, 16), seed=3, dtype=torch.float32)
+    config = PlanConfig(horizon=2, beam_width=3, objective="likelihood", max_context_transitions=3)
+    pairs = maze.evaluation_pairs(5, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random model's plans hold stop tokens
+        runs = {n: evaluate_planner(Planner(model, random_discretizer(12, model.transition_dim), config, seed=0),
+                                    [0, 1], pairs, seed=1, n_envs=n, progress=False, max_episode_steps=40)
+                for n in (1, 3)}
+    alone, lanes = runs[1]["episodes"], runs[3]["episodes"]
+    assert len(lanes) == len(pairs) and [(tuple(e["start"]), tuple(e["goal"])) for e in lanes] == list(pairs)
+    for a, b in zip(alone, lanes):
+        assert (a["success"], a["steps"]) == (b["success"], b["steps"]) and a["steps"] <= 40
+        np.testing.assert_array_equal(a["path"], b["path"])
+        np.testing.assert_array_equal(a["planned"], b["planned"])
+        assert b["planned"].shape == (2, 2)
+    assert runs[3]["success_rate"] == runs[1]["success_rate"]
+    with pytest.raises(ValueError, match="n_envs"):
+        evaluate_planner(None, [0, 1], pairs, seed=1, n_envs=0)

@@ -34,8 +34,9 @@ def cmd_train(args) -> None:
     from tt.train import make_config, train
 
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
-                     epochs=args.epochs, batch_size=args.batch_size, save_every=args.save_every,
-                     discretizer=args.discretizer, action_discretizer=args.action_discretizer,
+                     epochs=args.epochs, budget_steps=args.budget_steps, batch_size=args.batch_size,
+                     save_every=args.save_every, discretizer=args.discretizer,
+                     action_discretizer=args.action_discretizer,
                      n_transitions=args.n_transitions, holdout_episodes=args.holdout_episodes,
                      hidden_obs_fraction=args.hidden_obs_fraction, goal_conditioned=args.goal_conditioned or None,
                      goal=args.goal)
@@ -153,7 +154,7 @@ def cmd_eval(args) -> None:
         from tt.envs.pointmaze_eval import evaluate_goals
 
         r = evaluate_goals(args.run, n_goals=args.episodes, seed=args.seed, out=out, device=args.device,
-                           **plan_overrides(args))
+                           n_envs=args.envs, **plan_overrides(args))
         steps = "-" if r["mean_steps_to_goal"] is None else f"{r['mean_steps_to_goal']:.1f}"
         print(f"success {100 * r['success_rate']:.1f} % (s.e. {100 * r['se']:.1f}) over {r['n']} goals in another "
               f"room, mean steps to goal {steps}; written to {out}")
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="published", help="published | cpu | small")
     train.add_argument("--steps", type=positive_int, help="stop after this many optimizer steps")
     train.add_argument("--epochs", type=positive_float)
+    train.add_argument("--budget-steps", type=positive_int,
+                       help="size the learning-rate schedule by steps instead of epochs: warmup over 5%%, then "
+                            "cosine to 10%% at this step (the cpu preset's 10,000); give it with --steps below the "
+                            "preset's schedule, or the rate never decays")
     train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--seed", type=int)
     train.add_argument("--save-every", type=positive_int, help="optimizer steps between checkpoints")

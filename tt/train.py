@@ -207,8 +207,8 @@ def prepare_goal_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
 # Options a resumed run may change: they decide where training stops, where it runs and how often
 # it reports, not what a step computes.
 RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
-FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
-         "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
+FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "budget_steps": "--budget-steps",
+         "batch_size": "--batch-size", "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
          "action_discretizer": "--action-discretizer", "n_transitions": "--n-transitions",
          "holdout_episodes": "--holdout-episodes", "hidden_obs_fraction": "--hidden-obs-fraction",
          "goal_conditioned": "--goal-conditioned", "goal": "--goal"}

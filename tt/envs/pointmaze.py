@@ -278,31 +278,49 @@ def policies(maze: Maze, noise: float = ACTION_NOISE) -> dict[str, Policy]:
     }
 
 
-def rollout(env: gym.Env, policy: Policy, start: Cell, goal: Cell, seed: int, rng: np.random.Generator) -> dict:
+class EpisodeRecorder:
     """One episode from the `start` cell to the `goal` cell (PointMaze adds +-0.25 m of position
-    noise to both) as Minari buffer fields: dict observations (the final one included) and
-    infos with PointMaze's `success` per observation."""
-    maze = maze_of(env)
-    start, goal = maze.check_cell(start, "start cell"), maze.check_cell(goal, "goal cell")
-    if start == goal:
-        raise ValueError(f"start and goal are the same cell {start}")
-    obs, info = env.reset(seed=seed, options={"reset_cell": np.array(start), "goal_cell": np.array(goal)})
-    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-    success = [info["success"]]
-    while True:
-        action = np.asarray(policy(obs, rng)).astype(env.action_space.dtype)
-        obs, reward, terminated, truncated, info = env.step(action)
-        observations.append(obs)
-        actions.append(action)
-        rewards.append(float(reward))
-        terminations.append(bool(terminated))
-        truncations.append(bool(truncated))
-        success.append(info["success"])
-        if terminated or truncated:
-            break
-    return dict(observations={k: np.stack([o[k] for o in observations]) for k in observations[0]},
-                actions=np.stack(actions), rewards=rewards, terminations=terminations, truncations=truncations,
-                infos={"success": np.array(success)})
+    noise to both), stepped by the caller: `obs` is the observation to act on, `step(action)` says
+    whether the episode has ended, `episode()` gives it as Minari buffer fields: dict observations
+    (the final one included) and infos with PointMaze's `success` per observation."""
+
+    def __init__(self, env: gym.Env, start: Cell, goal: Cell, seed: int):
+        maze = maze_of(env)
+        start, goal = maze.check_cell(start, "start cell"), maze.check_cell(goal, "goal cell")
+        if start == goal:
+            raise ValueError(f"start and goal are the same cell {start}")
+        self.env = env
+        obs, info = env.reset(seed=seed, options={"reset_cell": np.array(start), "goal_cell": np.array(goal)})
+        self.observations, self.actions, self.rewards = [obs], [], []
+        self.terminations, self.truncations, self.success = [], [], [info["success"]]
+
+    @property
+    def obs(self) -> dict:
+        return self.observations[-1]
+
+    def step(self, action: np.ndarray) -> bool:
+        action = np.asarray(action).astype(self.env.action_space.dtype)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.observations.append(obs)
+        self.actions.append(action)
+        self.rewards.append(float(reward))
+        self.terminations.append(bool(terminated))
+        self.truncations.append(bool(truncated))
+        self.success.append(info["success"])
+        return bool(terminated or truncated)
+
+    def episode(self) -> dict:
+        return dict(observations={k: np.stack([o[k] for o in self.observations]) for k in self.observations[0]},
+                    actions=np.stack(self.actions), rewards=self.rewards, terminations=self.terminations,
+                    truncations=self.truncations, infos={"success": np.array(self.success)})
+
+
+def rollout(env: gym.Env, policy: Policy, start: Cell, goal: Cell, seed: int, rng: np.random.Generator) -> dict:
+    """One episode of `policy` from `start` to `goal` (see `EpisodeRecorder`)."""
+    episode = EpisodeRecorder(env, start, goal, seed)
+    while not episode.step(policy(episode.obs, rng)):
+        pass
+    return episode.episode()
 
 
 def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:

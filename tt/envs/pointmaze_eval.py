@@ -6,18 +6,31 @@ the driven paths.
 measures the data's controller (noiseless, and with the data's action noise) and a random policy
 on the same pairs and reset seeds, and writes DIR/controller.json and DIR/controller_paths.png.
 A goal-conditioned model is measured with `evaluate` on the same pairs (same `seed`), its paths
-drawn with `draw_paths`: `evaluate_goals(run_dir, n_goals, seed)` (`tt eval` on a goal-conditioned run).
+drawn with `draw_paths`: `evaluate_goals(run_dir, n_goals, seed)` (`tt eval` on a goal-conditioned run),
+several goals at a time in one batch of plans (`evaluate_planner`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tt.envs.pointmaze import Cell, Maze, Policy, make_env, maze_of, policies, rollout
+from tt.envs.pointmaze import (
+    MAX_EPISODE_STEPS,
+    Cell,
+    EpisodeRecorder,
+    Maze,
+    Policy,
+    env_spec,
+    make_env,
+    maze_of,
+    policies,
+    rollout,
+)
 from tt.goal_data import SUCCESS_DISTANCE
 from tt.io import atomic_write, write_json
 from tt.progress import progress as progress_bar
@@ -42,17 +55,81 @@ def evaluate(make_policy: Callable[[], Policy], pairs: Sequence[tuple[Cell, Cell
     bar = progress_bar(len(pairs), desc, progress)
     try:
         for i, (start, goal) in enumerate(pairs):
-            ep = rollout(env, make_policy(), start, goal, episode_seed(seed, i), rng)
-            success = bool(ep["terminations"][-1])
-            episodes.append({"start": list(start), "goal": list(goal), "success": success,
-                             "steps": len(ep["rewards"]), "goal_xy": ep["observations"]["desired_goal"][0].tolist(),
-                             "path": ep["observations"]["observation"][:, :2]})
-            bar.update()
-            bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}", refresh=False)
+            episodes.append(episode_record(rollout(env, make_policy(), start, goal, episode_seed(seed, i), rng),
+                                           start, goal))
+            _report(bar, episodes)
     finally:
         bar.close()
         env.close()
     return summarize(episodes)
+
+
+def evaluate_planner(planner, goal_columns: Sequence[int], pairs: Sequence[tuple[Cell, Cell]], seed: int,
+                     maze_name: str = "fourrooms", n_envs: int = 10, desc: str = "goals",
+                     progress: bool = True, max_episode_steps: int = MAX_EPISODE_STEPS) -> dict:
+    """A goal-conditioned `tt.Planner` on one episode per (start, goal) pair, `n_envs` episodes at a
+    time in one batch of plans: each environment takes the next pair when its episode ends, with its
+    own goal (`set_goal`) and context. What `evaluate` returns, each episode also with `planned`: its
+    first plan's predicted positions [H, 2]. Same pairs and reset seeds as `evaluate`; the planner's
+    reward is 0 each step (PointMaze's sparse reward is 1 only where the episode ends)."""
+    from tt.goal_data import goal_observations
+
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+    columns = np.asarray(goal_columns, dtype=np.int64)
+    n_envs = min(n_envs, len(pairs))
+    envs = [make_env(env_spec(maze_name, max_episode_steps)) for _ in range(n_envs)]
+    lanes: list[tuple[int, EpisodeRecorder] | None] = [None] * n_envs
+    results: dict[int, dict] = {}
+    planned: dict[int, np.ndarray] = {}
+    observations = np.zeros((n_envs, planner.O))
+    next_pair = 0
+    planner.reset(n_envs)
+    bar = progress_bar(len(pairs), desc, progress)
+    try:
+        while len(results) < len(pairs):
+            for lane in range(n_envs):  # idle lanes take the next pair
+                if lanes[lane] is None and next_pair < len(pairs):
+                    start, goal = pairs[next_pair]
+                    lanes[lane] = (next_pair, EpisodeRecorder(envs[lane], start, goal, episode_seed(seed, next_pair)))
+                    planner.set_goal(goal_observations(lanes[lane][1].obs["desired_goal"], columns, planner.O), lane)
+                    next_pair += 1
+                if lanes[lane] is not None:  # lanes without a pair plan from their last observation, unread
+                    observations[lane] = lanes[lane][1].obs["observation"]
+            actions = planner.act(observations)
+            done = np.ones(n_envs, dtype=bool)
+            for lane, held in enumerate(lanes):
+                if held is None:
+                    continue
+                index, episode = held
+                if index not in planned:
+                    planned[index] = planner.current_plans[lane].transitions[:, columns]
+                done[lane] = episode.step(actions[lane])
+                if done[lane]:
+                    results[index] = episode_record(episode.episode(), *pairs[index])
+                    lanes[lane] = None
+                    _report(bar, list(results.values()))
+            planner.observe(0.0, done)
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+    result = summarize([results[i] for i in range(len(pairs))])
+    for i, e in enumerate(result["episodes"]):
+        e["planned"] = planned[i]
+    return result
+
+
+def episode_record(ep: dict, start: Cell, goal: Cell) -> dict:
+    """An evaluation episode (`rollout`'s fields) as `evaluate` reports it."""
+    return {"start": list(start), "goal": list(goal), "success": bool(ep["terminations"][-1]),
+            "steps": len(ep["rewards"]), "goal_xy": ep["observations"]["desired_goal"][0].tolist(),
+            "path": ep["observations"]["observation"][:, :2]}
+
+
+def _report(bar, episodes: list[dict]) -> None:
+    bar.update()
+    bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.2f}", refresh=False)
 
 
 def summarize(episodes: list[dict]) -> dict:
@@ -145,38 +222,13 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
     return results
 
 
-class GoalPlannerPolicy:
-    """A goal-conditioned run's `tt.Planner` as a `Policy`: each step it plans from the observation's
-    `observation` part towards its `desired_goal` (as a goal observation: the goal columns, the rest
-    0), reporting the previous step (reward 0: PointMaze's sparse reward is 1 only where the episode
-    ends) first. `planned` keeps the first plan's predicted positions [H, 2]."""
-
-    def __init__(self, planner, goal_columns: Sequence[int]):
-        self.planner, self.goal_columns = planner, np.asarray(goal_columns, dtype=np.int64)
-        self.planned: np.ndarray | None = None
-        self.started = False
-        planner.reset()
-
-    def __call__(self, obs: dict, rng: np.random.Generator) -> np.ndarray:
-        from tt.goal_data import goal_observations
-
-        if self.started:
-            self.planner.observe(0.0, False)
-        self.started = True
-        self.planner.set_goal(goal_observations(obs["desired_goal"], self.goal_columns, self.planner.O))
-        action = self.planner.act(np.asarray(obs["observation"], dtype=np.float64))
-        if self.planned is None:
-            self.planned = self.planner.current_plans[0].transitions[:, self.goal_columns]
-        return action
-
-
 def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | None = None,
-                   device: str | None = None, progress: bool = True, **plan_overrides) -> dict:
+                   device: str | None = None, n_envs: int = 10, progress: bool = True, **plan_overrides) -> dict:
     """A goal-conditioned run on `n_goals` (start, goal) pairs in different rooms of its maze (the
-    pairs and reset seeds of `evaluate_controller` for the same `seed`), planning with the likelihood
-    objective unless `plan_overrides` say otherwise: success rate, its standard error, mean steps to
-    the goal; with `out`, goals.json (no paths) and goal_paths.png (driven paths solid, each episode's
-    first plan dashed)."""
+    pairs and reset seeds of `evaluate_controller` for the same `seed`), `n_envs` at a time,
+    planning with the likelihood objective unless `plan_overrides` say otherwise: success rate, its
+    standard error, mean steps to the goal; with `out`, goals.json (no paths) and goal_paths.png
+    (driven paths solid, each episode's first plan dashed)."""
     from tt.checkpoint import load_run
     from tt.envs.pointmaze import TASKS
     from tt.planner import Planner
@@ -195,24 +247,20 @@ def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | No
     maze = maze_of(env)
     env.close()
     pairs = maze.evaluation_pairs(n_goals, seed)
-    policies_made: list[GoalPlannerPolicy] = []
-
-    def make_policy() -> GoalPlannerPolicy:
-        policies_made.append(GoalPlannerPolicy(planner, data["goal_columns"]))
-        return policies_made[-1]
-
-    result = evaluate(make_policy, pairs, seed, maze_name, f"TT on {maze_name}", progress)
-    result["plan"] = planner.config.to_dict()
+    started = time.perf_counter()
+    result = evaluate_planner(planner, data["goal_columns"], pairs, seed, maze_name, n_envs, f"TT on {maze_name}",
+                              progress)
+    result.update(plan=planner.config.to_dict(), n_envs=n_envs, seconds=time.perf_counter() - started)
     if out is not None:
         eps = result["episodes"]
         os.makedirs(out, exist_ok=True)
         draw_paths(os.path.join(out, "goal_paths.png"), maze, [e["path"] for e in eps], [e["goal_xy"] for e in eps],
-                   planned=[p.planned for p in policies_made], reached=[e["success"] for e in eps],
+                   planned=[e["planned"] for e in eps], reached=[e["success"] for e in eps],
                    title=f"TT: success {100 * result['success_rate']:.0f} % of {result['n']} goals in another room")
         write_json(os.path.join(out, "goals.json"),
                    {"run": run_dir, "maze": maze_name, "seed": seed, "n_goals": n_goals,
                     **{k: v for k, v in result.items() if k != "episodes"},
-                    "episodes": [{k: v for k, v in e.items() if k != "path"} for e in eps]})
+                    "episodes": [{k: v for k, v in e.items() if k not in ("path", "planned")} for e in eps]})
     return result
 
 
