@@ -34,6 +34,18 @@ def test_step_budget_schedule_warms_up_then_ends_at_the_floor(pendulum_medium, t
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
 
 
+def test_budget_steps_from_the_command_line_size_the_schedule(monkeypatch, tmp_path):
+    """`tt train --budget-steps N` (with --steps below a preset's epochs) gives the step-budget schedule."""
+    import tt.train
+    from tt.cli import main
+
+    seen = []
+    monkeypatch.setattr(tt.train, "train", lambda cfg, out, **kw: seen.append(cfg))
+    main(["train", "--dataset", "pendulum-medium", "--out", str(tmp_path), "--preset", "small", "--steps", "300",
+          "--budget-steps", "300"])
+    assert seen[0].budget_steps == 300 and seen[0].max_steps == 300 and seen[0].n_layer == 3
+
+
 def test_training_lowers_loss_and_checkpoint_reloads_identically(pendulum_medium, tmp_path):
     cfg = make_config("small", **{**TINY, "max_steps": 60, "learning_rate": 3e-3})
     model = train(cfg, str(tmp_path / "run"), progress=False)
