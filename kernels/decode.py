@@ -1,6 +1,7 @@
 """One decode step of the whole transformer in one Triton kernel: every block (LayerNorm, QKV,
 K/V into the cache, attention over the row's cache and its shared prefix (its group's, or the
-row its prefix row table names), projection, MLP) for one new token per row.
+row its prefix row table names) and a goal-conditioned model's goal segment, projection, MLP) for
+one new token per row.
 
 Why: a decode step through the PyTorch blocks is ~50 small kernels; at planner sizes (a few
 hundred rows of width 128) each moves a few kilobytes, so a plan of ~250 steps is bound by
@@ -23,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import _dot, _key_start, _on_device, _precision, _softmax_step
+from .attention import _attend, _dot, _goal_args, _goal_of, _key_start, _on_device, _precision, _softmax_step
 
 MAX_WIDTH = 256  # the residual tile [rows, width] and one head's weights stay in registers
 WEIGHTS_PER_LAYER = 12  # ln1 w, b; qkv w, b; proj w, b; ln2 w, b; fc w, b; mlp proj w, b (csrc/ops.h)
@@ -66,37 +67,15 @@ def _linear(a, W, B, outs, out_ok, ins, in_ok, ld, IEEE: tl.constexpr, UPCAST: t
     return y
 
 
-@triton.jit
-def _attend(q, m_i, l_i, acc, KV, base, s_kind, s_slot, lo, hi, offs_d, row_ok, d_ok, ks, sm_scale,
-            T: tl.constexpr, HAS_KS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Fold the keys of slots [lo, hi) at `base [M]` (+ slot * s_slot) into the online softmax of
-    the queries q [M, BLOCK_D], which sit after them (values at + s_kind). Rows differ in where they read, so
-    scores are elementwise products summed over the head dimension, not a matrix product."""
-    for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
-        ptr = base[:, None, None] + offs_n[None, :, None] * s_slot + offs_d[None, None, :]
-        ok = row_ok[:, None, None] & n_ok[None, :, None] & d_ok[None, None, :]
-        k = tl.load(KV + ptr, mask=ok, other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k, 2) * sm_scale
-        allowed = n_ok[None, :] & (offs_n[None, :] % T != T - 1)
-        if HAS_KS:  # the query is a real token: it sees no padding key (slots before its row's key_start)
-            allowed = allowed & (offs_n[None, :] >= ks[:, None])
-        s = tl.where(allowed, s, float("-inf"))
-        m_i, l_i, alpha, p = _softmax_step(m_i, l_i, s)
-        v = tl.load(KV + s_kind + ptr, mask=ok, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
-    return m_i, l_i, acc
-
-
 # one compiled kernel for every step of a plan: the slot and the row layout are not specialized on
-@triton.jit(do_not_specialize=["R", "slot", "shared", "groups", "group_rows"])
-def _decode_layers_kernel(X, OUT, KV, KS, PR,
+@triton.jit(do_not_specialize=["R", "slot", "shared", "groups", "group_rows", "goals", "goal_group_rows"])
+def _decode_layers_kernel(X, OUT, KV, KS, PR, GK, GV, GR,
                           LN1W, LN1B, QKVW, QKVB, PROJW, PROJB, LN2W, LN2B, FCW, FCB, MPW, MPB,
-                          s_kind, s_layer, s_row, s_head, s_slot,
-                          R, slot, shared, groups, group_rows, sm_scale, eps,
+                          s_kind, s_layer, s_row, s_head, s_slot, s_gg, s_gh, s_gn, s_glayer,
+                          R, slot, shared, groups, group_rows, goals, goal_group_rows, n_goal, sm_scale, eps,
                           N_LAYER: tl.constexpr, C: tl.constexpr, H: tl.constexpr, D: tl.constexpr,
                           HIDDEN: tl.constexpr, T: tl.constexpr, HAS_KS: tl.constexpr, HAS_PR: tl.constexpr,
+                          HAS_GOAL: tl.constexpr, HAS_GR: tl.constexpr,
                           IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -117,7 +96,10 @@ def _decode_layers_kernel(X, OUT, KV, KS, PR,
         group_rows_base = tl.load(PR + rows, mask=row_ok, other=0).to(tl.int64) * s_row
     else:
         group_rows_base = ((rows // group_rows) % groups).to(tl.int64) * s_row
+    if HAS_GOAL:  # each row's goal (the goal segment: keys of every layer, apart from the cache)
+        goal_rows_base = _goal_of(GR, rows, row_ok, goals, goal_group_rows, HAS_GR) * s_gg
     kv_layer = KV  # advanced a layer at a time (no layer * stride product to overflow int32)
+    goal_k, goal_v = GK, GV
     for layer in range(N_LAYER):
         a = _layer_norm(h, LN1W + layer * C, LN1B + layer * C, offs_c, c_ok, C, eps)
         qkv_w, qkv_b = QKVW + layer * 3 * C * C, QKVB + layer * 3 * C
@@ -136,10 +118,13 @@ def _decode_layers_kernel(X, OUT, KV, KS, PR,
             m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_R], tl.float32)
             acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, head_base + group_rows_base, s_kind, s_slot, 0, shared,
-                                    offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
-            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, head_base + own_rows, s_kind, s_slot, shared, slot,
-                                    offs_d, row_ok, d_ok, ks, sm_scale, T, HAS_KS, BLOCK_N)
+            if HAS_GOAL:  # the goal's keys: every query sees them
+                m_i, l_i, acc = _attend(q, m_i, l_i, acc, goal_k, goal_v, goal_rows_base + head * s_gh, s_gn, 0, n_goal,
+                                        offs_d, row_ok, d_ok, ks, sm_scale, T, False, False, BLOCK_N)
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, kv_layer + s_kind, head_base + group_rows_base, s_slot,
+                                    0, shared, offs_d, row_ok, d_ok, ks, sm_scale, T, True, HAS_KS, BLOCK_N)
+            m_i, l_i, acc = _attend(q, m_i, l_i, acc, kv_layer, kv_layer + s_kind, head_base + own_rows, s_slot,
+                                    shared, slot, offs_d, row_ok, d_ok, ks, sm_scale, T, True, HAS_KS, BLOCK_N)
             # the new key itself (a query sees its own slot unless it is a value token)
             s = tl.sum(q * k.to(tl.float32), 1) * sm_scale
             s = tl.where(slot % T != T - 1, s, float("-inf"))
@@ -158,26 +143,33 @@ def _decode_layers_kernel(X, OUT, KV, KS, PR,
             f = 0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))  # exact GELU, as F.gelu
             h += _linear(f, MPW + layer * C * HIDDEN, None, offs_c, c_ok, hid, hid_ok, HIDDEN, IEEE, UPCAST)
         kv_layer += s_layer
+        if HAS_GOAL:
+            goal_k += s_glayer
+            goal_v += s_glayer
     tl.store(OUT + rows[:, None] * C + offs_c[None, :], h.to(OUT.dtype.element_ty), mask=rc_ok)
 
 
 def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, kv: torch.Tensor, slot: int,
                   shared: int, groups: int, group_rows: int, transition_dim: int, key_start=None,
                   prefix_rows: torch.Tensor | None = None, eps: float = 1e-5,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
+                  out: torch.Tensor | None = None, goal_kv: torch.Tensor | None = None, goal_group_rows: int = 1,
+                  goal_rows: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step: `x [R, C]` (one new token per row at window `slot`) -> `[R, C]`.
 
     `weights` are `stack_weights(...)`; `kv [2, n_layer, rows, n_head, len, D]` is the KV cache
     (the token's K/V are written at `slot`). Row r attends slots [0, shared) of row
     `(r // group_rows) % groups` (the shared prefix), or of row `prefix_rows[r]` when that table
     (int64 `[R]`, values trusted to lie in [0, groups), as key_start's) is given, and its own
-    slots [shared, slot]."""
+    slots [shared, slot]. With a goal segment `goal_kv [2, n_layer, G, n_head, O, D]` (the cache's
+    `goal_kv`) row r also attends, in every layer, the O keys of goal `goal_rows[r]` (a table as
+    prefix_rows), or `(r // goal_group_rows) % G`, in the same softmax."""
     R, C = x.shape
     n_layer, hidden = weights[0].shape[0], weights[8].shape[1]
     D = C // n_head
-    if kv.dim() != 6 or kv.shape[:2] != (2, n_layer) or kv.shape[3] != n_head or kv.shape[5] != D:
-        raise ValueError(f"decode_layers: the cache must be [2, {n_layer}, rows, {n_head}, len, {D}], "
-                         f"got {tuple(kv.shape)}")
+    for name, t in (("cache", kv), ("goal segment", goal_kv)):
+        if t is not None and (t.dim() != 6 or t.shape[:2] != (2, n_layer) or t.shape[3] != n_head or t.shape[5] != D):
+            raise ValueError(f"decode_layers: the {name} must be [2, {n_layer}, rows, {n_head}, len, {D}], "
+                             f"got {tuple(t.shape)}")
     if kv.stride(5) != 1 or not x.is_contiguous():
         raise ValueError("decode_layers: x and the cache's head dimension must be contiguous")
     if not (shared <= slot < kv.shape[4] and R <= kv.shape[2]):
@@ -186,12 +178,17 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
     if not supports(C, hidden):
         raise ValueError(f"decode_layers: width {C} / MLP {hidden} exceed the kernel's {MAX_WIDTH}")
     has_pr = prefix_rows is not None and shared > 0
-    if has_pr and (prefix_rows.shape != (R,) or prefix_rows.dtype != torch.long or prefix_rows.device != x.device):
-        raise ValueError(f"decode_layers: prefix_rows must be int64 [{R}] on {x.device}, got {prefix_rows.dtype} "
-                         f"{tuple(prefix_rows.shape)} on {prefix_rows.device}")
+    for name, table in (("prefix_rows", prefix_rows if has_pr else None), ("goal_rows", goal_rows)):
+        if table is not None and (table.shape != (R,) or table.dtype != torch.long or table.device != x.device):
+            raise ValueError(f"decode_layers: {name} must be int64 [{R}] on {x.device}, got {table.dtype} "
+                             f"{tuple(table.shape)} on {table.device}")
     out = torch.empty_like(x) if out is None else out
     ks = _key_start(key_start, x.device, out)
     pr = prefix_rows.contiguous() if has_pr else out
+    if goal_kv is not None and goal_kv.stride(5) != 1:  # layers a stride apart, heads contiguous
+        goal_kv = goal_kv.contiguous()
+    goal, has_goal = _goal_args(*((goal_kv[0, 0], goal_kv[1, 0]) if goal_kv is not None else (None, None)),
+                                goal_group_rows, goal_rows, out)
     # 8 rows a program: twice the programs of 16 (more SMs busy at a few hundred rows) while the
     # weights are read from L2 by half as many; fp32 spills 32 bytes here against ~4.5 KB at 16
     BLOCK_R = 8
@@ -200,10 +197,11 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
     BLOCK_H = min(32, max(16, triton.next_power_of_2(hidden)))
     with _on_device(x):
         _decode_layers_kernel[(triton.cdiv(R, BLOCK_R),)](
-            x, out, kv, ks, pr, *weights, *kv.stride()[:5], R, slot, shared, max(groups, 1), max(group_rows, 1),
-            1.0 / math.sqrt(D), eps,
+            x, out, kv, ks, pr, *goal[:3], *weights, *kv.stride()[:5], *goal[3:6],
+            0 if goal_kv is None else goal_kv.stride(1), R, slot, shared, max(groups, 1), max(group_rows, 1),
+            *goal[6:], 1.0 / math.sqrt(D), eps,
             N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
-            HAS_PR=has_pr,
+            HAS_PR=has_pr, **has_goal,
             **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
             BLOCK_N=8, num_warps=8)
     return out

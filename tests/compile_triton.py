@@ -87,12 +87,33 @@ def cases():
             attention.decode_after_prefix(q, k, v, pk, pv, 1, 16, 75, torch.zeros(256, dtype=torch.long),
                                           prefix_rows=torch.randperm(256))
 
-        def decode_step(dtype=dtype, key_start=None, prefix_rows=None):  # the published model at Hopper shapes
-            model = TrajectoryTransformer(GPTConfig(11, 3)).to(dtype)
+        def goal(goal_rows=None, dtype=dtype):  # a goal segment [2, G, h, O, D] at Hopper shapes, two goals
+            kv = randn(2, 2, 4, 11, 32, dtype=dtype)
+            return dict(goal_k=kv[0], goal_v=kv[1], goal_group_rows=128, goal_rows=goal_rows)
+
+        def goal_prefill(dtype=dtype):  # a goal model's prefill: windows of 4 transitions, padded rows
+            q, k, v = (randn(256, 4, 63, 32, dtype=dtype) for _ in range(3))
+            attention.attention_forward(q, k, v, 16, key_start=torch.zeros(256, dtype=torch.long), **goal())
+
+        def goal_split_decode(dtype=dtype):  # one query per row, keys split, goals by a row table
+            q, k, v = (randn(256, 4, n, 32, dtype=dtype) for n in (1, 79, 79))
+            attention.attention_forward(q, k, v, 16, q_offset=78, splits=2, **goal(torch.randint(0, 2, (256,))))
+
+        def goal_after_prefix(dtype=dtype, prefix_rows=None, goal_rows=None):
+            G = 1 if prefix_rows is None else 256
+            q, k, v = (randn(256, 4, n, 32, dtype=dtype) for n in (1, 12, 12))
+            pk, pv = (randn(G, 4, 64, 32, dtype=dtype) for _ in range(2))
+            attention.decode_after_prefix(q, k, v, pk, pv, 256 // G, 16, 75, torch.zeros(256, dtype=torch.long),
+                                          prefix_rows=prefix_rows, **goal(goal_rows))
+
+        def decode_step(dtype=dtype, key_start=None, prefix_rows=None, goal_rows=None, with_goal=False):
+            model = TrajectoryTransformer(GPTConfig(11, 3)).to(dtype)  # the published model at Hopper shapes
             kv = model.setup_cache(256).kv
             groups = 1 if prefix_rows is None else 256
+            goal_kv = randn(2, 4, 2, 4, 11, 32, dtype=dtype) if with_goal else None  # two goals of all layers
             decode.decode_layers(randn(256, 128, dtype=dtype), decode.stack_weights(model.block_weights()), 4, kv,
-                                 75, 64, groups, 128, 16, key_start, prefix_rows=prefix_rows)
+                                 75, 64, groups, 128, 16, key_start, prefix_rows=prefix_rows, goal_kv=goal_kv,
+                                 goal_group_rows=128, goal_rows=goal_rows)
 
         yield f"training attention {name}", train
         yield f"training attention with dropout {name}", lambda train=train: train(dropout=0.1)
@@ -102,6 +123,14 @@ def cases():
         yield f"decode step, padded rows {name}", lambda d=decode_step: d(key_start=torch.zeros(256, dtype=torch.long))
         yield f"decode after a prefix row table {name}", after_prefix_rows
         yield f"decode step, prefix row table {name}", lambda d=decode_step: d(prefix_rows=torch.randperm(256))
+        yield f"prefill with a goal {name}", goal_prefill
+        yield f"split decode attention with a goal table {name}", goal_split_decode
+        yield f"decode after a shared prefix with a goal {name}", goal_after_prefix
+        yield f"decode after a prefix row table with a goal table {name}", lambda d=goal_after_prefix: d(
+            prefix_rows=torch.randperm(256), goal_rows=torch.randint(0, 2, (256,)))
+        yield f"decode step with a goal {name}", lambda d=decode_step: d(with_goal=True)
+        yield f"decode step, prefix and goal row tables {name}", lambda d=decode_step: d(
+            prefix_rows=torch.randperm(256), goal_rows=torch.randint(0, 2, (256,)), with_goal=True)
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
 """Goal conditioning (the authors' ConditionalGPT): the goal's O observation tokens before every
 sequence, against a direct reimplementation (one concatenated sequence, an explicit mask); the
-goal's K/V as a segment of the cache that every row reads, on the reference and the C++ kernels;
-goal-conditioned plans against the reference's; the Planner's goals."""
+goal's K/V as a segment of the cache that every row reads, on the reference and the C++ kernels
+(the Triton kernels: test_goal_triton.py); goal-conditioned plans against the reference's; the
+Planner's goals."""
 
 import math
 
@@ -466,20 +467,3 @@ def test_goal_conditioned_train_and_eval_from_the_command_line(tmp_path, pointma
     main(["eval", "--run", run, "--episodes", "1", "--horizon", "1", "--beam-width", "2", "--device", "cpu"])
     assert "goals in another room" in capsys.readouterr().out
     assert (tmp_path / "run" / "eval" / "goal_paths.png").exists()
-
-
-@pytest.mark.skipif(ops._triton_attention() is None, reason="Triton is not importable")
-def test_goal_model_on_the_triton_backend_takes_the_merged_python_path(monkeypatch):
-    """Triton's kernels take no goal segment yet: a goal model's attention runs the reference's
-    concatenated form there and its decode steps the Python blocks, with the same logits."""
-    monkeypatch.setenv("TT_ATTENTION", "triton")
-    model = goal_model(SHAPES[0], seed=6, dtype=torch.float32)
-    goal = random_goal(model, 2)
-    tokens = torch.randint(0, model.config.n_bins, (2, 9))
-    full = model(tokens, goal=goal)
-    cache = model.setup_cache(2)
-    model.encode_goal(goal, cache)
-    assert not ops.fused_decode(torch.zeros(2, 1, 32), goal=True)
-    with torch.no_grad():
-        torch.testing.assert_close(model.prefill(tokens[:, :8], cache), full[:, 7], rtol=0, atol=2e-5)
-        torch.testing.assert_close(model.decode(tokens[:, 8], cache, 8), full[:, 8], rtol=0, atol=2e-5)

@@ -176,11 +176,14 @@ def test_bad_tokens_and_lengths_raise():
 needs_c = pytest.mark.skipif(not ops._compiled_library(), reason="tt._C is not built")
 
 
-def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3):
+def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3, goals: int = 0,
+                      goal_table: bool = False):
     """One decode step of `model` after a prefill, as the planner does it: `rows` rows (two groups
     when even) share `shared` prefix slots, then hold `own` slots each; the step writes slot
     shared + own. Returns the logits and the cache's K/V of the rows' slots. The cache is
-    poisoned with NaN first: whatever is read must have been written."""
+    poisoned with NaN first: whatever is read must have been written. A goal-conditioned model
+    reads `goals` random goals: the prefill's rows goal 0, 1, ..., the step's rows theirs by
+    groups of rows // goals, or by a random row table (`goal_table`)."""
     torch.manual_seed(rows + shared + own)
     T, N, dtype = model.transition_dim, model.config.n_bins, model.tok_emb.weight.dtype
     device = model.tok_emb.weight.device
@@ -192,11 +195,15 @@ def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3)
     cache = model.setup_cache(rows + 2, shared + own + 1)
     cache.kv.fill_(float("nan"))
     with torch.no_grad():
+        if goals:
+            model.encode_goal(torch.randint(0, N, (goals, model.config.observation_dim)).to(device), cache)
         model.prefill(prefix, cache, group_start if padded else None)
         cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
         # the rows' own slots after the prefix: the prefix rows' last `own` tokens, per group
         group = torch.arange(rows, device=device) // max(rows // groups, 1) % groups
         cache.kv[:, :, :rows, :, shared : shared + own] = cache.kv[:, :, group, :, shared : shared + own]
+        if goals:
+            cache.read_goals(max(rows // goals, 1), torch.randint(0, goals, (rows,)).to(device) if goal_table else None)
         logits = model.decode(token, cache, shared + own, key_start)
     assert logits.dtype == dtype
     return logits, cache.kv[:, :, :rows, :, : shared + own + 1].clone()
@@ -248,13 +255,19 @@ def test_triton_decode_step_matches_the_python_blocks(monkeypatch, rows, shared,
     assert ops.backends()["decode_layers"][DEVICE] == "Python blocks"
     monkeypatch.setenv("TT_ATTENTION", "triton")
     assert ops.backends()["decode_layers"][DEVICE] == "Triton"
-    (logits, kv), (want_logits, want_kv) = out["triton"], out["reference"]
-    slot = shared + own
+    assert_step_matches(out["triton"], out["reference"], shared, dtype)
+
+
+def assert_step_matches(step, want, shared: int, dtype: torch.dtype) -> None:
+    """A decode step's (logits, K/V of the rows' slots) against the reference's: every own slot
+    written and finite, the logits and the new token's K/V within dtype's tolerance."""
+    (logits, kv), (want_logits, want_kv) = step, want
     assert logits.isfinite().all() and kv[..., shared:, :].isfinite().all()
     tol = 2e-4 if dtype == torch.float32 else 3e-2 * want_logits.abs().max().item()
     torch.testing.assert_close(logits.float(), want_logits, rtol=0, atol=tol)
-    torch.testing.assert_close(kv[..., slot, :].float(), want_kv[..., slot, :], rtol=0,
-                               atol=2e-5 if dtype == torch.float32 else 3e-2 * want_kv[..., slot, :].abs().max().item())
+    new, want_new = kv[..., -1, :].float(), want_kv[..., -1, :]
+    torch.testing.assert_close(new, want_new, rtol=0,
+                               atol=2e-5 if dtype == torch.float32 else 3e-2 * want_new.abs().max().item())
 
 
 @needs_triton

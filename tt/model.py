@@ -341,8 +341,7 @@ class TrajectoryTransformer(nn.Module):
         slots = start if n == 1 else torch.arange(start, start + n, device=tokens.device)
         positions = slots if key_start is None else (slots - key_start[:, None]).clamp_min(0)
         x = self._embed(tokens.clamp_min(0), slots, positions)
-        fused = ops.fused_decode(x, goal=cache.goal_kv is not None)
-        if n == 1 and not (self.training or torch.is_grad_enabled()) and fused:  # one compiled call
+        if n == 1 and not (self.training or torch.is_grad_enabled()) and ops.fused_decode(x):  # one compiled call
             weights = block_weights if block_weights is not None else self.block_weights()
             x = ops.decode_layers(x[:, 0], weights, self.config.n_head, cache, start, self.transition_dim,
                                   key_start)[:, None]

@@ -191,8 +191,10 @@ def attention(
     k/v hold each row's slots S... With a `goal` segment (a goal-conditioned model's goal keys and
     values `[G, h, O, D]`, read per group of rows or by the table `goal.rows` as a prefix is), its
     keys are visible to every query: the softmax runs over them and the window's visible keys.
-    One query per row runs it in the compiled decode kernel; otherwise (training, prefill, and
-    Triton for now) the goal keys are concatenated in front, as the reference does."""
+    The kernels read the goal segment in place, in the same softmax pass: on CPU the compiled
+    decode kernel (one query per row), on Triton every kernel of inference (decode, prefill).
+    Where the result needs a gradient or dropout (training), and on CPU for several queries per
+    row, the goal keys are concatenated in front, as the reference does."""
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
         raise ValueError(f"attention expects q [R,h,Lq,D] and k, v [R,h,Lk,D]; got {q.shape}, {k.shape}, {v.shape}")
     if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
@@ -214,28 +216,29 @@ def attention(
     if backend == "native" and q.shape[2] == 1 and q.dtype == torch.float32 and not dropout_p \
             and _has_kernel("decode_attention", q.device.type):
         return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
-    if goal is not None:  # the goal keys in front, one masked attention (autograd as SDPA has it)
-        return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset, key_start=key_start,
-                                   dropout_p=dropout_p, prefix=prefix, goal=goal)
+    if goal is not None:
+        training = dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, goal.k, goal.v)))
+        if backend != "triton" or training:  # the goal keys in front, one masked attention (SDPA's autograd)
+            return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
+                                       key_start=key_start, dropout_p=dropout_p, prefix=prefix, goal=goal)
     if prefix is not None and backend != "reference":
-        return _attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start)
+        return _attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
     if backend == "triton":
         return _triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
-                                             key_start=key_start, dropout_p=dropout_p)
+                                             key_start=key_start, dropout_p=dropout_p, **_goal_kwargs(goal))
     return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                key_start=key_start, dropout_p=dropout_p, prefix=prefix)
 
 
-def fused_decode(x: torch.Tensor, goal: bool = False) -> bool:
+def fused_decode(x: torch.Tensor) -> bool:
     """Whether a decode step on `x [R, 1, C]` runs its blocks in one call (`decode_layers`): on
     CPU the C++ op (float32, tt._C built, native attention), on Triton's attention backend the
-    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH; not yet
-    with a `goal` segment: goal-conditioned models run the Python blocks there).
-    `TT_DECODE=blocks` turns both off."""
+    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH); both
+    read a goal-conditioned model's goal segment. `TT_DECODE=blocks` turns both off."""
     backend = _decode_backend(x.device)
     if backend == "C++":
         return x.dtype == torch.float32
-    return (backend == "Triton" and not goal and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return (backend == "Triton" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1]))
 
 
@@ -269,20 +272,21 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
     token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs).
     `weights` come from `decode_weights` (a list is stacked here, per call, where Triton runs).
-    The cache's goal segment, if it holds one, is read by every row (C++ only, see `fused_decode`)."""
+    The cache's goal segment, if it holds one, is read by every row, on either backend."""
+    goal = cache.goal(0, len(x))
+    if goal is not None:
+        _check_goal(x.view(len(x), n_head, 1, -1), goal)
     if _decode_backend(x.device) == "Triton":
-        if cache.goal_kv is not None:
-            raise ValueError("decode_layers: the Triton decode kernel takes no goal segment yet (see fused_decode)")
         stacked = weights if isinstance(weights, tuple) else _triton_decode().stack_weights(weights)
         return _triton_decode().decode_layers(x.contiguous(), stacked, n_head, cache.kv, slot, cache.shared,
                                               cache.groups, cache.group_rows, transition_dim, key_start,
-                                              prefix_rows=cache.prefix_rows)
-    goal = cache.goal(0, len(x))
+                                              prefix_rows=cache.prefix_rows, goal_kv=cache.goal_kv,
+                                              goal_group_rows=cache.goal_group_rows,
+                                              goal_rows=None if goal is None else goal.rows)
     if goal is None:
         return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                           cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
                                           _int64(key_start))
-    _check_goal(x.view(len(x), n_head, 1, -1), goal)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
                                       _int64(key_start), cache.goal_kv[0], cache.goal_kv[1], goal.group_rows,
@@ -345,11 +349,25 @@ def _decode_attention(q, k, v, prefix: SharedPrefix | None, transition_dim: int,
     return out[:, :, None]
 
 
-def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tuple[torch.Tensor, torch.Tensor]:
-    """TT-masked attention output `[R, h, Lq, D]` and its log-sum-exp `[R, h, Lq]` (fp32)."""
+def _goal_kwargs(goal: SharedPrefix | None) -> dict:
+    """A goal segment as the Triton launchers take it (keyword arguments; none without a goal)."""
+    if goal is None:
+        return {}
+    return dict(goal_k=goal.k, goal_v=goal.v, goal_group_rows=goal.group_rows, goal_rows=goal.rows)
+
+
+def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start,
+                   goal: SharedPrefix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """TT-masked attention output `[R, h, Lq, D]` and its log-sum-exp `[R, h, Lq]` (fp32), over the
+    `goal` segment's keys too when given."""
     if _attention_backend(q.device) == "triton":
-        return _triton_attention().attention_forward(q, k, v, transition_dim, q_offset, key_start)
-    mask = reference.attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start, q.device)
+        return _triton_attention().attention_forward(q, k, v, transition_dim, q_offset, key_start,
+                                                     **_goal_kwargs(goal))
+    n_goal = 0 if goal is None else goal.length
+    if goal is not None:  # the goal keys in front (Triton reads them in place)
+        k, v = goal.expand(q.shape[0], k, v)
+    mask = reference.attention_mask(q.shape[2], k.shape[2] - n_goal, transition_dim, q_offset, key_start, q.device,
+                                    n_goal)
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
     if q.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
@@ -358,28 +376,30 @@ def _attention_lse(q, k, v, transition_dim: int, q_offset: int, key_start) -> tu
     return ((scores - lse[..., None]).exp().to(v.dtype) @ v), lse
 
 
-def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, q_offset: int, key_start):
+def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, q_offset: int, key_start,
+                            goal: SharedPrefix | None = None):
     """Cascade attention: each group's queries against its shared prefix in one batch (the prefix
-    read once), each row against its own keys, merged by their log-sum-exps (on Triton, one
-    query per row runs both parts in one kernel, also with a row table `prefix.rows`)."""
+    read once), each row against its own keys and its `goal` segment's (if any), merged by their
+    log-sum-exps (on Triton, one query per row runs all parts in one kernel, also with a row table
+    `prefix.rows`)."""
     R, h, Lq, D = q.shape
     G, S, n = prefix.k.shape[0], prefix.length, prefix.group_rows
     if Lq == 1 and _attention_backend(q.device) == "triton":  # decode: one kernel, no partial outputs
         return _triton_attention().decode_after_prefix(q, k, v, prefix.k, prefix.v, n, transition_dim, q_offset,
-                                                       key_start, prefix_rows=prefix.rows)
+                                                       key_start, prefix_rows=prefix.rows, **_goal_kwargs(goal))
     if prefix.rows is not None:
         # A row table, several queries per row (or one where neither tt::decode_attention nor
         # Triton runs): no groups of rows to batch against a prefix, so each row's whole window is
         # gathered (a copy of its prefix, as the reference does) and attended at once. The fused
         # kernels (C++ decode_attention / decode_layers, Triton) read the table in place instead.
         k, v = prefix.expand(R, k, v)
-        return _attention_lse(q, k, v, transition_dim, q_offset, key_start)[0]
+        return _attention_lse(q, k, v, transition_dim, q_offset, key_start, goal)[0]
     blocks = R // (G * n)
     grouped = q.view(blocks, G, n, h, Lq, D).permute(1, 3, 0, 2, 4, 5).reshape(G, h, blocks * n * Lq, D)
     group_start = None if key_start is None else key_start.view(blocks, G, n)[0, :, 0]
     # every query sits after the prefix, so only the value-token and padding masks act there
     out_p, lse_p = _attention_lse(grouped, prefix.k, prefix.v, transition_dim, q_offset, group_start)
-    out_r, lse_r = _attention_lse(q, k, v, transition_dim, q_offset - S, None)
+    out_r, lse_r = _attention_lse(q, k, v, transition_dim, q_offset - S, None, goal)
     if group_start is not None:  # a group whose prefix is all padding contributes nothing
         lse_p = lse_p.masked_fill((group_start >= S)[:, None, None], float("-inf"))
     out_p = out_p.view(G, h, blocks, n, Lq, D).permute(2, 0, 3, 1, 4, 5).reshape(R, h, Lq, D)

@@ -503,7 +503,8 @@ class Planner:
 
     A goal-conditioned model plans towards a goal observation `[O]`: `goal` for every environment,
     or `set_goal(g, env)` for one (each environment of a vector env its own). Goals are
-    discretized with the observation bins; plans of such a model are not captured as CUDA graphs.
+    discretized with the observation bins; its decode steps read the goal segment in the fused
+    kernels (C++ on CPU, Triton on GPUs), but its plans are not captured as CUDA graphs.
     """
 
     def __init__(self, model: TrajectoryTransformer, discretizer: Discretizer, config: PlanConfig = PlanConfig(),
