@@ -43,7 +43,7 @@ assert b['sample_next']['cuda'] == 'CUDA' and b['attention']['cuda'] == b['decod
 echo "== tests"
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")  # Triton compiles in 8 processes
 timeout 240 python3 -m pytest -q -p no:cacheprovider $parallel tests/test_cuda.py tests/test_attention.py tests/test_beam_expand.py tests/test_prefix_rows.py \
-  tests/test_ops.py tests/test_model.py 2>&1 | tail -15
+  tests/test_ops.py tests/test_model.py tests/test_goal_triton.py 2>&1 | tail -15
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "tests done at $(elapsed)"
 
