@@ -56,10 +56,7 @@ FOUR_ROOMS: list[list[int]] = [
 ]
 MAX_EPISODE_STEPS = 500  # 5 s at PointMaze's 0.01 s per step; the data's controller needs ~150, at most ~310
 DEFAULT_EPISODES = 1000
-# std of the data's Gaussian action noise (actions lie in [-1, 1]). Not D4RL's 0.5: clipped to the
-# bounds, noise that wide piles mass on -1 and +1, and those two tokens then outweigh every interior
-# bin, so the most likely action a likelihood search picks is nearly always a saturated one.
-ACTION_NOISE = 0.2
+ACTION_NOISE = 0.5  # std of the data's Gaussian action noise (actions lie in [-1, 1])
 P_GAIN, D_GAIN = 10.0, 1.0  # D4RL maze2d's waypoint controller
 ENTRY_POINT = "gymnasium_robotics.envs.maze.point_maze:PointMazeEnv"
 NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
