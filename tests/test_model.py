@@ -210,17 +210,30 @@ def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3,
 
 
 @needs_c
-@pytest.mark.parametrize("rows, shared, padded", [(1, 0, False), (6, 5, False), (6, 5, True), (12, 10, True)])
-def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, shared, padded):
+@pytest.mark.parametrize("rows, shared, padded, goals, goal_table", [
+    (1, 0, False, 0, False), (6, 5, False, 0, False), (6, 5, True, 0, False), (12, 10, True, 0, False),
+    # 16 rows and more run in chunks of rows, one per thread (prefix and goal mappings as tables)
+    (16, 5, True, 0, False), (37, 0, False, 0, False), (64, 10, True, 0, False),
+    (24, 5, False, 3, False), (33, 10, True, 2, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, shared, padded, goals, goal_table,
+                                                             threads):
     """tt::decode_layers runs the same ATen ops as Block.forward in the same order: the logits and
-    everything it writes to the cache are equal to the Python path's, bit for bit."""
+    everything it writes to the cache are equal to the Python path's, bit for bit, also when its
+    threads each run a chunk of the rows."""
     torch.manual_seed(rows + shared)
-    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16)).eval()
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16,
+                                            goal_conditioned=bool(goals))).eval()
     out = {}
-    for fused in (True, False):
-        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
-        assert ops.backends()["decode_layers"]["cpu"] == ("C++" if fused else "Python blocks")
-        out[fused] = fused_decode_step(model, rows, shared, padded)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for fused in (True, False):
+            monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+            assert ops.backends()["decode_layers"]["cpu"] == ("C++" if fused else "Python blocks")
+            out[fused] = fused_decode_step(model, rows, shared, padded, goals=goals, goal_table=goal_table)
+    finally:
+        torch.set_num_threads(before)
     for a, b in zip(out[True], out[False]):  # rows past the groups keep their poison in the shared slots
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     assert out[True][0].isfinite().all() and out[True][1][..., shared:, :].isfinite().all()

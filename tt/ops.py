@@ -315,9 +315,10 @@ def _check_prefix(q: torch.Tensor, prefix: SharedPrefix, transition_dim: int, q_
                              f"row per query row), got {what}")
     elif R % (G * prefix.group_rows):
         raise ValueError(f"attention: {R} rows are not whole blocks of {G} groups x {prefix.group_rows} rows")
-    if S % transition_dim or q_offset < S:
-        raise ValueError(f"attention: a shared prefix covers whole transitions before the queries; got {S} "
-                         f"slots (T={transition_dim}) and queries from slot {q_offset}")
+    if q_offset < S or (S % transition_dim and prefix.rows is None):
+        raise ValueError(f"attention: a shared prefix lies before the queries and, read by groups of rows, "
+                         f"covers whole transitions; got {S} slots (T={transition_dim}) and queries from slot "
+                         f"{q_offset}")
     if dropout_p:
         raise ValueError("attention: a shared prefix is for inference (no dropout)")
 
@@ -512,6 +513,12 @@ def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     rows = torch.arange(len(lineage))
     representatives = torch.empty(len(distinct), dtype=torch.long).scatter_(0, table, rows)
     return representatives, table
+
+
+def in_place(rows: torch.Tensor) -> bool:
+    """Whether `rows [R]` is 0, 1, ..., R-1 (row i stays row i), where that is cheap to know: on CPU.
+    Elsewhere the answer would cost a host synchronization (and break CUDA graph capture): False."""
+    return rows.device.type == "cpu" and torch.equal(rows, torch.arange(len(rows)))
 
 
 def beam_expand(scores: torch.Tensor, logp: torch.Tensor, k: int):

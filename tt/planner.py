@@ -204,8 +204,10 @@ class _Search:
         Rows share their tokens before transition `shared_until` with the other rows of their
         plan (by default: the plan's context), or, given `lineage [B*W]`, with the rows of equal
         lineage (the likelihood search: the beam each descends from at the last anchor; where
-        `ops.lineages` cannot group rows, by plan). That part of the window is encoded once per
-        plan or lineage and read by its rows as a shared prefix; the rest once per row."""
+        `ops.lineages` cannot group rows, by plan), and then as many more tokens as every row has
+        in common with its lineage (with `k_obs=1` the next observation: only actions branch).
+        That part of the window is encoded once per plan or lineage and read by its rows as a
+        shared prefix; the rest once per row."""
         T, W = self.T, self.W
         found = None if lineage is None else ops.lineages(lineage)
         if found is None:  # by plan: rows share the plan's context
@@ -214,16 +216,45 @@ class _Search:
         if split == first:  # nothing shared
             return self.prefill(self.hist[:, first * T : end * T], first)
         if found is None:  # a plan's rows: row p * W represents plan p
-            self.prefill(self.hist[::W, first * T : split * T], first)
-            self.cache.share((split - first) * T, groups=self.B, group_rows=W)
+            split *= T
+            self.prefill(self.hist[::W, first * T : split], first)
+            self.cache.share(split - first * T, groups=self.B, group_rows=W)
         else:
             representatives, table = found
-            self.prefill(self.hist[representatives, first * T : split * T], first, representatives)
-            self.cache.share((split - first) * T, groups=len(representatives), rows=table)
-        tokens = self.hist[:, split * T : end * T]
-        logits = self.model.step(tokens, self.cache, (split - first) * T, self.key_start(W), last_only=True)
-        self.filled = (end - first) * T
+            split = split * T + self.common_tokens(representatives[table], split * T, end * T - 1)
+            self.encode_lineages(representatives, first, split)
+            self.cache.share(split - first * T, groups=len(representatives), rows=table)
+        tokens = self.hist[:, split : end * T]
+        logits = self.model.step(tokens, self.cache, split - first * T, self.key_start(W), last_only=True)
+        self.filled = end * T - first * T
         return logits
+
+    def encode_lineages(self, representatives: torch.Tensor, first: int, split: int) -> None:
+        """Encode the lineages' windows, tokens [first * T, split) of rows `representatives`, into cache
+        rows 0..D-1: what all lineages of a plan have in common once per plan, then each lineage's
+        rest reading that as a prefix (the part a window move shifts is often the plan's context)."""
+        T, W = self.T, self.W
+        plans = representatives // W
+        common = first * T + self.common_tokens(plans * W, first * T, split - 1, representatives)
+        if common == first * T or len(representatives) == self.B:  # nothing to share
+            self.prefill(self.hist[representatives, first * T : split], first, representatives)
+            return
+        self.prefill(self.hist[::W, first * T : common], first)
+        self.cache.share(common - first * T, groups=self.B, rows=plans)
+        self.read_goals(table=plans)
+        key_start = None if not self.padded else self.key_start(W)[representatives]
+        self.model.step(self.hist[representatives, common:split], self.cache, common - first * T, key_start,
+                        last_only=True)
+        self.read_goals(W)
+        self.cache.materialize_prefix(len(representatives))
+
+    def common_tokens(self, source: torch.Tensor, start: int, stop: int, rows: torch.Tensor | None = None) -> int:
+        """How many of the tokens [start, stop) every row (of `rows`, else all) has in common with
+        row `source[i]`, counted from `start` (a host synchronization: for the CPU search of
+        `ops.lineages` only)."""
+        tokens = self.hist[:, start:stop] if rows is None else self.hist[rows, start:stop]
+        same = (tokens == self.hist[source, start:stop]).all(0)
+        return int(same.cumprod(0).sum())
 
     def decode(self, token: torch.Tensor, blocks: int) -> torch.Tensor:
         """Append one token per row; rows are `blocks` copies of the B*W survivors."""
@@ -314,17 +345,19 @@ class _Search:
         """Expand every beam by every token, a token at a time; keep the W most likely sequences
         (the authors' `beam_search`). Returns each plan's best log-likelihood.
 
-        Beams re-rank at every token, but their cache rows are not copied whole: at each transition
-        every row's window is anchored (slots [0, S) its own), and then each survivor reads those
-        slots from the row of the beam it descends from (`ancestors`, the cache's prefix rows) and
-        only the tokens planned since the anchor (at most a transition's) move with it."""
+        Beams re-rank at every token, but their cache rows are not copied whole: each survivor reads
+        its window's first S slots from a row it shares them with (`ancestors`, the cache's prefix
+        rows) and only the tokens planned since (about a transition's) move with it. After a window
+        is re-encoded by lineage, S is what a row's lineage has in common; otherwise, at each
+        transition every row's window is anchored (slots [0, S) its own) and read by its descendants."""
         config, O, A, T, B, W = self.config, self.O, self.A, self.T, self.B, self.W
         filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A
         filters += [(config.k_rew, config.cdf_rew)] * 2
         device = self.prefix.device
         plan_rows = torch.arange(B, device=device)[:, None] * W
         self.identity = torch.arange(B * W, device=device)
-        self.ancestors = self.identity.clone()
+        self.ancestors = self.identity.clone()  # the row each row reads its window's prefix from
+        self.lineage = self.identity.clone()  # rows of equal lineage have planned the same tokens so far
         logits = self.open_plans().repeat_interleave(W, 0)
         self.anchor()
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # as log_probs returns
@@ -341,10 +374,14 @@ class _Search:
             if position + 1 == end:
                 break
             u, new_transition = (position + 1) // T, (position + 1) % T == 0
-            if new_transition and self.window_moves(u):  # a new window (then anchored): rows of one
-                # lineage share everything before the transition just planned
-                logits = self.reencode(max(0, u - self.keep + 1), u, shared_until=u - 1, lineage=self.ancestors)
-                self.anchor()
+            if new_transition and self.window_moves(u):  # a new window: rows of one lineage share
+                # everything before the transition just planned (and what they have in common of it)
+                logits = self.reencode(max(0, u - self.keep + 1), u, shared_until=u - 1, lineage=self.lineage)
+                if self.cache.prefix_rows is None:  # shared by plan: every row's window its own
+                    self.anchor()
+                else:  # each row reads its lineage's prefix, a survivor its ancestor's
+                    self.ancestors = self.cache.prefix_rows
+                    self.lineage.copy_(self.identity)
                 continue
             self.follow(src)
             if new_transition:  # cached: fold the ancestors' windows in
@@ -358,11 +395,15 @@ class _Search:
         rows = self.B * self.W
         self.cache.materialize_prefix(rows)
         self.ancestors.copy_(self.identity)
+        self.lineage.copy_(self.identity)
         self.cache.share(self.filled - self.filled % self.T, groups=rows, rows=self.ancestors)
 
     def follow(self, src: torch.Tensor) -> None:
         """Survivor i continues row `src[i]`: its ancestor's window and the tokens planned since."""
+        if ops.in_place(src):  # every survivor continues its own row (a top-1 filtered token): nothing moves
+            return
         self.ancestors.copy_(self.ancestors[src])
+        self.lineage.copy_(self.lineage[src])
         self.cache.gather_rows(src, self.filled)  # slots [anchor, filled) only
 
 
