@@ -1,5 +1,6 @@
 // Argument checks shared by the CPU and CUDA implementations: every op validates its inputs here
 // before any kernel runs, so bad input is a clear error, never a crash inside a kernel.
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -122,6 +123,24 @@ void check_beam_expand(const at::Tensor& scores, const at::Tensor& logp, int64_t
   check_output(scores, tokens, op, "tokens", {B, k});
   TORCH_CHECK(parents.scalar_type() == at::kLong && tokens.scalar_type() == at::kLong, op,
               ": parents and tokens must be int64");
+}
+
+void check_log_probs(const at::Tensor& logits, double temperature, int64_t top_k, double cdf, const at::Tensor& out) {
+  const char* op = "tt::log_probs";
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be [rows, N+1], got ", logits.sizes());
+  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble, op,
+              ": logits must be float32 or float64 (tt.ops.log_probs upcasts float16 and bfloat16), got ",
+              logits.scalar_type());
+  TORCH_CHECK(logits.is_contiguous(), op, ": logits must be contiguous");
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(vocab >= 2, op, ": logits need at least 2 columns (bins and the stop token), got ", vocab);
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), op, ": temperature must be > 0 and finite, got ",
+              temperature);
+  TORCH_CHECK(top_k <= vocab, op, ": top_k must be <= ", vocab, ", got ", top_k);
+  TORCH_CHECK(cdf <= 1.0, op, ": cdf must be <= 1, got ", cdf);
+  check_output(logits, out, op, "out", {rows, vocab});
+  TORCH_CHECK(out.scalar_type() == logits.scalar_type(), op, ": out must have the dtype of logits (",
+              logits.scalar_type(), "), got ", out.scalar_type());
 }
 
 void check_philox_uniform(const at::Tensor& out) {

@@ -22,6 +22,7 @@ void check_beam_select(const at::Tensor& scores, int64_t k, int64_t group, const
 void check_beam_expand(const at::Tensor& scores, const at::Tensor& logp, int64_t k, const at::Tensor& values,
                        const at::Tensor& parents, const at::Tensor& tokens);
 
+void check_log_probs(const at::Tensor& logits, double temperature, int64_t top_k, double cdf, const at::Tensor& out);
 void check_philox_uniform(const at::Tensor& out);
 void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
@@ -40,6 +41,7 @@ void beam_select_cpu(const at::Tensor& scores, int64_t k, int64_t group, const a
                      at::Tensor& terms_out, at::Tensor& tokens_out);
 void beam_expand_cpu(const at::Tensor& scores, const at::Tensor& logp, int64_t k, at::Tensor& values,
                      at::Tensor& parents, at::Tensor& tokens);
+void log_probs_cpu(const at::Tensor& logits, double temperature, int64_t top_k, double cdf, at::Tensor& out);
 void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
                          const at::Tensor& cache_v, int64_t n_head, int64_t slot, int64_t shared, int64_t groups,
                          int64_t group_rows, const std::optional<at::Tensor>& prefix_rows,

@@ -25,6 +25,10 @@ TORCH_LIBRARY(tt, m) {
   m.def(
       "beam_expand(Tensor scores, Tensor logp, int k, Tensor(a!) values, Tensor(b!) parents, Tensor(c!) tokens) "
       "-> ()");
+  // The likelihood search's filtered log-probabilities of logits [R, N+1] (float32 or float64) into out
+  // (same shape and dtype): temperature, NaN as -inf, the cdf filter (-1000), top-k (-inf), log-softmax
+  // with infinities defined (tt/reference.py log_probs). top_k <= 0 / cdf < 0: off.
+  m.def("log_probs(Tensor logits, float temperature, int top_k, float cdf, Tensor(a!) out) -> ()");
   // The uniforms [n] (float64) that sample_next draws for rows 0..n-1 at (seed, offset): the shared
   // generator, exposed so tests can hold the CPU and CUDA paths against each other and Python.
   m.def("philox_uniform(int seed, int offset, Tensor(a!) out) -> ()");
@@ -56,6 +60,7 @@ TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("sample_next", &tt::sample_next_cpu);
   m.impl("beam_select", &tt::beam_select_cpu);
   m.impl("beam_expand", &tt::beam_expand_cpu);
+  m.impl("log_probs", &tt::log_probs_cpu);
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
   m.impl("decode_attention", &tt::decode_attention_cpu);
   m.impl("decode_layers", &tt::decode_layers_cpu);

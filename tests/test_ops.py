@@ -401,8 +401,8 @@ def test_cache_shared_prefix_is_read_not_written():
 
 def test_backends_report_and_reference_override(monkeypatch):
     report = ops.backends()
-    assert set(report) == {"attention", "sample_next", "beam_select", "beam_expand", "decode_attention",
-                           "decode_layers"}
+    assert set(report) == {"attention", "sample_next", "beam_select", "beam_expand", "log_probs",
+                           "decode_attention", "decode_layers"}
     assert report["decode_attention"]["cpu"] == ("C++" if HAS_C else "reference")
     assert report["sample_next"]["cpu"] == ("C++" if HAS_C else "reference")
     monkeypatch.setenv("TT_BACKEND", "reference")

@@ -21,7 +21,7 @@ from tt import reference
 from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
-OPS = ("attention", "sample_next", "beam_select", "beam_expand", "decode_attention", "decode_layers")
+OPS = ("attention", "sample_next", "beam_select", "beam_expand", "log_probs", "decode_attention", "decode_layers")
 CUDA_MAX_TOKENS = 1024  # tokens per row (N+1) the CUDA sample_next kernel takes (kSampleNextMaxVocab)
 BEAM_EXPAND_MAX_CANDIDATES = 2**30  # W*V per plan on every backend (kBeamExpandMaxCandidates)
 CUDA_BEAM_EXPAND_MAX_K = 4096  # survivors per plan the CUDA beam_expand kernel takes (kBeamExpandMaxK)
@@ -68,6 +68,10 @@ def _fake_beam_expand(scores, logp, k, values, parents, tokens):
     return None
 
 
+def _fake_log_probs(logits, temperature, top_k, cdf, out):
+    return None
+
+
 def _fake_philox_uniform(seed, offset, out):
     return None
 
@@ -84,8 +88,8 @@ def _fake_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, grou
 
 # Each op's fake (meta) implementation; its parameters are the op's schema as this Python code calls it.
 FAKES = {"sample_next": _fake_sample_next, "beam_select": _fake_beam_select, "beam_expand": _fake_beam_expand,
-         "philox_uniform": _fake_philox_uniform, "decode_attention": _fake_decode_attention,
-         "decode_layers": _fake_decode_layers}
+         "log_probs": _fake_log_probs, "philox_uniform": _fake_philox_uniform,
+         "decode_attention": _fake_decode_attention, "decode_layers": _fake_decode_layers}
 
 
 def stale_ops(fakes: dict = FAKES) -> list[str]:
@@ -497,9 +501,32 @@ def beam_select(scores: torch.Tensor, k: int, group: int | None = None, terms: t
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
               cdf: float | None = None) -> torch.Tensor:
-    """Filtered log-probabilities `[R, N+1]` of the likelihood search (the authors' `get_logp`).
-    A handful of small tensor ops on every device: no kernel of its own, and no host synchronization."""
-    return reference.log_probs(logits, temperature, top_k, cdf)
+    """Filtered log-probabilities `[R, N+1]` of the likelihood search (the authors' `get_logp`; see
+    `reference.log_probs`: temperature, cdf filter to -1000, top-k filter to -inf, log-softmax, NaN
+    logits as -inf). float16 and bfloat16 logits are upcast to float32, as the reference does.
+
+    On CPU one C++ op (`tt::log_probs`, float32 and float64; bit for bit the reference on x86, see
+    csrc/cpu/log_probs.cpp); elsewhere, and where a gradient is needed, the reference's tensor ops
+    (no host synchronization either way)."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"log_probs expects logits [rows, N+1], got {tuple(logits.shape)}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= logits.shape[1]):
+        raise ValueError(f"top_k must be None or an integer in [1, {logits.shape[1]}], got {top_k!r}")
+    if cdf is not None and not 0.0 <= cdf <= 1.0:
+        raise ValueError(f"cdf must be None or in [0, 1], got {cdf}")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if (logits.dtype not in (torch.float32, torch.float64) or not _compiled("log_probs", logits.device)
+            or (logits.requires_grad and torch.is_grad_enabled())):
+        return reference.log_probs(logits, temperature, top_k, cdf)
+    logits = logits.contiguous()
+    out = torch.empty_like(logits)
+    torch.ops.tt.log_probs(logits, float(temperature), 0 if top_k is None else int(top_k),
+                           -1.0 if cdf is None else float(cdf), out)
+    return out
 
 
 def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
