@@ -208,16 +208,17 @@ ATTENTION_BACKENDS = {  # environment of each path of ops.attention with a prefi
 
 @pytest.mark.parametrize("backend", list(ATTENTION_BACKENDS))
 @pytest.mark.parametrize("R, G, kind", TABLES)
-@pytest.mark.parametrize("Lq", [1, 3])
+@pytest.mark.parametrize("Lq", [1, 3, ops.LOOPED_QUERIES + 1])  # the compiled kernel runs a query at a time up to 16
+@pytest.mark.parametrize("S", [12, 10])  # read through a table, a prefix may end inside a transition (T=4)
 @pytest.mark.parametrize("padded", [False, True])
-def test_attention_with_a_table_matches_the_explicit_gather(monkeypatch, backend, R, G, kind, Lq, padded):
+def test_attention_with_a_table_matches_the_explicit_gather(monkeypatch, backend, R, G, kind, Lq, S, padded):
     if backend == "triton" and ops._triton_attention() is None:
         pytest.skip("Triton is not importable")
     for name, value in ATTENTION_BACKENDS[backend].items():
         monkeypatch.setenv(name, value)
     device = DEVICE if backend == "triton" else "cpu"
-    q, k, v, prefix, key_start, q_offset = problem(R, G, kind, 12, 6, 16, T=4, Lq=Lq, padded=padded, device=device,
-                                                   seed=R * 10 + Lq)
+    q, k, v, prefix, key_start, q_offset = problem(R, G, kind, S, max(6, Lq), 16, T=4, Lq=Lq, padded=padded,
+                                                   device=device, seed=R * 10 + Lq + S)
     out = ops.attention(q, k, v, transition_dim=4, q_offset=q_offset, key_start=key_start, prefix=prefix)
     torch.testing.assert_close(out.cpu().double(), explicit(q, k, v, prefix, key_start, q_offset, 4),
                                atol=TOL[torch.float32], rtol=0)

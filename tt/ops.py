@@ -177,6 +177,10 @@ def backends() -> dict[str, dict[str, str]]:
     return report
 
 
+# Queries per row up to which attention after a table of prefixes runs the one-query kernel per query.
+LOOPED_QUERIES = 16
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -217,9 +221,19 @@ def attention(
     if goal is not None:
         _check_goal(q, goal)
     backend = _attention_backend(q.device)
-    if backend == "native" and q.shape[2] == 1 and q.dtype == torch.float32 and not dropout_p \
+    if backend == "native" and q.dtype == torch.float32 and not dropout_p \
             and _has_kernel("decode_attention", q.device.type):
-        return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
+        if q.shape[2] == 1:
+            return _decode_attention(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
+        if prefix is not None and prefix.rows is not None and q.shape[2] <= LOOPED_QUERIES \
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            # a few queries per row after prefixes read through a table: the kernel reads the table in
+            # place, a query at a time (each seeing its row's keys up to its own slot), where the
+            # alternative gathers every row's whole window first
+            S = prefix.length
+            return torch.cat([_decode_attention(q[:, :, i : i + 1], k[:, :, : q_offset + i + 1 - S],
+                                                v[:, :, : q_offset + i + 1 - S], prefix, transition_dim, q_offset + i,
+                                                key_start, goal) for i in range(q.shape[2])], 2)
     if goal is not None:
         training = dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, goal.k, goal.v)))
         if backend != "triton" or training:  # the goal keys in front, one masked attention (SDPA's autograd)
