@@ -93,6 +93,27 @@ def test_lineages_encode_each_history_once():
     assert len(set(lineage[representatives].tolist())) == 4
 
 
+def test_in_place_knows_the_identity_on_cpu_only():
+    from tt import ops
+
+    assert ops.in_place(torch.arange(7)) and ops.in_place(torch.arange(0))
+    assert not ops.in_place(torch.tensor([0, 2, 1])) and not ops.in_place(torch.tensor([0, 0, 2]))
+    assert not ops.in_place(torch.arange(7, device="meta"))  # elsewhere it would wait for the device
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_search_that_always_moves_rows_plans_the_same(monkeypatch, case):
+    """Skipping the cache moves of survivors that stay in place (`ops.in_place`) changes nothing:
+    with every move made, the same tokens as the reference."""
+    from tt import ops
+
+    monkeypatch.setattr(ops, "in_place", lambda rows: False)
+    O, A, N, K, contexts, config = CASES[case]
+    model = random_model(O, A, N=N, K=K, seed=case)
+    rng = np.random.default_rng(case)
+    compare(model, [torch.from_numpy(rng.integers(0, N, size=c * (O + A + 2) + O)) for c in contexts], config)
+
+
 def test_search_without_lineages_shares_by_plan(monkeypatch):
     """Where `ops.lineages` cannot group rows (off the CPU), re-encoding shares each plan's context
     instead: the same tokens as the reference."""
