@@ -6,17 +6,19 @@
 // query against all S of them with FMAs across keys, no horizontal sums. With a prefix row table
 // (row r reads prefix prefix_rows[r]) the rows are sorted by their prefix row first, and tasks are
 // (prefix, head, row of those that read it), listed up front: the same runs in the same order.
-// A prefix that only one query of a thread's range reads is scored with dot products instead (its
-// transposition would cost more than it saves: after the likelihood search anchors its windows,
-// every row reads its own). A row's own keys are few and read once. The mask is a bias row built once per key_start; exp
-// is a polynomial; sums run in independent lanes or banks, so the loops vectorize and pipeline
-// (with -fno-trapping-math).
+// A prefix that fewer than a dozen queries of a thread's range read is scored key by key instead
+// (score_keys: sixteen keys' dot products reduced together; a transposition would cost more than
+// it saves: the likelihood search's rows read their lineage's or their own), and so are a row's
+// own keys, few and read once. The mask is a bias row built once per key_start; exp is a
+// polynomial; sums run in independent lanes or banks, so the loops vectorize and pipeline (with
+// -fno-trapping-math).
 // Compiled for AVX-512, AVX2 and baseline x86-64, picked at load time.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -31,6 +33,9 @@ constexpr int64_t kLanes = 16;  // independent partial sums of a reduction (one 
 constexpr int64_t kChunk = 32;  // prefix keys scored at once (two AVX-512 registers)
 constexpr int64_t kBanks = 4;   // independent sums in the weighted sum of values
 constexpr int64_t kMaxHeadDim = 256;
+// Queries that read one prefix and head in a run before its keys are transposed for them: a
+// transposition costs about what scoring a dozen queries key by key (score_keys) does.
+constexpr int64_t kMinTransposeReaders = 12;
 
 inline int64_t padded_prefix(int64_t slots) { return (slots + kChunk - 1) / kChunk * kChunk; }
 
@@ -84,6 +89,52 @@ TT_INLINE float dot(const float* a, const float* b, int64_t dim) {
   float sum = lanes[0];
   for (; d < n; ++d) sum += a[d] * b[d];
   return sum;
+}
+
+// Sixteen floats as one value (a GCC vector extension): inside each of attend's ISA clones it is
+// that ISA's registers (one AVX-512 register, two AVX2 ones, four SSE ones).
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef int32_t Lanes16 __attribute__((vector_size(64)));
+
+TT_INLINE Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Lanes 2i and 2i+1 of x summed into lane i, those of y into lane 8 + i.
+TT_INLINE Vec16 pair_sums(Vec16 x, Vec16 y) {
+  const Lanes16 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const Lanes16 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  return __builtin_shuffle(x, y, even) + __builtin_shuffle(x, y, odd);
+}
+
+// out[j] = q . keys[j * stride, ...+D) for j < n: sixteen keys at a time, each key's products in one
+// vector, the sixteen vectors summed into one by four levels of pair_sums (lane k: key k), so no
+// key pays a horizontal sum of its own. Head dims that are no multiple of 16 take dot().
+template <class Dim>
+TT_INLINE void score_keys(const float* q, const float* keys, int64_t stride, int64_t n, float* out, int64_t dim) {
+  const int64_t D = Dim::size(dim);
+  if (D % 16) {
+    for (int64_t j = 0; j < n; ++j) out[j] = dot<Dim>(q, keys + j * stride, D);
+    return;
+  }
+  Vec16 qv[kMaxHeadDim / 16];
+  for (int64_t c = 0; c < D / 16; ++c) qv[c] = load16(q + 16 * c);
+  for (int64_t j = 0; j < n; j += 16) {
+    const int64_t block = std::min<int64_t>(16, n - j);
+    Vec16 sums[16];
+    for (int64_t k = 0; k < 16; ++k) {
+      sums[k] = Vec16{};
+      if (k < block) {
+        const float* key = keys + (j + k) * stride;
+        for (int64_t c = 0; c < D / 16; ++c) sums[k] += qv[c] * load16(key + 16 * c);
+      }
+    }
+    for (int64_t width = 8; width >= 1; width /= 2)  // 16 vectors -> 8 -> 4 -> 2 -> 1
+      for (int64_t k = 0; k < width; ++k) sums[k] = pair_sums(sums[2 * k], sums[2 * k + 1]);
+    std::memcpy(out + j, &sums[0], block * sizeof(float));
+  }
 }
 
 // exp(x) for x <= 0 to ~1 ulp (range reduction by ln 2, Cephes' expf polynomial), branch free so
@@ -197,15 +248,17 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
       masked_for = start;
     }
     const float* q = p.q.at(r, h, 0);
-    bool alone = false;  // the only query of this task range that reads this prefix and head
+    bool few = false;  // fewer than kMinTransposeReaders queries of this task range read this prefix and head
     if (S && transposed != group_head) {
-      int64_t next_r = 0, next_group = -1, next_h = -1;
-      if (task + 1 < end) locate(task + 1, next_r, next_group, next_h);
-      alone = next_group * p.heads + next_h != group_head;
+      int64_t readers = 1, next_r = 0, next_group = -1, next_h = -1;
+      for (int64_t next = task + 1; next < end && readers < kMinTransposeReaders; ++next, ++readers) {
+        locate(next, next_r, next_group, next_h);
+        if (next_group * p.heads + next_h != group_head) break;
+      }
+      few = readers < kMinTransposeReaders;
     }
-    if (S && alone) {  // read once: dot products, where transposing would cost more than it saves
-      const float* key = p.prefix_k.at(group, h, 0);
-      for (int64_t j = 0; j < S; ++j, key += p.prefix_k.slot) scores[j] = dot<Dim>(q, key, D);
+    if (S && few) {  // read by few: scored key by key, where transposing would cost more than it saves
+      score_keys<Dim>(q, p.prefix_k.at(group, h, 0), p.prefix_k.slot, S, scores, D);
     } else if (S) {  // against the prefix: FMAs across keys of the transposed keys
       if (transposed != group_head) {  // [D, S_pad]: keys in columns, zero-padded to whole chunks
         const float* key = p.prefix_k.at(group, h, 0);
@@ -225,15 +278,13 @@ TT_INLINE void attend_tasks(const Problem& p, int64_t begin, int64_t end, float*
         for (int64_t l = 0; l < kChunk && chunk + l < S; ++l) scores[chunk + l] = even[l] + odd[l];
       }
     }
-    const float* key = p.k.at(r, h, 0);
-    for (int64_t j = S; j < L; ++j, key += p.k.slot) scores[j] = dot<Dim>(q, key, D);
+    score_keys<Dim>(q, p.k.at(r, h, 0), p.k.slot, L - S, scores + S, D);
     for (int64_t j = 0; j < L; ++j) scores[j] = scores[j] * scale + bias[j];
     int64_t goal = 0;
     if (n_goal) {  // the goal's keys: few, always visible
       goal = p.goal_rows ? p.goal_rows[r] : (r / p.goal_group_rows) % p.goals;
-      const float* goal_key = p.goal_k.at(goal, h, 0);
-      for (int64_t j = 0; j < n_goal; ++j, goal_key += p.goal_k.slot)
-        goal_scores[j] = dot<Dim>(q, goal_key, D) * scale;
+      score_keys<Dim>(q, p.goal_k.at(goal, h, 0), p.goal_k.slot, n_goal, goal_scores, D);
+      for (int64_t j = 0; j < n_goal; ++j) goal_scores[j] *= scale;
     }
 
     for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
