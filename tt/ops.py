@@ -426,6 +426,14 @@ def _attention_after_prefix(q, k, v, prefix: SharedPrefix, transition_dim: int, 
     return reference.merge_attention(out_p, lse_p, out_r, lse_r)
 
 
+def _check_logits(op: str, logits: torch.Tensor, temperature: float) -> None:
+    """What sampling and the likelihood search ask of their logits `[R, N+1]` and temperature."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"{op} expects logits [rows, N+1], got {tuple(logits.shape)}")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+
+
 def sample_next(
     logits: torch.Tensor,
     *,
@@ -442,10 +450,7 @@ def sample_next(
     With a `Philox` the draw is the same on every backend and device; with a torch generator
     the reference draws by multinomial and the compiled op from a Philox seeded by it.
     """
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"sample_next expects logits [rows, N+1], got {tuple(logits.shape)}")
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    _check_logits("sample_next", logits, temperature)
     if top_k is not None and not 1 <= top_k <= logits.shape[1]:
         raise ValueError(f"top_k must be in [1, {logits.shape[1]}], got {top_k}")
     if cdf is not None and not 0.0 <= cdf <= 1.0:
@@ -522,10 +527,7 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
     On CPU one C++ op (`tt::log_probs`, float32 and float64; bit for bit the reference on x86, see
     csrc/cpu/log_probs.cpp); elsewhere, and where a gradient is needed, the reference's tensor ops
     (no host synchronization either way)."""
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ValueError(f"log_probs expects logits [rows, N+1], got {tuple(logits.shape)}")
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    _check_logits("log_probs", logits, temperature)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
                               or not 1 <= top_k <= logits.shape[1]):
         raise ValueError(f"top_k must be None or an integer in [1, {logits.shape[1]}], got {top_k!r}")
