@@ -223,8 +223,9 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
                          int64_t group_rows, const std::optional<at::Tensor>& prefix_rows,
                          const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v) {
   const char* op = "tt::decode_layers";
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), op, ": x must be a contiguous [R, C], got ", x.sizes());
-  const int64_t R = x.size(0), C = x.size(1);
+  TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && x.is_contiguous() && x.size(-2) >= 1, op,
+              ": x must be a contiguous [R, C] or [R, L, C] (L >= 1), got ", x.sizes());
+  const int64_t R = x.size(0), L = x.dim() == 3 ? x.size(1) : 1, C = x.size(-1);
   TORCH_CHECK(n_head >= 1 && C % n_head == 0, op, ": ", C, " channels are not a multiple of ", n_head, " heads");
   TORCH_CHECK(cache_k.dim() == 5 && cache_k.sizes() == cache_v.sizes(), op,
               ": cache_k and cache_v must both be [n_layer, rows, heads, len, D], got ", cache_k.sizes(), ", ",
@@ -232,9 +233,9 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
   const int64_t n_layer = cache_k.size(0);
   TORCH_CHECK(cache_k.size(2) == n_head && cache_k.size(4) == C / n_head, op, ": the cache holds ", cache_k.size(2),
               " heads of ", cache_k.size(4), ", the model ", n_head, " of ", C / n_head);
-  TORCH_CHECK(R <= cache_k.size(1) && slot >= shared && slot < cache_k.size(3), op, ": ", R, " rows at slot ", slot,
-              " (after ", shared, " shared) do not fit a cache of ", cache_k.size(1), " rows x ", cache_k.size(3),
-              " slots");
+  TORCH_CHECK(R <= cache_k.size(1) && slot >= shared && slot + L <= cache_k.size(3), op, ": ", R, " rows of ", L,
+              " tokens at slot ", slot, " (after ", shared, " shared) do not fit a cache of ", cache_k.size(1),
+              " rows x ", cache_k.size(3), " slots");
   TORCH_CHECK(shared == 0 || (groups >= 1 && groups <= cache_k.size(1)), op, ": ", groups, " groups");
   if (prefix_rows.has_value()) {
     TORCH_CHECK(shared > 0, op, ": prefix_rows given without a shared prefix (shared = 0)");

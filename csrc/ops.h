@@ -51,7 +51,8 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
                              int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t transition_dim,
                              const std::optional<at::Tensor>& key_start, const std::optional<at::Tensor>& goal_k,
                              const std::optional<at::Tensor>& goal_v, int64_t goal_group_rows,
-                             const std::optional<at::Tensor>& goal_rows);
+                             const std::optional<at::Tensor>& goal_rows, std::optional<at::TensorList> packed_weights);
+std::vector<at::Tensor> decode_pack_cpu(at::TensorList weights, int64_t rows);
 void decode_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                           int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,

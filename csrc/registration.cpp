@@ -44,16 +44,22 @@ TORCH_LIBRARY(tt, m) {
       "decode_attention(Tensor q, Tensor k, Tensor v, Tensor? prefix_k, Tensor? prefix_v, int group_rows, "
       "Tensor? prefix_rows, int q_slot, int transition_dim, Tensor? key_start, Tensor(a!) out, "
       "Tensor? goal_k=None, Tensor? goal_v=None, int goal_group_rows=1, Tensor? goal_rows=None) -> ()");
-  // The transformer blocks of one decode step: x [R, C] (embedded tokens at window slot `slot`),
+  // The transformer blocks of one decode step: x [R, C] (embedded tokens at window slot `slot`) or
+  // [R, L, C] (L tokens per row at slots slot..slot+L-1, of which the last one's output is returned),
   // weights (12 per block, see ops.h), the cache's keys and values [n_layer, rows, h, len, D] (this
-  // step's K/V are written at `slot`, the first `shared` slots of rows 0..groups-1 are the prefixes,
+  // step's K/V are written from `slot` on, the first `shared` slots of rows 0..groups-1 are the prefixes,
   // read per group of rows or by the table prefix_rows [R], as in decode_attention; the goal segment
-  // goal_k, goal_v [n_layer, G', h, O, D] as decode_attention reads it). Returns the residual stream
-  // after the last block [R, C].
+  // goal_k, goal_v [n_layer, G', h, O, D] as decode_attention reads it; packed: decode_pack's output
+  // for these weights, or none). Returns the residual stream after the last block [R, C].
   m.def(
       "decode_layers(Tensor x, Tensor[] weights, Tensor(a!) cache_k, Tensor(b!) cache_v, int n_head, int slot, "
       "int shared, int groups, int group_rows, Tensor? prefix_rows, int transition_dim, Tensor? key_start, "
-      "Tensor? goal_k=None, Tensor? goal_v=None, int goal_group_rows=1, Tensor? goal_rows=None) -> Tensor");
+      "Tensor? goal_k=None, Tensor? goal_v=None, int goal_group_rows=1, Tensor? goal_rows=None, "
+      "Tensor[]? packed=None) -> Tensor");
+  // The blocks' GEMM weights (weights as decode_layers takes them) packed for the row chunks that
+  // decode_layers splits `rows` rows into (MKL's packed GEMM operands, one uint8 buffer per weight),
+  // then an int64 [1] of those chunks' rows; empty where packing is unavailable or does not pay.
+  m.def("decode_pack(Tensor[] weights, int rows) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(tt, CPU, m) {
@@ -64,6 +70,7 @@ TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
   m.impl("decode_attention", &tt::decode_attention_cpu);
   m.impl("decode_layers", &tt::decode_layers_cpu);
+  m.impl("decode_pack", &tt::decode_pack_cpu);
 }
 
 extern "C" PyObject* PyInit__C(void) {

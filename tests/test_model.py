@@ -1,4 +1,7 @@
+import contextlib
 import math
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -176,14 +179,34 @@ def test_bad_tokens_and_lengths_raise():
 needs_c = pytest.mark.skipif(not ops._compiled_library(), reason="tt._C is not built")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's CPU threads set to n inside, put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_steps_match(step, want, shared: int, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """Two steps' (logits, K/V of the rows' slots) agree (rows past the groups keep their poison in
+    the shared slots), and the step wrote every own slot."""
+    for a, b in zip(step, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    assert step[0].isfinite().all() and step[1][..., shared:, :].isfinite().all()
+
+
 def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3, goals: int = 0,
-                      goal_table: bool = False):
+                      goal_table: bool = False, packed: bool = False):
     """One decode step of `model` after a prefill, as the planner does it: `rows` rows (two groups
     when even) share `shared` prefix slots, then hold `own` slots each; the step writes slot
     shared + own. Returns the logits and the cache's K/V of the rows' slots. The cache is
     poisoned with NaN first: whatever is read must have been written. A goal-conditioned model
     reads `goals` random goals: the prefill's rows goal 0, 1, ..., the step's rows theirs by
-    groups of rows // goals, or by a random row table (`goal_table`)."""
+    groups of rows // goals, or by a random row table (`goal_table`). `packed`: the block weights
+    as a search fetches them for its rows (packed GEMM weights where that pays)."""
     torch.manual_seed(rows + shared + own)
     T, N, dtype = model.transition_dim, model.config.n_bins, model.tok_emb.weight.dtype
     device = model.tok_emb.weight.device
@@ -197,14 +220,15 @@ def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3,
     with torch.no_grad():
         if goals:
             model.encode_goal(torch.randint(0, N, (goals, model.config.observation_dim)).to(device), cache)
-        model.prefill(prefix, cache, group_start if padded else None)
+        with mock.patch.dict(os.environ, {"TT_DECODE": "blocks"}):  # the same cache for both paths of the step
+            model.prefill(prefix, cache, group_start if padded else None)
         cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
         # the rows' own slots after the prefix: the prefix rows' last `own` tokens, per group
         group = torch.arange(rows, device=device) // max(rows // groups, 1) % groups
         cache.kv[:, :, :rows, :, shared : shared + own] = cache.kv[:, :, group, :, shared : shared + own]
         if goals:
             cache.read_goals(max(rows // goals, 1), torch.randint(0, goals, (rows,)).to(device) if goal_table else None)
-        logits = model.decode(token, cache, shared + own, key_start)
+        logits = model.decode(token, cache, shared + own, key_start, model.block_weights(rows) if packed else None)
     assert logits.dtype == dtype
     return logits, cache.kv[:, :, :rows, :, : shared + own + 1].clone()
 
@@ -216,27 +240,22 @@ def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3,
     (16, 5, True, 0, False), (37, 0, False, 0, False), (64, 10, True, 0, False),
     (24, 5, False, 3, False), (33, 10, True, 2, True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_decode_step_is_the_python_blocks_bit_for_bit(monkeypatch, rows, shared, padded, goals, goal_table,
-                                                             threads):
-    """tt::decode_layers runs the same ATen ops as Block.forward in the same order: the logits and
-    everything it writes to the cache are equal to the Python path's, bit for bit, also when its
+def test_fused_decode_step_matches_the_python_blocks(monkeypatch, rows, shared, padded, goals, goal_table,
+                                                     threads):
+    """tt::decode_layers runs Block.forward's arithmetic (the BLAS GEMM that addmm calls, the same
+    adds; its own layer norm and GELU, which round otherwise than ATen's): the logits and
+    everything it writes to the cache are the Python path's to float rounding, also when its
     threads each run a chunk of the rows."""
     torch.manual_seed(rows + shared)
     model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16,
                                             goal_conditioned=bool(goals))).eval()
     out = {}
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with torch_threads(threads):
         for fused in (True, False):
             monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
             assert ops.backends()["decode_layers"]["cpu"] == ("C++" if fused else "Python blocks")
             out[fused] = fused_decode_step(model, rows, shared, padded, goals=goals, goal_table=goal_table)
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(out[True], out[False]):  # rows past the groups keep their poison in the shared slots
-        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-    assert out[True][0].isfinite().all() and out[True][1][..., shared:, :].isfinite().all()
+    assert_steps_match(out[True], out[False], shared)
 
 
 needs_triton = pytest.mark.skipif(ops._triton_attention() is None, reason="Triton is not importable")
@@ -300,6 +319,90 @@ def test_triton_decode_step_checks_its_arguments():
     with pytest.raises(ValueError, match="12 weights per block"):
         decode.stack_weights(list(weights)[:5])
     assert not decode.supports(512, 2048)
+
+
+def multi_token_step(model, rows: int, tokens: int, shared: int, mode: str, padded: bool):
+    """`tokens` tokens per row at once after `shared` prefix slots, as a re-encoding runs them
+    (`last_only`): the prefix read by a random row `table`, by `groups` of rows, or `none`.
+    Returns the last token's logits and the cache's K/V of the rows' slots (poisoned first)."""
+    torch.manual_seed(rows * tokens + shared)
+    T, N = model.transition_dim, model.config.n_bins
+    groups = {"table": 3, "groups": 2, "none": 1}[mode]
+    group_start = torch.tensor([T, 0, 0][:groups])  # the first prefix is left-padded
+    cache = model.setup_cache(max(rows, groups) + 1, shared + tokens + 1)
+    cache.kv.fill_(float("nan"))
+    table = torch.randint(0, groups, (rows,)) if mode == "table" else torch.arange(rows) // (rows // groups) % groups
+    with torch.no_grad():
+        if shared:
+            with mock.patch.dict(os.environ, {"TT_DECODE": "blocks"}):  # the same prefix for both paths of the step
+                model.prefill(torch.randint(0, N, (groups, shared)), cache, group_start if padded else None)
+            by = {"rows": table} if mode == "table" else {"group_rows": rows // groups}
+            cache.share(shared, groups=groups, **by)
+        logits = model.step(torch.randint(0, N, (rows, tokens)), cache, shared, group_start[table] if padded else None,
+                            last_only=True)
+    return logits, cache.kv[:, :, :rows, :, : shared + tokens].clone()
+
+
+@needs_c
+@pytest.mark.parametrize("rows, tokens, shared, mode, padded", [
+    (1, 1, 0, "none", False), (1, 23, 0, "none", False), (6, 5, 10, "groups", True), (26, 7, 12, "table", True),
+    (64, 5, 11, "table", False), (13, 16, 15, "table", True), (3, 31, 13, "table", False),
+    (40, 3, 10, "groups", False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_of_several_tokens(monkeypatch, rows, tokens, shared, mode, padded, threads):
+    """Several tokens per row in one tt::decode_layers call (a prefill, a re-encoding's steps):
+    the last token's logits and every K/V written are the Python blocks', to float rounding
+    (where the blocks attend a query at a time, after a table of prefixes, or run SDPA)."""
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=10, n_layer=3, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # larger than init so that attention patterns and LayerNorms matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = {}
+    with torch_threads(threads):
+        for fused in (True, False):
+            monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+            out[fused] = multi_token_step(model, rows, tokens, shared, mode, padded)
+    assert_steps_match(out[True], out[False], shared)
+
+
+@needs_c
+@pytest.mark.parametrize("rows, shared, padded, goals, threads", [
+    (16, 5, True, 0, 1), (37, 0, False, 0, 1), (32, 10, True, 0, 2), (64, 10, False, 2, 2), (67, 5, True, 0, 2)])
+def test_fused_decode_step_on_packed_weights(monkeypatch, rows, shared, padded, goals, threads):
+    """With the weights packed for the step's rows (`tt::decode_pack`, as a search fetches them),
+    the step computes what it does on the plain weights, to float rounding (MKL's packed GEMM
+    summed as its plain GEMM did on the machines measured, but that is not its contract).
+    Chunks of other sizes than packed for (67 rows: 33 and 34) run unpacked."""
+    torch.manual_seed(rows)
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=32,
+                                            goal_conditioned=bool(goals))).eval()
+    with torch_threads(threads):
+        if not isinstance(model.block_weights(rows), ops.PackedWeights):
+            pytest.skip("this torch has no MKL packed GEMM")
+        out = {packed: fused_decode_step(model, rows, shared, padded, goals=goals, packed=packed)
+               for packed in (True, False)}
+    assert_steps_match(out[True], out[False], shared, atol=1e-6)
+
+
+@needs_c
+def test_decode_pack():
+    """Packed weights for the row chunks of a step: 4 GEMM weights per block, then the chunks' rows;
+    nothing where chunks are too small to gain; decode_layers refuses a list of another length."""
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch_threads(2):
+        assert torch.ops.tt.decode_pack(model.block_weights(), 31) == []  # chunks of 15 rows
+        assert isinstance(model.block_weights(31), list)
+        packed = torch.ops.tt.decode_pack(model.block_weights(), 65)
+    if not packed:
+        pytest.skip("this torch has no MKL packed GEMM")
+    assert len(packed) == 2 * 4 + 1 and packed[-1].tolist() == [32]
+    assert all(p.dtype == torch.uint8 and p.numel() > 0 for p in packed[:-1])
+    cache = model.setup_cache(4, 20)
+    with pytest.raises(RuntimeError, match="packed must be decode_pack's 9 tensors"):
+        torch.ops.tt.decode_layers(torch.zeros(4, 16), model.block_weights(), cache.k, cache.v, 2, 3, 0, 1, 1, None,
+                                   5, None, packed=packed[:4])
+    with pytest.raises(RuntimeError, match="12 weights per block"):
+        torch.ops.tt.decode_pack(model.block_weights()[:5], 64)
 
 
 @needs_c

@@ -318,8 +318,9 @@ def test_model_decode_through_a_table_matches_gathered_windows(monkeypatch, back
 
 @needs_c
 @pytest.mark.skipif(DEVICE != "cpu", reason="the C++ decode ops run on CPU tensors")
-def test_fused_decode_through_a_table_is_the_python_blocks_bit_for_bit(monkeypatch):
-    """tt::decode_layers with a table runs the same ATen ops and attention kernel as the Python blocks."""
+def test_fused_decode_through_a_table_matches_the_python_blocks(monkeypatch):
+    """tt::decode_layers with a table runs the Python blocks' attention kernel and GEMMs (its own
+    layer norm and GELU): their logits and K/V to float rounding."""
     torch.manual_seed(0)
     model = TrajectoryTransformer(GPTConfig(**MODEL)).eval()
     rows = torch.tensor([3, 0, 3, 3, 1, 2, 0])
@@ -329,7 +330,7 @@ def test_fused_decode_through_a_table_is_the_python_blocks_bit_for_bit(monkeypat
         monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
         out[fused] = decode_after_windows(model, 7, 4, rows, key_start, 10, 3, gather=False)
     for a, b in zip(out[True], out[False]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_C and ops._triton_attention() is None, reason="no fused decode backend")

@@ -318,17 +318,18 @@ class TrajectoryTransformer(nn.Module):
                              dtype or ref.dtype, ref.device)
 
     def step(self, tokens: torch.Tensor, cache: KVCache, start: int, key_start: torch.Tensor | None = None,
-             last_only: bool = False, block_weights: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None
+             last_only: bool = False, block_weights: ops.DecodeWeights | None = None
              ) -> torch.Tensor:
         """Run tokens [R, n] at window slots start..start+n of cache rows 0..R-1.
 
         Writes their K/V to the cache and attends to slots [0, start+n). `key_start [R]`
         (a multiple of T) marks rows whose window is left-padded: their positions count from
         it. Returns logits [R, n, N+1], or [R, N+1] for the last token when `last_only`.
-        One token per row in inference runs the blocks as one compiled call where there is one
-        (`ops.decode_layers`: on CPU the same ops and the same bits as the blocks here, on Triton
-        one kernel; hooks on the blocks are not called there). A caller stepping many times
-        passes `block_weights()` once fetched. A goal-conditioned model reads the goals that
+        In inference, one token per row (on CPU also several with `last_only`, as a prefill or a
+        re-encoding runs them) runs the blocks as one compiled call where there is one
+        (`ops.decode_layers`: on CPU the blocks' arithmetic in their order, attention a query at
+        a time; on Triton one kernel; hooks on the blocks are not called there). A caller
+        stepping many times passes `block_weights()` once fetched. A goal-conditioned model reads the goals that
         `encode_goal` put in the cache.
         """
         R, n = tokens.shape
@@ -341,10 +342,10 @@ class TrajectoryTransformer(nn.Module):
         slots = start if n == 1 else torch.arange(start, start + n, device=tokens.device)
         positions = slots if key_start is None else (slots - key_start[:, None]).clamp_min(0)
         x = self._embed(tokens.clamp_min(0), slots, positions)
-        if n == 1 and not (self.training or torch.is_grad_enabled()) and ops.fused_decode(x):  # one compiled call
-            weights = block_weights if block_weights is not None else self.block_weights()
-            x = ops.decode_layers(x[:, 0], weights, self.config.n_head, cache, start, self.transition_dim,
-                                  key_start)[:, None]
+        if (n == 1 or last_only) and not (self.training or torch.is_grad_enabled()) and ops.fused_decode(x):
+            weights = block_weights if block_weights is not None else self.block_weights()  # one compiled call:
+            x = ops.decode_layers(x[:, 0] if n == 1 else x, weights, self.config.n_head, cache, start,
+                                  self.transition_dim, key_start)[:, None]  # the last token's output
         else:  # with last_only, the last block runs attention and MLP for the last token only
             for layer, block in enumerate(self.blocks):
                 x = block(x, cache, layer, start, key_start, last_only and layer == len(self.blocks) - 1)
@@ -352,20 +353,21 @@ class TrajectoryTransformer(nn.Module):
             return self._logits(_layer_norm(x[:, -1:], self.ln_f), start + n - 1)[:, 0]
         return self._logits(_layer_norm(x, self.ln_f), start)
 
-    def block_weights(self) -> list[torch.Tensor] | tuple[torch.Tensor, ...]:
+    def block_weights(self, rows: int | None = None) -> ops.DecodeWeights:
         """The blocks' parameters (12 per block, csrc/ops.h order) as `ops.decode_layers` reads
-        them (`ops.decode_weights`). Building them costs tens of microseconds (a copy for Triton),
-        so a decode loop fetches them once, not per token."""
+        them (`ops.decode_weights`; given the `rows` of the decode steps to come, packed for them
+        where that pays). Building them costs tens of microseconds (a copy for Triton; packing,
+        a millisecond), so a decode loop fetches them once, not per token."""
         return ops.decode_weights([p for b in self.blocks for p in (
             b.ln1.weight, b.ln1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
-            b.ln2.weight, b.ln2.bias, b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)])
+            b.ln2.weight, b.ln2.bias, b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)], rows)
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""
         return self.step(tokens, cache, 0, key_start, last_only=True)
 
     def decode(self, token: torch.Tensor, cache: KVCache, slot: int, key_start: torch.Tensor | None = None,
-               block_weights: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None):
+               block_weights: ops.DecodeWeights | None = None):
         """One new token [R] per row at `slot`; its logits [R, N+1]."""
         return self.step(token[:, None], cache, slot, key_start, last_only=True, block_weights=block_weights)
 

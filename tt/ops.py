@@ -8,6 +8,7 @@ pick a backend by device and availability. The compiled ops come from the extens
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -82,14 +83,20 @@ def _fake_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows,
 
 
 def _fake_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows,
-                        transition_dim, key_start, goal_k=None, goal_v=None, goal_group_rows=1, goal_rows=None):
-    return torch.empty_like(x)
+                        transition_dim, key_start, goal_k=None, goal_v=None, goal_group_rows=1, goal_rows=None,
+                        packed=None):
+    return x.new_empty(x.shape[0], x.shape[-1])  # [R, C]: the last token's output
+
+
+def _fake_decode_pack(weights, rows):
+    return []  # packing happens before a search runs, never under tracing
 
 
 # Each op's fake (meta) implementation; its parameters are the op's schema as this Python code calls it.
 FAKES = {"sample_next": _fake_sample_next, "beam_select": _fake_beam_select, "beam_expand": _fake_beam_expand,
          "log_probs": _fake_log_probs, "philox_uniform": _fake_philox_uniform,
-         "decode_attention": _fake_decode_attention, "decode_layers": _fake_decode_layers}
+         "decode_attention": _fake_decode_attention, "decode_layers": _fake_decode_layers,
+         "decode_pack": _fake_decode_pack}
 
 
 def stale_ops(fakes: dict = FAKES) -> list[str]:
@@ -249,14 +256,15 @@ def attention(
 
 
 def fused_decode(x: torch.Tensor) -> bool:
-    """Whether a decode step on `x [R, 1, C]` runs its blocks in one call (`decode_layers`): on
-    CPU the C++ op (float32, tt._C built, native attention), on Triton's attention backend the
-    Triton kernel (float32, bfloat16 or float16, widths up to kernels.decode.MAX_WIDTH); both
-    read a goal-conditioned model's goal segment. `TT_DECODE=blocks` turns both off."""
+    """Whether a step on `x [R, n, C]` (n tokens per row, the last one's output wanted) runs its
+    blocks in one call (`decode_layers`): on CPU the C++ op (float32, tt._C built, native
+    attention; any n), on Triton's attention backend the Triton kernel (n = 1; float32, bfloat16
+    or float16, widths up to kernels.decode.MAX_WIDTH); both read a goal-conditioned model's
+    goal segment. `TT_DECODE=blocks` turns both off."""
     backend = _decode_backend(x.device)
     if backend == "C++":
         return x.dtype == torch.float32
-    return (backend == "Triton" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return (backend == "Triton" and x.shape[1] == 1 and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and _triton_decode().supports(x.shape[-1], 4 * x.shape[-1]))
 
 
@@ -277,23 +285,50 @@ def _triton_decode():
     return module
 
 
-def decode_weights(weights: list[torch.Tensor]) -> list[torch.Tensor] | tuple[torch.Tensor, ...]:
+@dataclasses.dataclass(frozen=True)
+class PackedWeights:
+    """The blocks' parameters for the C++ `decode_layers`, with their GEMM weights packed for steps
+    of a given number of rows (`tt::decode_pack`: MKL's packed GEMM operands, faster at planner
+    sizes and summing as the plain GEMM does)."""
+
+    weights: list[torch.Tensor]
+    packed: list[torch.Tensor]
+
+
+# What decode_layers takes as the blocks' parameters (see decode_weights).
+DecodeWeights = list[torch.Tensor] | tuple[torch.Tensor, ...] | PackedWeights
+
+
+def decode_weights(weights: list[torch.Tensor], rows: int | None = None) -> DecodeWeights:
     """The blocks' parameters (12 per block, csrc/ops.h order) in the form `decode_layers` reads on
-    their device: the list itself for the C++ op, stacked per kind `[n_layer, ...]` for Triton."""
-    if weights and _decode_backend(weights[0].device) == "Triton":
+    their device: stacked per kind `[n_layer, ...]` for Triton; for the C++ op the list itself, or
+    given the `rows` of the steps to come, `PackedWeights` (where packing is available and pays)."""
+    if not weights:
+        return weights
+    backend = _decode_backend(weights[0].device)
+    if backend == "Triton":
         return _triton_decode().stack_weights(weights)
+    if backend == "C++" and rows and weights[0].dtype == torch.float32:
+        with torch.no_grad():
+            packed = torch.ops.tt.decode_pack(weights, rows)
+        if packed:
+            return PackedWeights(weights, packed)
     return weights
 
 
 def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: int,
                   transition_dim: int, key_start: torch.Tensor | None = None) -> torch.Tensor:
     """The blocks of one decode step, `x [R, C]` -> `[R, C]`: what `Block.forward` computes for one
-    token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs).
+    token per row at `slot`, K/V written to `cache` (see `fused_decode` for where it runs); on
+    CPU also `x [R, L, C]`, L tokens per row at slots slot.., -> the last one's output `[R, C]`.
     `weights` come from `decode_weights` (a list is stacked here, per call, where Triton runs).
     The cache's goal segment, if it holds one, is read by every row, on either backend."""
     goal = cache.goal(0, len(x))
     if goal is not None:
-        _check_goal(x.view(len(x), n_head, 1, -1), goal)
+        _check_goal((x if x.dim() == 2 else x[:, -1]).reshape(len(x), n_head, 1, -1), goal)
+    packed = None
+    if isinstance(weights, PackedWeights):
+        weights, packed = weights.weights, weights.packed
     if _decode_backend(x.device) == "Triton":
         stacked = weights if isinstance(weights, tuple) else _triton_decode().stack_weights(weights)
         return _triton_decode().decode_layers(x.contiguous(), stacked, n_head, cache.kv, slot, cache.shared,
@@ -304,11 +339,11 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
     if goal is None:
         return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                           cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
-                                          _int64(key_start))
+                                          _int64(key_start), packed=packed)
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
                                       _int64(key_start), cache.goal_kv[0], cache.goal_kv[1], goal.group_rows,
-                                      goal.rows)
+                                      goal.rows, packed)
 
 
 def _int64(key_start: torch.Tensor | None) -> torch.Tensor | None:

@@ -149,7 +149,8 @@ class _Search:
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             cache = model.setup_cache(rows, max_len)
         self.cache = cache
-        self.block_weights = model.block_weights()  # fetched once: the model does not change during a search
+        # fetched once (the model does not change during a search), packed for the search's rows
+        self.block_weights = model.block_weights(rows)
         self.mids = torch.as_tensor(discretizer.midpoints[:, self.T - 2 :].T, dtype=torch.float32, device=device)
         self.discounts = config.discount ** torch.arange(config.horizon + 1, device=device, dtype=torch.float32)
         self._key_start: dict[tuple[int, int], torch.Tensor] = {}

@@ -24,12 +24,12 @@
 #include <vector>
 
 #include "../ops.h"
+#include "vector_math.h"
 
 namespace tt {
 
 namespace {
 
-constexpr int64_t kLanes = 16;  // independent partial sums of a reduction (one AVX-512 register)
 constexpr int64_t kChunk = 32;  // prefix keys scored at once (two AVX-512 registers)
 constexpr int64_t kBanks = 4;   // independent sums in the weighted sum of values
 constexpr int64_t kMaxHeadDim = 256;
@@ -39,12 +39,8 @@ constexpr int64_t kMinTransposeReaders = 12;
 
 inline int64_t padded_prefix(int64_t slots) { return (slots + kChunk - 1) / kChunk * kChunk; }
 
-// Everything below `attend` is inlined into each of its per-ISA clones, so it is compiled for that ISA.
-#if defined(__GNUC__)
-#define TT_INLINE inline __attribute__((always_inline))
-#else
-#define TT_INLINE inline
-#endif
+// Everything below `attend` is inlined into each of its per-ISA clones (TT_INLINE, vector_math.h),
+// so it is compiled for that ISA.
 
 // A [rows, heads, slots, D] view with unit stride along D.
 struct View {
@@ -137,29 +133,7 @@ TT_INLINE void score_keys(const float* q, const float* keys, int64_t stride, int
   }
 }
 
-// exp(x) for x <= 0 to ~1 ulp (range reduction by ln 2, Cephes' expf polynomial), branch free so
-// that a loop over it vectorizes; x < -87 (and -inf) gives 0.
-TT_INLINE float exp_nonpositive(float x) {
-  const float clamped = std::max(x, -87.0f);
-  // n = round(x / ln 2) by the 1.5 * 2^23 trick (no libm call, so the loop vectorizes)
-  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union {
-    int32_t bits;
-    float value;
-  } scale;  // 2^n, built in the exponent field (punning through a union: GCC vectorizes it)
-  scale.bits = (static_cast<int32_t>(n) + 127) << 23;
-  return x < -87.0f ? 0.0f : p * scale.value;
-}
-
-// Reductions over n floats in kLanes independent lanes, then a tree: loops that vectorize.
+// The maximum of n floats in kLanes independent lanes, then a tree: a loop that vectorizes.
 TT_INLINE float max_of(const float* x, int64_t n) {
   float lanes[kLanes];
   for (int64_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
@@ -171,18 +145,6 @@ TT_INLINE float max_of(const float* x, int64_t n) {
   float m = lanes[0];
   for (; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
-}
-
-TT_INLINE float sum_of(const float* x, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += x[j + l];
-  for (int64_t width = kLanes / 2; width >= 1; width /= 2)
-    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-  float sum = lanes[0];
-  for (; j < n; ++j) sum += x[j];
-  return sum;
 }
 
 // acc[0, D) += sum over n slots of weights[j] * values[j * stride, ...+D), in kBanks independent

@@ -1,22 +1,53 @@
 // tt::decode_layers on CPU: the transformer blocks of one decode step (one new token per row),
 // as tt.model.Block runs them, in one call. A decode step is a few hundred small ATen calls;
 // from Python each costs microseconds of interpreter and dispatch time, which at planner sizes
-// is about half of the step. Here the same ATen ops run in the same order (so the result is the
-// Python path's, bit for bit), with the K/V written to the cache and attention on decode_attention
-// (with a goal-conditioned model's goal segment, goal_k / goal_v [n_layer, G, h, O, D], when given).
+// is about half of the step. Here each layer is two ATen layer norms, one in-place GELU, four
+// GEMMs on the BLAS that at::addmm calls (the bias copied in, then beta = 1, as addmm does it),
+// residual adds and K/V writes as plain loops, and attention on decode_attention (with a
+// goal-conditioned model's goal segment, goal_k / goal_v [n_layer, G, h, O, D], when given): the
+// Python path's arithmetic in its order, so the result is that path's, bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstring>
+#include <iterator>
+#include <vector>
 
 #include "../ops.h"
+#include "vector_math.h"
+
+// BLAS that libtorch_cpu exports: the Fortran GEMM at::addmm calls for float32 on CPU, and MKL's
+// packed-operand GEMM where torch is built with MKL. Weak, so that a torch without them loads this
+// library (and decode_layers falls back to at::addmm, decode_pack packs nothing).
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
 
 namespace tt {
 
 namespace {
 
 constexpr int64_t kMinChunkRows = 8;  // rows below which splitting a step over threads costs more than it saves
+// Rows from which a chunk's GEMMs run on packed weights (decode_pack): MKL's packed GEMM is faster
+// there (about 1.35x at 32 rows of the published width), and its sums are the plain GEMM's.
+constexpr int64_t kMinPackedRows = 16;
+enum Cblas : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
+constexpr int64_t kLinearWeights[] = {2, 4, 8, 10};  // the GEMM weights of a block (ops.h order)
+
+// Threads a step of `rows` rows of `tokens` tokens runs on, each through every layer for its chunk of rows.
+int64_t chunks_of(int64_t rows, int64_t tokens = 1) {
+  return std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), rows, rows * tokens / kMinChunkRows}));
+}
 
 // Row r of `rows` reads entry (r / group_rows) % entries: the implicit prefix or goal mapping as an
 // explicit table, so that a chunk of rows can read its part of it.
@@ -31,6 +62,78 @@ std::optional<at::Tensor> rows_of(const std::optional<at::Tensor>& t, int64_t be
   return t.has_value() ? std::optional<at::Tensor>(t->narrow(0, begin, n)) : std::nullopt;
 }
 
+// y [n, N] = x [n, K] w [N, K]^T + b, as at::addmm(b, x, w.t()) computes it: b broadcast into y,
+// then C^T = W (x)^T + C^T in column-major terms, beta = 1 (or with w packed for n rows by
+// decode_pack, MKL's packed GEMM). x, w, y contiguous.
+void linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor& y, const at::Tensor* packed) {
+  const int64_t n = x.size(0), K = x.size(1), N = w.size(0);
+  if (sgemm_ == nullptr || n * N > INT32_MAX || n * K > INT32_MAX) {
+    at::addmm_out(y, b, x, w.t());
+    return;
+  }
+  float* out = y.data_ptr<float>();
+  const float* bias = b.data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) std::memcpy(out + r * N, bias, N * sizeof(float));
+  if (packed != nullptr) {
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, n, N, K, x.data_ptr<float>(), K,
+                        static_cast<const float*>(packed->data_ptr()), N, 1.0f, out, N);
+    return;
+  }
+  const char transa = 't', transb = 'n';
+  const int m_ = N, n_ = n, k_ = K, lda = K, ldb = K, ldc = N;
+  const float one = 1.0f;
+  sgemm_(&transa, &transb, &m_, &n_, &k_, &one, w.data_ptr<float>(), &lda, x.data_ptr<float>(), &ldb, &one, out,
+         &ldc);
+}
+
+constexpr float kLayerNormEps = 1e-5f;  // nn.LayerNorm's default, the blocks'
+
+// y = LayerNorm(x) over rows of C (mean, then the mean squared deviation, each summed in lanes).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void layer_norm_rows(const float* x, int64_t rows, int64_t C, const float* gamma, const float* beta, float* y) {
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    const float mean = sum_of(x, C) / static_cast<float>(C);
+    for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mean) * (x[c] - mean);
+    const float rstd = 1.0f / std::sqrt(sum_of(y, C) / static_cast<float>(C) + kLayerNormEps);
+    for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mean) * rstd * gamma[c] + beta[c];
+  }
+}
+
+// x = GELU(x) = x/2 (1 + erf(x / sqrt 2)), the exact (erf) form nn.GELU defaults to.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void gelu_in_place(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * 0.70710678118654752f));
+}
+
+// h += y, elementwise (what `h + y` computes, in place).
+void add_into(at::Tensor& h, const at::Tensor& y) {
+  float* a = h.data_ptr<float>();
+  const float* b = y.data_ptr<float>();
+  const int64_t size = h.numel();
+  for (int64_t i = 0; i < size; ++i) a[i] += b[i];
+}
+
+// This step's keys and values of rows [begin, begin + n) into the cache: qkv [n, L, 3, h, D], token i
+// of a row at slot `slot + i`.
+void write_kv(const at::Tensor& qkv, const at::Tensor& cache_k, const at::Tensor& cache_v, int64_t layer,
+              int64_t begin, int64_t n, int64_t L, int64_t slot) {
+  const int64_t H = cache_k.size(2), D = cache_k.size(4);
+  const float* src = qkv.data_ptr<float>();
+  for (const auto& [cache, part] : {std::pair{&cache_k, 1}, std::pair{&cache_v, 2}}) {
+    float* dst = cache->data_ptr<float>();
+    const int64_t s0 = cache->stride(0), s1 = cache->stride(1), s2 = cache->stride(2), s3 = cache->stride(3);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          std::memcpy(dst + layer * s0 + (begin + r) * s1 + h * s2 + (slot + i) * s3,
+                      src + (((r * L + i) * 3 + part) * H + h) * D, D * sizeof(float));
+  }
+}
+
 }  // namespace
 
 at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const at::Tensor& cache_k,
@@ -38,33 +141,65 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
                              int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t transition_dim,
                              const std::optional<at::Tensor>& key_start, const std::optional<at::Tensor>& goal_k,
                              const std::optional<at::Tensor>& goal_v, int64_t goal_group_rows,
-                             const std::optional<at::Tensor>& goal_rows) {
+                             const std::optional<at::Tensor>& goal_rows, std::optional<at::TensorList> packed_weights) {
   check_decode_layers(x, weights, cache_k, cache_v, n_head, slot, shared, groups, group_rows, prefix_rows, goal_k,
                       goal_v);
-  const int64_t R = x.size(0), C = x.size(1), D = C / n_head, n_layer = cache_k.size(0);
+  // x [R, C]: one token per row; [R, L, C]: L tokens per row at slots slot.., of which only the
+  // last one's output is returned (all their K/V are cached), as a prefill's last block computes it
+  const int64_t R = x.size(0), L = x.dim() == 3 ? x.size(1) : 1, C = x.size(-1), D = C / n_head;
+  const int64_t n_layer = cache_k.size(0);
+  const at::TensorList packed = packed_weights.value_or(at::TensorList());
+  const int64_t n_packed = n_layer * std::size(kLinearWeights);
+  TORCH_CHECK(packed.empty() || static_cast<int64_t>(packed.size()) == n_packed + 1,
+              "tt::decode_layers: packed must be decode_pack's ", n_packed + 1, " tensors for these weights, got ",
+              packed.size());
+  for (const at::Tensor& t : packed)
+    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() && t.numel() > 0 &&
+                    (&t == &packed.back() ? t.scalar_type() == at::kLong : t.scalar_type() == at::kByte),
+                "tt::decode_layers: packed must be decode_pack's output (packed weights, then their rows)");
+  // the rows the weights were packed for: chunks of other sizes (another thread count) run unpacked
+  const int64_t packed_rows = packed.empty() ? 0 : packed.back().item<int64_t>();
   // Rows are independent in a decode step: with several threads, each runs every layer for a chunk
   // of rows (one parallel region per step instead of one per op; the ATen ops inside run on their
   // chunk single-threaded, and compute every row as they would in one call).
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), R / kMinChunkRows));
+  const int64_t chunks = chunks_of(R, L);
   std::optional<at::Tensor> table = prefix_rows, goal_table = goal_rows;
   if (chunks > 1 && shared > 0 && !table.has_value()) table = group_table(R, group_rows, groups);
   if (chunks > 1 && goal_k.has_value() && !goal_table.has_value())
     goal_table = group_table(R, goal_group_rows, goal_k->size(1));
-  at::Tensor out = chunks > 1 ? at::empty_like(x) : at::Tensor();
+  at::Tensor out = chunks > 1 ? at::empty({R, C}, x.options()) : at::Tensor();
+
+  std::vector<at::Tensor> w;  // contiguous (parameters are: no copies), as linear() reads them
+  w.reserve(weights.size());
+  for (const at::Tensor& t : weights) w.push_back(t.contiguous());
+  const int64_t hidden = w[8].size(0);
 
   auto run = [&](int64_t begin, int64_t n) {
     const std::optional<at::Tensor> rows_table = rows_of(table, begin, n), rows_goal = rows_of(goal_table, begin, n);
     const std::optional<at::Tensor> rows_key_start = rows_of(key_start, begin, n);
-    at::Tensor h = x.narrow(0, begin, n);
+    const int64_t M = n * L;  // tokens of the chunk, row-major
+    at::Tensor h = x.narrow(0, begin, n).reshape({M, C}).clone();  // the residual stream
+    at::Tensor qkv = at::empty({M, 3 * C}, x.options()), att = at::empty({M, C}, x.options());
+    at::Tensor y = at::empty({M, C}, x.options()), m = at::empty({M, hidden}, x.options());
+    at::Tensor normed = at::empty({M, C}, x.options());
+    const auto layer_norm = [&](const at::Tensor& gamma, const at::Tensor& beta) {
+      at::Tensor out = normed.narrow(0, 0, h.size(0));
+      layer_norm_rows(h.data_ptr<float>(), h.size(0), C, gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                      out.data_ptr<float>());
+      return out;
+    };
+    at::Tensor query_out = L > 1 ? at::empty({n, n_head, D}, x.options()) : att.view({n, n_head, D});
+    const at::Tensor queries = qkv.view({n, L, 3, n_head, D});
+    const bool use_packed = n == packed_rows && L == 1 && cblas_sgemm_compute != nullptr;
     for (int64_t l = 0; l < n_layer; ++l) {
-      const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
-      // attention: ln1, qkv, K/V into the cache at `slot`, decode attention, proj, residual
-      const at::Tensor a = at::layer_norm(h, {C}, w[0], w[1]);
-      const at::Tensor qkv = at::addmm(w[3], a, w[2].t()).view({n, 3, n_head, D});
+      const at::Tensor* lw = w.data() + l * kWeightsPerLayer;
+      const at::Tensor* pw = use_packed ? packed.data() + l * std::size(kLinearWeights) : nullptr;
+      const auto packed_weight = [&](int64_t i) { return pw ? pw + i : nullptr; };
+      // attention: ln1, qkv, K/V into the cache at slot.., decode attention, proj, residual
+      linear(layer_norm(lw[0], lw[1]), lw[2], lw[3], qkv, packed_weight(0));
+      write_kv(qkv, cache_k, cache_v, l, begin, n, L, slot);
       const at::Tensor k_layer = cache_k.select(0, l).narrow(0, begin, n);
       const at::Tensor v_layer = cache_v.select(0, l).narrow(0, begin, n);
-      k_layer.select(2, slot).copy_(qkv.select(1, 1));
-      v_layer.select(2, slot).copy_(qkv.select(1, 2));
       std::optional<at::Tensor> prefix_k, prefix_v;
       if (shared > 0) {
         prefix_k = cache_k.select(0, l).narrow(0, 0, groups).narrow(2, 0, shared);
@@ -75,15 +210,27 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
         layer_goal_k = goal_k->select(0, l);
         layer_goal_v = goal_v->select(0, l);
       }
-      at::Tensor att = at::empty({n, n_head, D}, x.options());
-      decode_attention_cpu(qkv.select(1, 0), k_layer.narrow(2, shared, slot + 1 - shared),
-                           v_layer.narrow(2, shared, slot + 1 - shared), prefix_k, prefix_v, group_rows, rows_table,
-                           slot, transition_dim, rows_key_start, att, layer_goal_k, layer_goal_v, goal_group_rows,
-                           rows_goal);
-      h = h + at::addmm(w[5], att.view({n, C}), w[4].t());
+      // every token's query, each seeing its row's keys up to its own slot; in the last layer the
+      // last token's alone (the others' outputs are not needed, their K/V are cached)
+      const bool last = l == n_layer - 1;
+      for (int64_t i = last ? L - 1 : 0; i < L; ++i) {
+        const int64_t own = slot + i + 1 - shared;
+        decode_attention_cpu(queries.select(1, i).select(1, 0), k_layer.narrow(2, shared, own),
+                             v_layer.narrow(2, shared, own), prefix_k, prefix_v, group_rows, rows_table, slot + i,
+                             transition_dim, rows_key_start, query_out, layer_goal_k, layer_goal_v, goal_group_rows,
+                             rows_goal);
+        if (L > 1) (last ? att.narrow(0, 0, n) : att.view({n, L, C}).select(1, i)).copy_(query_out.view({n, C}));
+      }
+      if (last && L > 1) h = h.view({n, L, C}).select(1, L - 1).contiguous();  // from here on the last tokens
+      const int64_t rows = last ? n : M;
+      at::Tensor att_rows = att.narrow(0, 0, rows), y_rows = y.narrow(0, 0, rows), m_rows = m.narrow(0, 0, rows);
+      linear(att_rows, lw[4], lw[5], y_rows, packed_weight(1));
+      add_into(h, y_rows);
       // MLP: ln2, fc, GELU, proj, residual
-      const at::Tensor m = at::gelu(at::addmm(w[9], at::layer_norm(h, {C}, w[6], w[7]), w[8].t()));
-      h = h + at::addmm(w[11], m, w[10].t());
+      linear(layer_norm(lw[6], lw[7]), lw[8], lw[9], m_rows, packed_weight(2));
+      gelu_in_place(m_rows.data_ptr<float>(), m_rows.numel());
+      linear(m_rows, lw[10], lw[11], y_rows, packed_weight(3));
+      add_into(h, y_rows);
     }
     return h;
   };
@@ -97,6 +244,34 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
     }
   });
   return out;
+}
+
+std::vector<at::Tensor> decode_pack_cpu(at::TensorList weights, int64_t rows) {
+  TORCH_CHECK(!weights.empty() && weights.size() % kWeightsPerLayer == 0, "tt::decode_pack: expected ",
+              kWeightsPerLayer, " weights per block, got ", weights.size());
+  TORCH_CHECK(rows >= 1, "tt::decode_pack: rows must be >= 1, got ", rows);
+  const int64_t chunk_rows = rows / chunks_of(rows);  // a chunk of another size (R not a multiple) runs unpacked
+  if (cblas_sgemm_pack == nullptr || cblas_sgemm_pack_get_size == nullptr || sgemm_ == nullptr ||
+      chunk_rows < kMinPackedRows)
+    return {};
+  std::vector<at::Tensor> packed;
+  for (size_t l = 0; l < weights.size(); l += kWeightsPerLayer) {
+    for (int64_t i : kLinearWeights) {
+      const at::Tensor w = weights[l + i].contiguous();
+      TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kFloat && w.dim() == 2 && w.size(0) <= INT32_MAX &&
+                      w.size(1) <= INT32_MAX,
+                  "tt::decode_pack: weights must be float32 CPU matrices, got ", w.scalar_type(), " ", w.sizes(),
+                  " on ", w.device());
+      const int N = w.size(0), K = w.size(1);
+      at::Tensor buffer = at::empty({static_cast<int64_t>(cblas_sgemm_pack_get_size(kBMatrix, chunk_rows, N, K))},
+                                    w.options().dtype(at::kByte));
+      cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, chunk_rows, N, K, 1.0f, w.data_ptr<float>(), K,
+                       static_cast<float*>(buffer.data_ptr()));
+      packed.push_back(buffer);
+    }
+  }
+  packed.push_back(at::full({1}, chunk_rows, at::kLong));
+  return packed;
 }
 
 }  // namespace tt
