@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tt.cli import main
-from tt.score import NO_REFERENCE, _json_safe, format_table, run_names, score_runs, summarize
+from tt.score import NO_REFERENCE, _json_safe, combine_evaluations, format_table, run_names, score_runs, summarize
 
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
 
@@ -102,6 +102,34 @@ def test_score_is_reproducible_run_by_run(scored, two_runs):
     alone = score_runs([two_runs[1]], episodes=2, n_envs=2, progress=False, horizon=2, beam_width=2, n_expand=1,
                        cuda_graphs=False)
     assert alone["runs"][0]["returns"] == summary["runs"][1]["returns"]
+
+
+def test_runs_scored_separately_combine_into_one_score(scored, tmp_path):
+    """`tt score --from-evals` over the per-run folders of a score gives that score's numbers; it
+    refuses evaluations made with other settings, a folder without eval.json and plan flags."""
+    out, _, summary = scored
+    folders = [os.path.join(out, r["name"]) for r in summary["runs"]]
+    combined_out = str(tmp_path / "combined")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["score", "--from-evals", *folders, "--out", combined_out]) == 0
+    with open(os.path.join(combined_out, "score.json")) as f:
+        combined = json.load(f)
+    assert combined["datasets"] == summary["datasets"] and combined["plan_config"] == summary["plan_config"]
+    assert [r["scores"] for r in combined["runs"]] == [r["scores"] for r in summary["runs"]]
+    assert os.path.isfile(os.path.join(combined_out, "score.png"))
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(os.path.join(folders[1], "eval.json")) as f:
+        evaluation = json.load(f)
+    with open(other / "eval.json", "w") as f:
+        json.dump({**evaluation, "seed": evaluation["seed"] + 1}, f)
+    with pytest.raises(ValueError, match="evaluated otherwise"):
+        combine_evaluations([folders[0], str(other)])
+    with pytest.raises(ValueError, match="holds no eval.json"):
+        combine_evaluations([folders[0], str(tmp_path)])
+    with pytest.raises(ValueError, match="of one run"):
+        combine_evaluations([folders[0], folders[0]])
+    assert main(["score", "--from-evals", *folders, "--horizon", "3"]) == 2
 
 
 def test_score_names_a_missing_run_before_evaluating_any(two_runs, tmp_path, capsys):

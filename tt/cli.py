@@ -172,12 +172,18 @@ def cmd_eval(args) -> None:
 def cmd_score(args) -> None:
     """Score runs; under torchrun every run's episodes are shared out over the processes."""
     from tt import distributed
-    from tt.score import format_table, score_runs
+    from tt.score import combine_evaluations, format_table, score_runs
 
-    with distributed.process_group(args.device):
-        summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
-                             device=args.device, **plan_overrides(args))
-        is_main = distributed.is_main()
+    if args.from_evals:
+        if plan_overrides(args):
+            raise ValueError(f"--from-evals combines evaluations with their own plan settings; drop "
+                             f"{', '.join(plan_overrides(args))}")
+        summary, is_main = combine_evaluations(args.runs, out=args.out), True
+    else:
+        with distributed.process_group(args.device):
+            summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
+                                 device=args.device, **plan_overrides(args))
+            is_main = distributed.is_main()
     if is_main:
         print(format_table(summary))
         print(f"written to {args.out}")
@@ -336,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--device")
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
+    sc.add_argument("--from-evals", action="store_true",
+                    help="the paths are evaluations made before (folders with eval.json, e.g. OUT/RUN of separate "
+                    "`tt score` calls): combine them, evaluating nothing (their episodes, seed and plan settings "
+                    "hold; they must agree)")
     add_plan_flags(sc)
     sc.set_defaults(func=cmd_score)
 

@@ -9,6 +9,7 @@ the per-run means) and over all its episodes pooled. `score_runs` writes `score.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -165,16 +166,58 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
         results = evaluate(run, episodes=episodes, n_envs=n_envs, seed=seed,
                            out=os.path.join(out, name) if out else None, device=device, progress=progress,
                            **plan_overrides)
-        evaluated.append({"name": name, "run": run, "dataset_id": results["dataset_id"],
-                          "returns": results["returns"], "normalized_scores": results["normalized_scores"],
-                          "plan_seconds_per_step": results["plan_seconds_per_step"],
-                          "wall_seconds": results["wall_seconds"]})
+        evaluated.append(_scored_run(name, run, results))
         bar.update()
     bar.close()
+    options = {"runs": list(runs), "episodes": episodes, "n_envs": n_envs, "seed": seed, "device": device,
+               "plan_overrides": dict(plan_overrides),
+               "command": command_line(runs, episodes, n_envs, seed, device, plan_overrides)}
+    return _finish(evaluated, datasets, options, plan_config, out)
+
+
+def combine_evaluations(folders: list[str], out: str | None = None) -> dict:
+    """The summary of runs evaluated before, one `eval.json` per folder (as `tt eval` and `tt score`
+    write them): what one `score_runs` call over those runs gives, for runs scored separately (in
+    parallel, or one at a time). The evaluations must agree on episodes, environments, seed and plan
+    settings, so that every run met the same start states."""
+    if not folders:
+        raise ValueError("no evaluations to combine: pass one or more folders holding eval.json")
+    evals = []
+    for folder in folders:
+        path = os.path.join(folder, "eval.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"{folder} holds no eval.json: pass the folders `tt eval` or `tt score` wrote")
+        with open(path) as f:
+            evals.append(json.load(f))
+    settings = [(len(e["returns"]), e["n_envs"], e["seed"], e["plan_config"]) for e in evals]
+    for folder, setting in zip(folders, settings):
+        if setting != settings[0]:
+            raise ValueError(f"{folder} was evaluated otherwise than {folders[0]} (episodes, environments, seed or "
+                             f"plan settings): {setting[:3]} {setting[3]} against {settings[0][:3]} {settings[0][3]}")
+    runs = [e["run"] for e in evals]
+    if len({os.path.realpath(r) for r in runs}) < len(runs):
+        raise ValueError("two evaluations are of one run: each would count as another training seed")
+    datasets = {b["dataset_id"]: b for b in map(dataset_baseline, dict.fromkeys(e["dataset_id"] for e in evals))}
+    for e in evals:  # NaN (no reference scores) was written as null
+        e["normalized_scores"] = [math.nan if v is None else v for v in e["normalized_scores"]]
+    evaluated = [_scored_run(name, run, e) for name, run, e in zip(run_names(runs), runs, evals)]
+    episodes, n_envs, seed, plan_config = settings[0]
+    options = {"evaluations": list(folders), "runs": runs, "episodes": episodes, "n_envs": n_envs, "seed": seed,
+               "command": shlex.join(["tt", "score", "--from-evals", *folders])}
+    return _finish(evaluated, datasets, options, plan_config, out)
+
+
+def _scored_run(name: str, run: str, results: dict) -> dict:
+    """What `summarize` reads of one run's evaluation."""
+    return {"name": name, "run": run, "dataset_id": results["dataset_id"], "returns": results["returns"],
+            "normalized_scores": results["normalized_scores"],
+            "plan_seconds_per_step": results["plan_seconds_per_step"], "wall_seconds": results["wall_seconds"]}
+
+
+def _finish(evaluated: list[dict], datasets: dict, options: dict, plan_config: dict, out: str | None) -> dict:
+    """The summary with its options and plan settings; written to `out` (score.json, score.png)."""
     summary = summarize(evaluated, datasets)
-    summary["options"] = {"runs": list(runs), "episodes": episodes, "n_envs": n_envs, "seed": seed,
-                          "device": device, "plan_overrides": dict(plan_overrides),
-                          "command": command_line(runs, episodes, n_envs, seed, device, plan_overrides)}
+    summary["options"] = options
     summary["plan_config"] = plan_config
     if out and distributed.is_main():
         write_json(os.path.join(out, "score.json"), _json_safe(summary))
