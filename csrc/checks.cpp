@@ -223,7 +223,7 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
                          int64_t group_rows, const std::optional<at::Tensor>& prefix_rows,
                          const std::optional<at::Tensor>& goal_k, const std::optional<at::Tensor>& goal_v) {
   const char* op = "tt::decode_layers";
-  TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && x.is_contiguous() && x.size(-2) >= 1, op,
+  TORCH_CHECK((x.dim() == 2 || (x.dim() == 3 && x.size(1) >= 1)) && x.is_contiguous(), op,
               ": x must be a contiguous [R, C] or [R, L, C] (L >= 1), got ", x.sizes());
   const int64_t R = x.size(0), L = x.dim() == 3 ? x.size(1) : 1, C = x.size(-1);
   TORCH_CHECK(n_head >= 1 && C % n_head == 0, op, ": ", C, " channels are not a multiple of ", n_head, " heads");
@@ -231,8 +231,13 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
               ": cache_k and cache_v must both be [n_layer, rows, heads, len, D], got ", cache_k.sizes(), ", ",
               cache_v.sizes());
   const int64_t n_layer = cache_k.size(0);
+  TORCH_CHECK(n_layer >= 1, op, ": the cache holds no layers");
   TORCH_CHECK(cache_k.size(2) == n_head && cache_k.size(4) == C / n_head, op, ": the cache holds ", cache_k.size(2),
               " heads of ", cache_k.size(4), ", the model ", n_head, " of ", C / n_head);
+  TORCH_CHECK(cache_k.stride(4) == 1 && cache_v.stride(4) == 1, op, ": the cache must have unit stride along D");
+  TORCH_CHECK(shared >= 0, op, ": shared must be >= 0, got ", shared);
+  TORCH_CHECK(shared == 0 || prefix_rows.has_value() || group_rows >= 1, op, ": group_rows must be >= 1, got ",
+              group_rows);
   TORCH_CHECK(R <= cache_k.size(1) && slot >= shared && slot + L <= cache_k.size(3), op, ": ", R, " rows of ", L,
               " tokens at slot ", slot, " (after ", shared, " shared) do not fit a cache of ", cache_k.size(1),
               " rows x ", cache_k.size(3), " slots");
@@ -243,9 +248,10 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
   }
   TORCH_CHECK(goal_k.has_value() == goal_v.has_value(), op, ": give both goal_k and goal_v, or neither");
   if (goal_k.has_value()) {  // per layer, checked by decode_attention
-    TORCH_CHECK(goal_k->dim() == 5 && goal_k->sizes() == goal_v->sizes() && goal_k->size(0) == n_layer, op,
-                ": goal_k and goal_v must both be [", n_layer, ", G, heads, O, D], got ", goal_k->sizes(), ", ",
-                goal_v->sizes());
+    TORCH_CHECK(goal_k->dim() == 5 && goal_k->sizes() == goal_v->sizes() && goal_k->size(0) == n_layer &&
+                    goal_k->size(1) >= 1,
+                op, ": goal_k and goal_v must both be [", n_layer, ", G >= 1, heads, O, D], got ", goal_k->sizes(),
+                ", ", goal_v->sizes());
   }
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == n_layer * kWeightsPerLayer, op, ": expected ",
               n_layer * kWeightsPerLayer, " weights (", kWeightsPerLayer, " per block), got ", weights.size());

@@ -58,7 +58,8 @@ TORCH_LIBRARY(tt, m) {
       "Tensor[]? packed=None) -> Tensor");
   // The blocks' GEMM weights (weights as decode_layers takes them) packed for the row chunks that
   // decode_layers splits `rows` rows into (MKL's packed GEMM operands, one uint8 buffer per weight),
-  // then an int64 [1] of those chunks' rows; empty where packing is unavailable or does not pay.
+  // then an int64 record of those chunks' rows and each weight's address and version (decode_layers
+  // refuses the buffers for other or changed weights); empty where packing is unavailable or does not pay.
   m.def("decode_pack(Tensor[] weights, int rows) -> Tensor[]");
 }
 

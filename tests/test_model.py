@@ -395,14 +395,39 @@ def test_decode_pack():
         packed = torch.ops.tt.decode_pack(model.block_weights(), 65)
     if not packed:
         pytest.skip("this torch has no MKL packed GEMM")
-    assert len(packed) == 2 * 4 + 1 and packed[-1].tolist() == [32]
+    assert len(packed) == 2 * 4 + 1 and packed[-1][0] == 32  # then each weight's address and version
     assert all(p.dtype == torch.uint8 and p.numel() > 0 for p in packed[:-1])
     cache = model.setup_cache(4, 20)
-    with pytest.raises(RuntimeError, match="packed must be decode_pack's 9 tensors"):
-        torch.ops.tt.decode_layers(torch.zeros(4, 16), model.block_weights(), cache.k, cache.v, 2, 3, 0, 1, 1, None,
-                                   5, None, packed=packed[:4])
+    step = lambda weights, packed: torch.ops.tt.decode_layers(  # noqa: E731
+        torch.zeros(4, 16), weights, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None, packed=packed)
+    with pytest.raises(RuntimeError, match=r"packed must be decode_pack's output for these weights \(9 tensors\)"):
+        step(model.block_weights(), packed[:4])
+    wider = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch_threads(2):
+        other = torch.ops.tt.decode_pack(wider.block_weights(), 65)
+    with pytest.raises(RuntimeError, match="weight 2 of block 0 is another tensor than the one packed"):
+        step(model.block_weights(), packed[:8] + other[8:])
     with pytest.raises(RuntimeError, match="12 weights per block"):
         torch.ops.tt.decode_pack(model.block_weights()[:5], 64)
+    with torch_threads(2):
+        fetched = model.block_weights(65)
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight.mul_(2)  # a weight changed in place: the packed copy is stale
+    with pytest.raises(RuntimeError, match="weight 8 of block 1 is another tensor .* or has changed since"):
+        ops.decode_layers(torch.zeros(4, 16), fetched, 2, cache, 3, 5)
+
+
+@needs_c
+def test_fused_decode_step_with_blocks_of_different_widths(monkeypatch):
+    """The op allows every block its own MLP width (the checks do): a block wider than the first
+    computes what the Python blocks do."""
+    model = TrajectoryTransformer(GPTConfig(2, 1, n_bins=7, n_transitions=5, n_layer=3, n_head=2, n_embd=16)).eval()
+    model.blocks[1].mlp.fc, model.blocks[1].mlp.proj = torch.nn.Linear(16, 96), torch.nn.Linear(96, 16)
+    out = {}
+    for fused in (True, False):
+        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+        out[fused] = fused_decode_step(model, 20, 5, False)
+    assert_steps_match(out[True], out[False], 5)
 
 
 @needs_c
@@ -419,6 +444,14 @@ def test_fused_decode_checks_its_arguments():
         torch.ops.tt.decode_layers(x, bad, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None)
     with pytest.raises(RuntimeError, match="do not fit"):
         torch.ops.tt.decode_layers(torch.zeros(5, 16), weights, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, None)
+    with pytest.raises(RuntimeError, match="do not fit"):  # 3 tokens from slot 18 of 20
+        torch.ops.tt.decode_layers(torch.zeros(4, 3, 16), weights, cache.k, cache.v, 2, 18, 0, 1, 1, None, 5, None)
+    with pytest.raises(RuntimeError, match="shared must be >= 0"):
+        torch.ops.tt.decode_layers(x, weights, cache.k, cache.v, 2, -1, -1, 1, 1, None, 5, None)
+    with pytest.raises(RuntimeError, match="group_rows must be >= 1"):
+        torch.ops.tt.decode_layers(x, weights, cache.k, cache.v, 2, 6, 5, 1, 0, None, 5, None)
+    with pytest.raises(RuntimeError, match="key_start must be"):
+        torch.ops.tt.decode_layers(x, weights, cache.k, cache.v, 2, 3, 0, 1, 1, None, 5, torch.zeros(5).long())
     with pytest.raises(RuntimeError, match="dtype of x"):
         torch.ops.tt.decode_layers(x.double(), weights, cache.k.double(), cache.v.double(), 2, 3, 0, 1, 1, None, 5,
                                    None)

@@ -289,7 +289,8 @@ def _triton_decode():
 class PackedWeights:
     """The blocks' parameters for the C++ `decode_layers`, with their GEMM weights packed for steps
     of a given number of rows (`tt::decode_pack`: MKL's packed GEMM operands, faster at planner
-    sizes and summing as the plain GEMM does)."""
+    sizes). The packed copies are a snapshot: `decode_layers` refuses them once a weight has
+    changed in place (an optimizer step, `load_state_dict`); fetch them again then."""
 
     weights: list[torch.Tensor]
     packed: list[torch.Tensor]

@@ -1,11 +1,13 @@
-// tt::decode_layers on CPU: the transformer blocks of one decode step (one new token per row),
-// as tt.model.Block runs them, in one call. A decode step is a few hundred small ATen calls;
-// from Python each costs microseconds of interpreter and dispatch time, which at planner sizes
-// is about half of the step. Here each layer is two ATen layer norms, one in-place GELU, four
-// GEMMs on the BLAS that at::addmm calls (the bias copied in, then beta = 1, as addmm does it),
+// tt::decode_layers on CPU: the transformer blocks of one decode step (one new token per row, or
+// a few: a prefill's, a re-encoding's), as tt.model.Block runs them, in one call. A decode step is
+// a few hundred small ATen calls; from Python each costs microseconds of interpreter and dispatch
+// time, which at planner sizes is about half of the step. Here each layer is four GEMMs on the BLAS
+// that at::addmm calls (the bias copied in, then beta = 1, as addmm does it; on MKL's packed
+// weights where decode_pack made them), a vectorized layer norm and exact-erf GELU of its own,
 // residual adds and K/V writes as plain loops, and attention on decode_attention (with a
 // goal-conditioned model's goal segment, goal_k / goal_v [n_layer, G, h, O, D], when given): the
-// Python path's arithmetic in its order, so the result is that path's, bit for bit.
+// Python blocks' computation in their order, equal to theirs to float rounding (the layer norm
+// and GELU round otherwise than ATen's).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -67,6 +69,8 @@ std::optional<at::Tensor> rows_of(const std::optional<at::Tensor>& t, int64_t be
 // decode_pack, MKL's packed GEMM). x, w, y contiguous.
 void linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::Tensor& y, const at::Tensor* packed) {
   const int64_t n = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K && y.size(0) == n && y.size(1) == N, "tt::decode_layers: a linear layer of ", w.sizes(),
+              " on ", x.sizes(), " into ", y.sizes());
   if (sgemm_ == nullptr || n * N > INT32_MAX || n * K > INT32_MAX) {
     at::addmm_out(y, b, x, w.t());
     return;
@@ -148,17 +152,38 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
   // last one's output is returned (all their K/V are cached), as a prefill's last block computes it
   const int64_t R = x.size(0), L = x.dim() == 3 ? x.size(1) : 1, C = x.size(-1), D = C / n_head;
   const int64_t n_layer = cache_k.size(0);
+  // what a chunk of rows would otherwise read past or divide by before decode_attention checks it
+  TORCH_CHECK(!goal_k.has_value() || goal_rows.has_value() || goal_group_rows >= 1,
+              "tt::decode_layers: goal_group_rows must be >= 1, got ", goal_group_rows);
+  TORCH_CHECK(!key_start.has_value() || (key_start->dim() == 1 && key_start->size(0) == R),
+              "tt::decode_layers: key_start must be [", R, "], got ", key_start->sizes());
   const at::TensorList packed = packed_weights.value_or(at::TensorList());
   const int64_t n_packed = n_layer * std::size(kLinearWeights);
-  TORCH_CHECK(packed.empty() || static_cast<int64_t>(packed.size()) == n_packed + 1,
-              "tt::decode_layers: packed must be decode_pack's ", n_packed + 1, " tensors for these weights, got ",
-              packed.size());
-  for (const at::Tensor& t : packed)
-    TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous() && t.numel() > 0 &&
-                    (&t == &packed.back() ? t.scalar_type() == at::kLong : t.scalar_type() == at::kByte),
-                "tt::decode_layers: packed must be decode_pack's output (packed weights, then their rows)");
+  const char* not_packed = "tt::decode_layers: packed must be decode_pack's output for these weights";
+  TORCH_CHECK(packed.empty() || static_cast<int64_t>(packed.size()) == n_packed + 1, not_packed, " (",
+              n_packed + 1, " tensors), got ", packed.size());
   // the rows the weights were packed for: chunks of other sizes (another thread count) run unpacked
-  const int64_t packed_rows = packed.empty() ? 0 : packed.back().item<int64_t>();
+  int64_t packed_rows = 0;
+  if (!packed.empty()) {
+    const at::Tensor& record = packed.back();  // rows, then each GEMM weight's address and version
+    TORCH_CHECK(record.device().is_cpu() && record.scalar_type() == at::kLong && record.dim() == 1 &&
+                    record.is_contiguous() && record.numel() == 1 + 2 * n_packed,
+                not_packed);
+    const int64_t* r = record.data_ptr<int64_t>();
+    packed_rows = r[0];
+    for (int64_t l = 0; l < n_layer; ++l)
+      for (size_t i = 0; i < std::size(kLinearWeights); ++i) {
+        const int64_t j = l * std::size(kLinearWeights) + i;
+        const at::Tensor& weight = weights[l * kWeightsPerLayer + kLinearWeights[i]];
+        TORCH_CHECK(r[1 + 2 * j] == reinterpret_cast<int64_t>(weight.data_ptr()) &&
+                        r[2 + 2 * j] == static_cast<int64_t>(weight._version()),
+                    not_packed, ": weight ", kLinearWeights[i], " of block ", l,
+                    " is another tensor than the one packed, or has changed since (pack the weights again)");
+        const at::Tensor& t = packed[j];
+        TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kByte && t.dim() == 1 && t.is_contiguous(),
+                    not_packed);
+      }
+  }
   // Rows are independent in a decode step: with several threads, each runs every layer for a chunk
   // of rows (one parallel region per step instead of one per op; the ATen ops inside run on their
   // chunk single-threaded, and compute every row as they would in one call).
@@ -172,7 +197,8 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
   std::vector<at::Tensor> w;  // contiguous (parameters are: no copies), as linear() reads them
   w.reserve(weights.size());
   for (const at::Tensor& t : weights) w.push_back(t.contiguous());
-  const int64_t hidden = w[8].size(0);
+  int64_t hidden = 0;  // the widest MLP (checks allow blocks of different widths)
+  for (int64_t l = 0; l < n_layer; ++l) hidden = std::max(hidden, w[l * kWeightsPerLayer + 8].size(0));
 
   auto run = [&](int64_t begin, int64_t n) {
     const std::optional<at::Tensor> rows_table = rows_of(table, begin, n), rows_goal = rows_of(goal_table, begin, n);
@@ -180,7 +206,7 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
     const int64_t M = n * L;  // tokens of the chunk, row-major
     at::Tensor h = x.narrow(0, begin, n).reshape({M, C}).clone();  // the residual stream
     at::Tensor qkv = at::empty({M, 3 * C}, x.options()), att = at::empty({M, C}, x.options());
-    at::Tensor y = at::empty({M, C}, x.options()), m = at::empty({M, hidden}, x.options());
+    at::Tensor y = at::empty({M, C}, x.options()), m = at::empty({M * hidden}, x.options());
     at::Tensor normed = at::empty({M, C}, x.options());
     const auto layer_norm = [&](const at::Tensor& gamma, const at::Tensor& beta) {
       at::Tensor out = normed.narrow(0, 0, h.size(0));
@@ -223,7 +249,8 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
       }
       if (last && L > 1) h = h.view({n, L, C}).select(1, L - 1).contiguous();  // from here on the last tokens
       const int64_t rows = last ? n : M;
-      at::Tensor att_rows = att.narrow(0, 0, rows), y_rows = y.narrow(0, 0, rows), m_rows = m.narrow(0, 0, rows);
+      at::Tensor att_rows = att.narrow(0, 0, rows), y_rows = y.narrow(0, 0, rows);
+      at::Tensor m_rows = m.narrow(0, 0, rows * lw[8].size(0)).view({rows, lw[8].size(0)});
       linear(att_rows, lw[4], lw[5], y_rows, packed_weight(1));
       add_into(h, y_rows);
       // MLP: ln2, fc, GELU, proj, residual
@@ -270,7 +297,18 @@ std::vector<at::Tensor> decode_pack_cpu(at::TensorList weights, int64_t rows) {
       packed.push_back(buffer);
     }
   }
-  packed.push_back(at::full({1}, chunk_rows, at::kLong));
+  // what decode_layers checks them against: the rows, then each weight's address and version
+  at::Tensor record = at::empty({1 + 2 * static_cast<int64_t>(packed.size())}, at::kLong);
+  int64_t* r = record.data_ptr<int64_t>();
+  r[0] = chunk_rows;
+  int64_t j = 0;
+  for (size_t l = 0; l < weights.size(); l += kWeightsPerLayer)
+    for (int64_t i : kLinearWeights) {
+      r[1 + 2 * j] = reinterpret_cast<int64_t>(weights[l + i].data_ptr());
+      r[2 + 2 * j] = static_cast<int64_t>(weights[l + i]._version());
+      ++j;
+    }
+  packed.push_back(record);
   return packed;
 }
 
