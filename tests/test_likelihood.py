@@ -42,8 +42,14 @@ def test_likelihood_search_matches_the_reference(case):
     compare(model, prefixes, config)
 
 
-def test_cached_window_matches_when_the_block_holds_the_plan():
-    """`cached` keeps the whole history where the block holds it: then it is the reference's search."""
+@pytest.mark.parametrize("lineages", [True, False])
+def test_cached_window_matches_when_the_block_holds_the_plan(monkeypatch, lineages):
+    """`cached` keeps the whole history where the block holds it: then it is the reference's search,
+    whether each transition's windows are anchored once per lineage (on CPU) or once per row."""
+    from tt import ops
+
+    if not lineages:
+        monkeypatch.setattr(ops, "lineages", lambda lineage: None)
     O, A, N, K = 2, 2, 12, 5
     model = random_model(O, A, N=N, K=K, seed=7)
     rng = np.random.default_rng(7)

@@ -163,6 +163,17 @@ class KVCache:
         self._gather(source, slice(0, self.shared))
         self.share(0)
 
+    def gather_windows(self, prefix_rows: torch.Tensor, rows: torch.Tensor, end: int) -> None:
+        """Rows 0..D-1 become the windows, slots [0, end), of rows `rows [D]`: the shared prefix
+        (slots [0, shared)) as rows `prefix_rows [D]` hold it, the rest from the rows themselves;
+        then `share(0)`. Every source is read before its slots are written."""
+        if not self.shared <= end <= self.max_len:
+            raise ValueError(f"gather_windows: windows end at slot {end}, before the shared {self.shared} slots "
+                             f"or past the cache's {self.max_len}")
+        self._gather(prefix_rows, slice(0, self.shared))  # slots [0, shared) of the prefix rows: read, then written
+        self._gather(rows, slice(self.shared, end))  # the rows' own slots, which that did not write
+        self.share(0)
+
     def write(self, layer: int, start: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store keys and values `kv [2, rows, h, n, D]` at slots start..start+n of rows 0..rows-1;
         return the rows' own keys and values, slots [shared, start+n) (all of [0, start+n) when

@@ -391,13 +391,27 @@ class _Search:
         return logp_sum[:, 0]
 
     def anchor(self) -> None:
-        """Every row's window becomes its own, and its whole transitions the prefix that the row's
-        later tokens read (through `ancestors`, once beams re-rank)."""
-        rows = self.B * self.W
-        self.cache.materialize_prefix(rows)
-        self.ancestors.copy_(self.identity)
+        """The rows' windows up to the transition just planned become the prefix their later tokens
+        read (through `ancestors`, once beams re-rank). On CPU, after a first anchor, once per
+        lineage (`ops.lineages`: the rows that descend from one beam at the last anchor share their
+        windows that far, and what they have in common of the transition just planned), so rows
+        read shared windows; otherwise every row's window becomes its own."""
+        rows, T = self.B * self.W, self.T
+        end = self.filled - self.filled % T
+        found = None if self.cache.prefix_rows is None else ops.lineages(self.lineage)
+        if found is None:
+            self.cache.materialize_prefix(rows)
+            self.ancestors.copy_(self.identity)
+            self.lineage.copy_(self.identity)
+            self.cache.share(end, groups=rows, rows=self.ancestors)
+            return
+        representatives, table = found
+        first = self.window_start * T
+        split = end + self.common_tokens(representatives[table], first + end, first + self.filled)
+        self.cache.gather_windows(self.cache.prefix_rows[representatives], representatives, split)
+        self.cache.share(split, groups=len(representatives), rows=table)
+        self.ancestors = self.cache.prefix_rows
         self.lineage.copy_(self.identity)
-        self.cache.share(self.filled - self.filled % self.T, groups=rows, rows=self.ancestors)
 
     def follow(self, src: torch.Tensor) -> None:
         """Survivor i continues row `src[i]`: its ancestor's window and the tokens planned since."""
