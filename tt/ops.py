@@ -337,14 +337,11 @@ def decode_layers(x: torch.Tensor, weights, n_head: int, cache: KVCache, slot: i
                                               prefix_rows=cache.prefix_rows, goal_kv=cache.goal_kv,
                                               goal_group_rows=cache.goal_group_rows,
                                               goal_rows=None if goal is None else goal.rows)
-    if goal is None:
-        return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
-                                          cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
-                                          _int64(key_start), packed=packed)
+    goal_k, goal_v = (None, None) if goal is None else cache.goal_kv
     return torch.ops.tt.decode_layers(x.contiguous(), weights, cache.k, cache.v, n_head, slot, cache.shared,
                                       cache.groups, cache.group_rows, cache.prefix_rows, transition_dim,
-                                      _int64(key_start), cache.goal_kv[0], cache.goal_kv[1], goal.group_rows,
-                                      goal.rows, packed)
+                                      _int64(key_start), goal_k, goal_v, 1 if goal is None else goal.group_rows,
+                                      None if goal is None else goal.rows, packed)
 
 
 def _int64(key_start: torch.Tensor | None) -> torch.Tensor | None:

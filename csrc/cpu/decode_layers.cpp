@@ -41,7 +41,7 @@ namespace {
 
 constexpr int64_t kMinChunkRows = 8;  // rows below which splitting a step over threads costs more than it saves
 // Rows from which a chunk's GEMMs run on packed weights (decode_pack): MKL's packed GEMM is faster
-// there (about 1.35x at 32 rows of the published width), and its sums are the plain GEMM's.
+// there (about 1.35x at 32 rows of the published width); below, a micro-test saw it go wrong (1 row).
 constexpr int64_t kMinPackedRows = 16;
 enum Cblas : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 constexpr int64_t kLinearWeights[] = {2, 4, 8, 10};  // the GEMM weights of a block (ops.h order)
@@ -281,6 +281,11 @@ std::vector<at::Tensor> decode_pack_cpu(at::TensorList weights, int64_t rows) {
   if (cblas_sgemm_pack == nullptr || cblas_sgemm_pack_get_size == nullptr || sgemm_ == nullptr ||
       chunk_rows < kMinPackedRows)
     return {};
+  // the buffers, then what decode_layers checks them against: the rows, each weight's address and version
+  const int64_t n_packed = weights.size() / kWeightsPerLayer * std::size(kLinearWeights);
+  at::Tensor record = at::empty({1 + 2 * n_packed}, at::kLong);
+  int64_t* r = record.data_ptr<int64_t>();
+  r[0] = chunk_rows;
   std::vector<at::Tensor> packed;
   for (size_t l = 0; l < weights.size(); l += kWeightsPerLayer) {
     for (int64_t i : kLinearWeights) {
@@ -294,20 +299,12 @@ std::vector<at::Tensor> decode_pack_cpu(at::TensorList weights, int64_t rows) {
                                     w.options().dtype(at::kByte));
       cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, chunk_rows, N, K, 1.0f, w.data_ptr<float>(), K,
                        static_cast<float*>(buffer.data_ptr()));
+      const int64_t j = packed.size();
+      r[1 + 2 * j] = reinterpret_cast<int64_t>(weights[l + i].data_ptr());
+      r[2 + 2 * j] = static_cast<int64_t>(weights[l + i]._version());
       packed.push_back(buffer);
     }
   }
-  // what decode_layers checks them against: the rows, then each weight's address and version
-  at::Tensor record = at::empty({1 + 2 * static_cast<int64_t>(packed.size())}, at::kLong);
-  int64_t* r = record.data_ptr<int64_t>();
-  r[0] = chunk_rows;
-  int64_t j = 0;
-  for (size_t l = 0; l < weights.size(); l += kWeightsPerLayer)
-    for (int64_t i : kLinearWeights) {
-      r[1 + 2 * j] = reinterpret_cast<int64_t>(weights[l + i].data_ptr());
-      r[2 + 2 * j] = static_cast<int64_t>(weights[l + i]._version());
-      ++j;
-    }
   packed.push_back(record);
   return packed;
 }
