@@ -5,6 +5,15 @@ import tempfile
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Differential fuzzing (tests/test_fuzz.py): `fast` by default, `--hypothesis-profile=deep` in CI.
+# Derandomized (the same examples every run), no example database, no deadline (shared machines).
+_fuzz = dict(derandomize=True, database=None, deadline=None, print_blob=True,
+             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("fast", max_examples=40, **_fuzz)
+settings.register_profile("deep", max_examples=500, **_fuzz)
+settings.load_profile("fast")
 
 # Before anything imports minari or triton: tests never touch the user's data sets.
 os.environ["MINARI_DATASETS_PATH"] = tempfile.mkdtemp(prefix="tt-minari-")

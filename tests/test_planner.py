@@ -44,6 +44,8 @@ def assert_matches_reference(model, disc, cfg, prefixes, philox_seed=0):
         # float32 models: the fast attention sums in another order, which the model carries into the score
         tol = dict(rel=1e-5) if model.tok_emb.weight.dtype == torch.float32 else dict(abs=1e-6)
         assert result.score[b].item() == pytest.approx(score.item(), **tol)
+        own = reference.plan_score(model, prefix, result.tokens[b], mids, cfg)  # what its tokens score
+        assert result.score[b].item() == pytest.approx(own.item(), **tol)
 
 
 @pytest.mark.parametrize("O, A, C, H, W, E", [
@@ -274,24 +276,11 @@ def test_cached_and_exact_plans_agree_while_the_block_holds_the_plan(O, A, K, co
     assert not torch.equal(cropped.tokens, plans["cached"].tokens)
 
 
-def cached_window_starts(n_ctx: int, K: int, keep: int, H: int) -> dict[int, int]:
-    """The cached mode's rule: the first transition of the window each planned transition u is
-    conditioned on (prefix coordinates). The prefix is encoded up to the block size; the window
-    grows until u would not fit, then slides to the last keep-1 transitions before u."""
-    start = max(0, n_ctx - K + 1)
-    starts = {n_ctx: start}
-    for u in range(n_ctx + 1, n_ctx + H):
-        if u - start > K - 1:
-            start = max(0, u - keep + 1)
-        starts[u] = start
-    return starts
-
-
 @pytest.mark.parametrize("contexts, C, sampling", [
     ([3, 1], 3, "greedy"), ([2], None, "greedy"), ([3, 0], 2, "greedy"),
     ([3], 3, "stochastic"), ([1], None, "stochastic"),  # one plan: drawn as the reference, draw for draw
 ])
-def test_cached_mode_slides_when_the_block_is_full(monkeypatch, contexts, C, sampling):
+def test_cached_mode_slides_when_the_block_is_full(contexts, C, sampling):
     """Past the block size the cached plan slides its window (re-encodes the last C-1 transitions,
     then grows again): its plans equal the authors' planner with each token's window starting
     where the cached mode's does, rows of shorter contexts included."""
@@ -304,18 +293,13 @@ def test_cached_mode_slides_when_the_block_is_full(monkeypatch, contexts, C, sam
     result = beam_plan(model, pad_prefixes(prefixes, T), disc, cfg, Philox(1))
     assert result.tokens.shape == (len(contexts), H * T)
     n_ctx = max(contexts)
-    starts = cached_window_starts(n_ctx, K, min(C or K, K), H)
+    starts = reference.cached_window_starts(n_ctx, K, min(C or K, K), H)
     assert len(set(starts.values())) >= 3  # it slides at least twice
     mids = torch.tensor(disc.midpoints)
     for b, prefix in enumerate(prefixes):
-        pad = n_ctx - contexts[b]  # the row's padding transitions: the rule counts in padded coordinates
-
-        def cached_window(x, max_block, transition_dim, pad=pad):
-            u = x.shape[1] // transition_dim + pad  # the transition of the token predicted next
-            return x[:, max(0, starts[u] - pad) * transition_dim :]
-
-        monkeypatch.setattr(reference, "crop_window", cached_window)
-        tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(1))
+        # the rule counts in the batch's padded coordinates: the row's padding transitions
+        crop = reference.cached_crop(model, cfg, n_ctx, pad=n_ctx - contexts[b])
+        tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(1), crop=crop)
         assert torch.equal(result.tokens[b], tokens), f"plan {b} differs from the cached window rule"
         assert result.score[b].item() == pytest.approx(score.item(), abs=1e-6)
 

@@ -369,14 +369,14 @@ class _Search:
             top_k, cdf = filters[position % T]
             logp = ops.log_probs(logits, config.temperature, top_k, cdf)
             logp_sum, parents, tokens = ops.beam_expand(logp_sum, logp, W)
-            src = (plan_rows + parents).view(-1)
-            self.hist = self.hist[src]
+            u, new_transition, last = (position + 1) // T, (position + 1) % T == 0, position + 1 == end
+            reencoding = new_transition and not last and self.window_moves(u)
+            self.follow((plan_rows + parents).view(-1), move_cache=not (last or reencoding))
             self.hist[:, position] = tokens.view(-1)
-            if position + 1 == end:
+            if last:
                 break
-            u, new_transition = (position + 1) // T, (position + 1) % T == 0
-            if new_transition and self.window_moves(u):  # a new window: rows of one lineage share
-                # everything before the transition just planned (and what they have in common of it)
+            if reencoding:  # a new window: rows of one lineage share everything before the
+                # transition just planned (and what they have in common of it)
                 logits = self.reencode(max(0, u - self.keep + 1), u, shared_until=u - 1, lineage=self.lineage)
                 if self.cache.prefix_rows is None:  # shared by plan: every row's window its own
                     self.anchor()
@@ -384,7 +384,6 @@ class _Search:
                     self.ancestors = self.cache.prefix_rows
                     self.lineage.copy_(self.identity)
                 continue
-            self.follow(src)
             if new_transition:  # cached: fold the ancestors' windows in
                 self.anchor()
             logits = self.decode(self.hist[:, position], blocks=1)
@@ -413,13 +412,18 @@ class _Search:
         self.ancestors = self.cache.prefix_rows
         self.lineage.copy_(self.identity)
 
-    def follow(self, src: torch.Tensor) -> None:
-        """Survivor i continues row `src[i]`: its ancestor's window and the tokens planned since."""
+    def follow(self, src: torch.Tensor, move_cache: bool = True) -> None:
+        """Survivor i continues row `src[i]`: its tokens, lineage and ancestor's window, and (with
+        `move_cache`) its cache slots planned since the anchor. Every per-row record of the search
+        follows the survivors here, in one place, whatever the cache does next; a window about to be
+        re-encoded from the tokens needs no cache move."""
         if ops.in_place(src):  # every survivor continues its own row (a top-1 filtered token): nothing moves
             return
+        self.hist = self.hist[src]
         self.ancestors.copy_(self.ancestors[src])
         self.lineage.copy_(self.lineage[src])
-        self.cache.gather_rows(src, self.filled)  # slots [anchor, filled) only
+        if move_cache:
+            self.cache.gather_rows(src, self.filled)  # slots [anchor, filled) only
 
 
 @torch.no_grad()
@@ -593,14 +597,15 @@ class Planner:
 
     @classmethod
     def load(cls, run_dir: str, device: str | torch.device | None = None, seed: int | None = None,
-             **overrides) -> Planner:
+             goal: np.ndarray | None = None, **overrides) -> Planner:
         """A planner for a trained run directory; keyword arguments override `PlanConfig` fields.
-        `device` as in training: "auto" (the default) is CUDA where there is one, else the CPU."""
+        `device` as in training: "auto" (the default) is CUDA where there is one, else the CPU.
+        `goal` as in the constructor (a goal-conditioned run)."""
         from tt.checkpoint import load_run
 
         device = ops.resolve_device(device or "auto")
         model, discretizer, _, _ = load_run(run_dir, device)
-        return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed)
+        return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed, goal)
 
     def check_env(self, env) -> None:
         """Refuse a Gymnasium environment (single or vector) whose observation or action size is not the

@@ -8,6 +8,7 @@ deterministically (to the lower index) where theirs are left to the backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -260,18 +261,66 @@ def crop_window(x: torch.Tensor, max_block: int, transition_dim: int) -> torch.T
     return x[:, n_crop:]
 
 
+def exact_crop(model, config: PlanConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The authors' window: every forward sees at most C*T - 1 tokens (and the block size), cropped
+    at a transition boundary (`crop_window`)."""
+    C, T = config.max_context_transitions, model.transition_dim
+    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
+    return lambda x: crop_window(x, max_block, T)
+
+
+def cached_window_starts(n_ctx: int, n_transitions: int, keep: int, horizon: int) -> dict[int, int]:
+    """The `cached` window's first transition while transition u (n_ctx <= u < n_ctx + horizon) is
+    planned: it holds everything the block holds from the current observation's transition, grows
+    until u would not fit, then slides to the last keep-1 transitions before u."""
+    start = max(0, n_ctx - n_transitions + 1)
+    starts = {n_ctx: start}
+    for u in range(n_ctx + 1, n_ctx + horizon):
+        if u - start > n_transitions - 1:
+            start = max(0, u - keep + 1)
+        starts[u] = start
+    return starts
+
+
+def cached_crop(model, config: PlanConfig, n_ctx: int, pad: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """tt's `cached` window as a crop (not the authors' conditioning: the oracle of tt's own mode).
+    The rule counts transitions in the batch's coordinates: `n_ctx` is the longest context of the
+    plans searched together and `pad` this plan's padding transitions (n_ctx minus its context), so
+    a plan's windows depend on the batch it was planned in."""
+    T, K = model.transition_dim, model.config.n_transitions
+    keep = min(config.max_context_transitions or K, K)
+    starts = cached_window_starts(n_ctx, K, keep, config.horizon)
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        u = x.shape[1] // T + pad  # the transition of the token predicted next, in the batch's coordinates
+        return x[:, max(0, starts[u] - pad) * T :]
+
+    return crop
+
+
+def window_crop(model, config: PlanConfig, n_ctx: int | None = None, pad: int = 0
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The crop of `config.window`: the authors' (`exact`), or tt's `cached` rule for a plan with `pad`
+    padding transitions in a batch whose longest context is `n_ctx` transitions."""
+    if config.window == "exact":
+        return exact_crop(model, config)
+    if n_ctx is None:
+        raise ValueError("the cached window's crop needs the batch's longest context (n_ctx)")
+    return cached_crop(model, config, n_ctx, pad)
+
+
 def goal_forward(model, x: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
     """The model's logits for windows `x [R, L]`, every row conditioned on `goal [O]` when given."""
     return model(x) if goal is None else model(x, goal=goal[None].expand(len(x), -1))
 
 
-def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoints=None, goal=None):
-    """Append n sampled tokens to every row of x, each from a full forward of the cropped window
+def sample_tokens(model, x, n, crop, top_k, cdf, temperature, rng, midpoints=None, goal=None):
+    """Append n sampled tokens to every row of x, each from a full forward of the window `crop(x)`
     (conditioned on `goal [O]` for a goal-conditioned model).
     Returns (x, expectations [rows, n] when `midpoints [n, N]` are given)."""
     expectations = []
     for i in range(n):
-        logits = goal_forward(model, crop_window(x, max_block, model.transition_dim), goal)[:, -1]
+        logits = goal_forward(model, crop(x), goal)[:, -1]
         token, expectation = sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf,
                                          midpoints=None if midpoints is None else midpoints[i], rng=rng)
         x = torch.cat([x, token[:, None]], dim=1)
@@ -281,8 +330,8 @@ def sample_tokens(model, x, n, max_block, top_k, cdf, temperature, rng, midpoint
 
 @torch.no_grad()
 def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
-              rng: torch.Generator | Philox | None = None, goal: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              rng: torch.Generator | Philox | None = None, goal: torch.Tensor | None = None,
+              crop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_plan` for one prefix `[L]` (context transitions, then an observation).
 
     `midpoints [N, T]` are the discretizer's bin midpoints. Returns the best beam's planned
@@ -290,12 +339,11 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
     beyond the model's block size. Draws come from `rng`: a torch generator (multinomial, as the
     authors) or a `Philox` (the compiled ops' draws, so fast and reference plans can match draw
     for draw). A goal-conditioned model conditions every forward on `goal [O]` (observation tokens).
+    `crop` is the window every forward sees (default: the authors', `exact_crop`).
     """
     O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
     H, W, E = config.horizon, config.beam_width, config.n_expand
-    C = config.max_context_transitions
-    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
-    sample = dict(max_block=max_block, temperature=config.temperature, rng=rng, goal=goal)
+    sample = dict(crop=crop or exact_crop(model, config), temperature=config.temperature, rng=rng, goal=goal)
     rew_val_midpoints = midpoints[:, T - 2 :].T.to(torch.float32)
 
     x = prefix[None].repeat(W, 1)
@@ -317,6 +365,13 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
 # ----------------------------------------------------------------------------- likelihood search (imitation)
 
 
+def token_filters(model, config: PlanConfig) -> list[tuple[int | None, float | None]]:
+    """Each token kind's (top_k, cdf) by offset in a transition: observation, action, reward and value."""
+    O, A = model.config.observation_dim, model.config.action_dim
+    return [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A + \
+        [(config.k_rew, config.cdf_rew)] * 2
+
+
 def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
               cdf: float | None = None) -> torch.Tensor:
     """The authors' `get_logp` on the last logits `[R, N+1]`: temperature, cdf filter (-1000),
@@ -334,25 +389,23 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
 
 
 @torch.no_grad()
-def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig,
-                    goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig, goal: torch.Tensor | None = None,
+                    crop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_search` for one prefix `[L]` (context transitions, then an observation):
     a full forward of the cropped window per token, every beam expanded by every token, the W
     most likely sequences kept (ties to the lower beam-major index; a candidate at -inf never
     survives, so the search starts with one beam). Tokens are planned as `beam_plan` plans them
     (the first action, reward and value, then whole transitions, H in all), each filtered by its
     kind's top-k and cdf. A goal-conditioned model conditions every forward on `goal [O]` (observation
-    tokens). Returns the best sequence's tokens `[H * T]` (from the observation on) and its
-    log-likelihood."""
+    tokens). `crop` is the window every forward sees (default: the authors', `exact_crop`). Returns
+    the best sequence's tokens `[H * T]` (from the observation on) and its log-likelihood."""
     O, T = model.config.observation_dim, model.transition_dim
-    C = config.max_context_transitions
-    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
-    filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * model.config.action_dim
-    filters += [(config.k_rew, config.cdf_rew)] * 2
+    crop = crop or exact_crop(model, config)
+    filters = token_filters(model, config)
     x, logp_sum = prefix[None], torch.zeros(1, device=prefix.device)
     start = x.shape[1] - O
     for position in range(x.shape[1], start + config.horizon * T):
-        logits = goal_forward(model, crop_window(x, max_block, T), goal)[:, -1]
+        logits = goal_forward(model, crop(x), goal)[:, -1]
         top_k, cdf = filters[position % T]
         candidates = (logp_sum[:, None] + log_probs(logits, config.temperature, top_k, cdf)).view(1, -1)
         values, index, *_ = beam_select(candidates, min(config.beam_width, candidates.shape[1]))
@@ -363,12 +416,56 @@ def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig,
     return x[0, start:], logp_sum[0]
 
 
+# ----------------------------------------------------------------------------- what a plan scores
+
+
+@torch.no_grad()
+def plan_score(model, prefix: torch.Tensor, tokens: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
+               goal: torch.Tensor | None = None, crop: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> torch.Tensor:
+    """The score that the plan `tokens [H * T]` (from the current observation on, as the searches return
+    them) has after `prefix [L]`, recomputed from its tokens alone with a full forward of the window
+    (`crop`, default the authors') per scored token: for the return objective the discounted sum of
+    the predicted rewards' expectations plus the last value's, as `beam_plan` scores its beams; for
+    the likelihood objective the sum of the planned tokens' filtered log-probabilities, as
+    `likelihood_plan`. The invariant every search keeps: the score it reports is its plan's score."""
+    O, T, H = model.config.observation_dim, model.transition_dim, config.horizon
+    crop = crop or exact_crop(model, config)
+    x = torch.cat([prefix, tokens[O:]])[None]
+    start = len(prefix) - O  # the plan's first token (its observation) in x
+
+    def logits_at(position: int) -> torch.Tensor:  # the logits that predict token `position` of x
+        return goal_forward(model, crop(x[:, :position]), goal)[:, -1]
+
+    if config.objective == "likelihood":
+        filters = token_filters(model, config)
+        total = torch.zeros((), dtype=torch.float64)
+        for position in range(len(prefix), start + H * T):
+            top_k, cdf = filters[position % T]
+            logp = log_probs(logits_at(position), config.temperature, top_k, cdf)
+            total = total + logp[0, x[0, position]].double()
+        return total
+    rew_val_midpoints = midpoints[:, T - 2 :].T.to(torch.float32)
+
+    def expectation(position: int, kind: int) -> torch.Tensor:  # as `sample_next` computes it, without a draw
+        logits = logits_at(position)
+        logits = finite_or_minus_inf((logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
+                                     / config.temperature)
+        probs = softmax(logits)
+        return (probs[:, :-1] @ rew_val_midpoints[kind].to(probs))[0]
+
+    terms = [expectation(start + t * T + T - 2, 0) for t in range(H)] + [expectation(start + H * T - 1, 1)]
+    discounts = config.discount ** torch.arange(H + 1, dtype=torch.float32)
+    return (torch.stack(terms) * discounts).sum()
+
+
 # ----------------------------------------------------------------------------- open-loop prediction
 
 
 @torch.no_grad()
 def sample_continuations(model, prefix: torch.Tensor, forced: torch.Tensor, samples: int, config: PlanConfig,
-                         rng: torch.Generator | Philox | None = None) -> torch.Tensor:
+                         rng: torch.Generator | Philox | None = None,
+                         crop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """`samples` continuations of each prefix `[B, L]` (all of one length: context transitions, then an
     observation), a full forward of the cropped window per drawn token, as `sample_tokens` draws.
 
@@ -376,21 +473,20 @@ def sample_continuations(model, prefix: torch.Tensor, forced: torch.Tensor, samp
     prediction's real actions), or -1 where the model draws, at the same positions in every row.
     Drawn tokens are filtered by their kind's top-k and cdf (`config.k_obs`, `cdf_obs`, ...), at
     `config.temperature`, conditioning on at most `config.max_context_transitions` transitions (the
-    planner's window rule). Rows are laid out `[B, samples]` and one `sample_next` call draws a
-    position for all of them, so a `Philox` gives the fast path's draws. Returns tokens `[B, samples, n]`.
+    planner's window rule; `crop`, by default the authors' `exact_crop`). Rows are laid out
+    `[B, samples]` and one `sample_next` call draws a position for all of them, so a `Philox` gives
+    the fast path's draws. Returns tokens `[B, samples, n]`.
     """
-    O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
-    C = config.max_context_transitions
-    max_block = min(model.config.block_size, C * T - 1 if C else model.config.block_size)
-    filters = [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A
-    filters += [(config.k_rew, config.cdf_rew)] * 2
+    T = model.transition_dim
+    crop = crop or exact_crop(model, config)
+    filters = token_filters(model, config)
     B, L = prefix.shape
     x, given = prefix.repeat_interleave(samples, 0), forced.repeat_interleave(samples, 0)
     for i in range(forced.shape[1]):
         if forced[0, i] >= 0:
             token = given[:, i]
         else:
-            logits = model(crop_window(x, max_block, T))[:, -1]
+            logits = model(crop(x))[:, -1]
             top_k, cdf = filters[(L + i) % T]
             token, _ = sample_next(logits, temperature=config.temperature, top_k=top_k, cdf=cdf, rng=rng)
         x = torch.cat([x, token[:, None]], dim=1)
