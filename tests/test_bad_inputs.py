@@ -110,6 +110,9 @@ BAD_INPUTS = [
         ("--window", "sideways", "invalid choice: 'sideways'"),
         ("--objective", "reward", "invalid choice: 'reward'")]],
     bad("impossible-plan-config", *EVAL, "--max-context-transitions", "1", error="max_context_transitions=1"),
+    *[bad(f"plan-{flag}-over-the-tokens", *EVAL, flag, "100000", "--objective", objective,
+          error=f"{flag[2:].replace('-', '_')}=100000: the model has 11 tokens per position")
+      for flag, objective in [("--k-act", "likelihood"), ("--k-obs", "return"), ("--k-rew", "return")]],
     bad("unknown-preset", "train", "--dataset", "pendulum-medium", "--out", "r", "--preset", "huge",
         error="unknown preset 'huge'"),
     bad("unknown-dataset", "train", "--dataset", "mujoco/nothing/here-v0", "--out", "r",

@@ -463,3 +463,23 @@ def test_unbounded_context_keeps_what_the_model_holds(window):
         planner.observe(0.0, False)
     assert len(planner._context[0]) == 6
     assert planner.plan(np.zeros(3)).tokens.shape == (2, 6)
+
+
+def test_a_top_k_over_the_tokens_is_refused_before_planning():
+    """A top-k larger than a position's N+1 tokens is refused up front by every search, naming the
+    filter (not by the sampling op in the middle of a plan)."""
+    from tt.prediction import sample_continuations
+
+    model = random_model(2, 1, N=9)
+    disc = random_discretizer(9, model.transition_dim)
+    prefix = torch.zeros(1, 2, dtype=torch.long)
+    for objective in ("return", "likelihood"):
+        config = PlanConfig(horizon=2, beam_width=2, k_rew=11, objective=objective)
+        with pytest.raises(ValueError, match="k_rew=11: the model has 10 tokens per position"):
+            beam_plan(model, prefix, disc, config)
+        with pytest.raises(ValueError, match="k_rew=11"):
+            Planner(model, disc, config)
+    with pytest.raises(ValueError, match="k_obs=12"):
+        sample_continuations(model, prefix, torch.full((1, 4), -1), disc,
+                             PlanConfig(horizon=1, beam_width=2, n_expand=1, k_obs=12), Philox(0))
+    beam_plan(model, prefix, disc, PlanConfig(horizon=2, beam_width=2, k_rew=10))  # all 10 tokens: allowed

@@ -113,6 +113,17 @@ def check_prefix(model: TrajectoryTransformer, prefix: torch.Tensor) -> list[int
     return pad.all(-1).sum(-1).tolist()
 
 
+def check_config(model: TrajectoryTransformer, config: PlanConfig) -> None:
+    """Refuse, before any search starts, settings the model cannot plan with: a top-k filter over more
+    tokens than a position has (N bins and the stop token)."""
+    tokens = model.config.n_bins + 1
+    for name in ("k_obs", "k_act", "k_rew"):
+        k = getattr(config, name)
+        if k is not None and k > tokens:
+            raise ValueError(f"{name}={k}: the model has {tokens} tokens per position ({model.config.n_bins} bins "
+                             f"and the stop token); use at most {tokens}, or none (no top-k filter)")
+
+
 def search_rows(config: PlanConfig, n_plans: int) -> int:
     """Rows of the KV cache a search of `n_plans` plans uses: every beam's E expansion copies for the
     return objective, one row per beam for the likelihood objective."""
@@ -130,6 +141,7 @@ class _Search:
                  goal: torch.Tensor | None = None):
         if model.training:
             raise RuntimeError("planning needs the model in eval mode (dropout off): call model.eval()")
+        check_config(model, config)
         c = model.config
         self.model, self.config = model, config
         self.O, self.A, self.T = c.observation_dim, c.action_dim, c.transition_dim
@@ -576,6 +588,7 @@ class Planner:
         self.model = model.to(self.device).eval()
         self.discretizer = discretizer
         self.config = config
+        check_config(model, config)
         ops.check_tokens_per_row(model.config.n_bins + 1, self.device)
         self.O, self.A, self.T = model.config.observation_dim, model.config.action_dim, model.transition_dim
         if seed is None:  # fresh entropy, not torch.seed(): that would reseed the caller's global generator
