@@ -66,6 +66,12 @@ def runs(tmp_path_factory, pendulum_medium, length_one_dataset):
     save_run(str(root / "two-actions"), wide, wide_disc, {"data": {"dataset_id": PENDULUM}})
     os.makedirs(root / "empty")
     torch.save({}, root / "state_0.pt")
+    os.makedirs(root / "ensemble")  # an ensemble's files, as tt train-dynamics leaves them
+    (root / "ensemble" / "config.json").write_text("{}")
+    (root / "ensemble" / "model.safetensors").write_bytes(b"weights")
+    os.makedirs(root / "notes")
+    (root / "notes" / "todo.txt").write_text("a user's own files")
+    (root / "a-file").write_text("not a directory")
     return root
 
 
@@ -130,6 +136,27 @@ BAD_INPUTS = [
         error="no training windows: all 200 episodes of the data set have length 1"),
     bad("import-without-dataset-or-thresholds", "import-reference", "--state-dict", "{runs}/state_0.pt",
         "--out", "imp", error="needs --dataset"),
+    # nothing destroyed: a destination of another kind is refused, one of the command's own kind without leave
+    *[bad(f"train-over-{name}", "train", "--dataset", "pendulum-medium", "--out", f"{{runs}}/{name}", error=error)
+      for name, error in [("run", "already holds a tt run (tt train, tt import-reference): give --resume to "
+                                  "continue it or --overwrite to replace it"),
+                          ("ensemble", "holds a dynamics ensemble (tt train-dynamics), not a tt run"),
+                          ("notes", "holds a directory of other files, not a tt run"),
+                          ("a-file", "holds a file, not a tt run")]],
+    bad("train-overwrite-over-ensemble", "train", "--dataset", "pendulum-medium", "--out", "{runs}/ensemble",
+        "--overwrite", error="holds a dynamics ensemble (tt train-dynamics), not a tt run"),
+    bad("train-overwrite-and-resume", "train", "--dataset", "pendulum-medium", "--out", "{runs}/run", "--overwrite",
+        "--resume", error="--overwrite and --resume: give one"),
+    bad("train-dynamics-over-run", "train-dynamics", "--dataset", "pendulum-medium", "--out", "{runs}/run",
+        error="holds a tt run (tt train, tt import-reference), not a dynamics ensemble"),
+    bad("train-dynamics-overwrite-over-run", "train-dynamics", "--dataset", "pendulum-medium", "--out", "{runs}/run",
+        "--overwrite", error="holds a tt run (tt train, tt import-reference), not a dynamics ensemble"),
+    bad("train-dynamics-over-ensemble", "train-dynamics", "--dataset", "pendulum-medium", "--out",
+        "{runs}/ensemble", error="already holds a dynamics ensemble (tt train-dynamics): give --overwrite"),
+    bad("import-over-run", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "{runs}/run",
+        "--dataset", "pendulum-medium", error="already holds a tt run"),
+    bad("import-over-notes", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "{runs}/notes",
+        "--dataset", "pendulum-medium", "--overwrite", error="holds a directory of other files"),
 ]
 
 

@@ -121,5 +121,12 @@ def test_cli_train_dynamics(pendulum_medium, tmp_path, capsys):
     assert "ensemble written to" in capsys.readouterr().out
     _, config = load_dynamics(out)
     assert config["train"]["max_steps"] == 20 and config["data"]["dataset_id"] == "tt/pendulum/medium-v0"
-    assert main(["train-dynamics", "--dataset", "pendulum-medium", "--out", out, "--holdout-episodes", "12"]) == 2
+    assert main(["train-dynamics", "--dataset", "pendulum-medium", "--out", out + "-2", "--holdout-episodes",
+                 "12"]) == 2
     assert "cannot hold out 12" in capsys.readouterr().err
+    again = ["train-dynamics", "--dataset", "pendulum-medium", "--out", out, "--holdout-episodes", "2", "--hidden",
+             "16", "--layers", "1", "--steps", "10", "--eval-every", "10", "--device", "cpu"]
+    assert main(again) == 2 and "already holds a dynamics ensemble" in capsys.readouterr().err
+    assert load_dynamics(out)[1]["train"]["max_steps"] == 20  # kept
+    assert main([*again, "--overwrite"]) == 0  # replaced, whole
+    assert load_dynamics(out)[1]["train"]["max_steps"] == 10 and sorted(os.listdir(tmp_path)) == ["ens"]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 import numpy as np
 
+from tt.destination import check_destination, staging_beside
+from tt.io import swap_directory
 from tt.memory import retain_freed_memory
 
 
@@ -42,13 +45,22 @@ def cmd_train(args) -> None:
                      goal=args.goal)
     cfg = make_config(args.preset, **overrides)
     with distributed.process_group(cfg.device):
+        # an existing run is continued (--resume) or replaced whole once the new one is complete (--overwrite)
+        replace = distributed.from_main(lambda: check_destination(args.out, "run", args.overwrite, args.resume))
         if args.download:
             from tt.data import load_dataset
 
             if distributed.local_rank() == 0:  # one download per machine
                 load_dataset(args.dataset, download=True)
             distributed.barrier()
-        train(cfg, args.out, resume=args.resume)
+        staging = distributed.from_main(lambda: staging_beside(args.out, "run")) if replace else None
+        try:
+            train(cfg, staging or args.out, resume=args.resume)
+            if staging and distributed.is_main():
+                swap_directory(staging, args.out)
+        finally:
+            if staging and distributed.is_main() and os.path.exists(staging):
+                shutil.rmtree(staging)
         if distributed.is_main():
             print(f"run written to {args.out}")
 
@@ -63,6 +75,7 @@ def cmd_import_reference(args) -> None:
     if not (args.dataset or args.thresholds):  # no silent default: the thresholds decide every token
         raise ValueError("import-reference needs --dataset (fit the discretizer on it, as the authors do) or "
                          "--thresholds (an .npy of [N+1, T] thresholds)")
+    replace = check_destination(args.out, "run", args.overwrite)
     state_dict = torch.load(args.state_dict, map_location="cpu", weights_only=True)
     if args.thresholds:
         discretizer = Discretizer(np.load(args.thresholds, allow_pickle=False))
@@ -76,7 +89,16 @@ def cmd_import_reference(args) -> None:
     if obs_dim is None or act_dim is None:
         raise SystemExit("give --observation-dim and --action-dim, or --dataset to read them from")
     model = TrajectoryTransformer.from_reference(state_dict, obs_dim, act_dim, n_head=args.n_head)
-    save_run(args.out, model, discretizer, {"data": info, "imported_from": args.state_dict})
+    if not replace:
+        save_run(args.out, model, discretizer, {"data": info, "imported_from": args.state_dict})
+    else:  # the old run stays whole until the new one is written
+        staging = staging_beside(args.out, "run")
+        try:
+            save_run(staging, model, discretizer, {"data": info, "imported_from": args.state_dict})
+            swap_directory(staging, args.out)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
     print(f"imported {args.state_dict} into {args.out}")
 
 
@@ -240,6 +262,7 @@ def cmd_train_dynamics(args) -> None:
     fields = ("dataset", "members", "hidden", "layers", "batch_size", "max_steps", "eval_every", "patience",
               "holdout_episodes", "hidden_obs_fraction", "seed", "device")
     config = DynamicsConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
+    check_destination(args.out, "ensemble", args.overwrite)  # train_dynamics swaps the new one in whole
     train_dynamics(config, args.out)
     print(f"ensemble written to {args.out}")
 
@@ -310,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "observation drawn uniformly from the episode's future")
     train.add_argument("--device", help="auto | cpu | cuda")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (the old one stays until the new one is complete)")
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")
     train.set_defaults(func=cmd_train)
 
@@ -322,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--observation-dim", type=positive_int)
     imp.add_argument("--action-dim", type=positive_int)
     imp.add_argument("--n-head", type=positive_int, default=4)
+    imp.add_argument("--overwrite", action="store_true", help="replace the run in --out, once the new one is written")
     imp.set_defaults(func=cmd_import_reference)
 
     ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
@@ -390,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     dyn.add_argument("--patience", type=positive_int, help="evaluations without improvement before stopping")
     dyn.add_argument("--seed", type=int)
     dyn.add_argument("--device", help="auto | cpu | cuda")
+    dyn.add_argument("--overwrite", action="store_true",
+                     help="replace the ensemble in --out (the old one stays until the new one is complete)")
     dyn.set_defaults(func=cmd_train_dynamics)
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")

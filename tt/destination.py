@@ -1,0 +1,62 @@
+"""Where a command writes: what already lies there, and whether the command may replace it.
+
+No command destroys what it did not make: a destination that holds something of another kind is
+refused, one of the command's own kind only with `--overwrite` (or `--resume` for training), and
+then the old one is replaced whole once the new one is complete (`staging_beside`, then
+`tt.io.swap_directory`), never removed before.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+DESCRIPTIONS = {
+    "run": "a tt run (tt train, tt import-reference)",
+    "ensemble": "a dynamics ensemble (tt train-dynamics)",
+    "file": "a file",
+    "directory": "a directory of other files",
+}
+
+
+def kind_of(path: str) -> str | None:
+    """What lies at `path`: None (nothing, or an empty directory), "run", "ensemble", "file" or "directory"."""
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isdir(path):
+        return "file"
+    names = set(os.listdir(path))
+    if not names:
+        return None
+    if "checkpoint.json" in names or {"model.safetensors", "discretizer.safetensors"} <= names:
+        return "run"
+    if {"config.json", "model.safetensors"} <= names:
+        return "ensemble"
+    return "directory"
+
+
+def check_destination(path: str, makes: str, overwrite: bool, resume: bool = False) -> bool:
+    """Refuse to write `makes` ("run" or "ensemble") at `path` over what is there without leave;
+    returns whether the new one replaces an old one (so must be built beside it, then swapped in)."""
+    found = kind_of(path)
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume: give one (--resume continues the run, --overwrite replaces it)")
+    if resume:
+        return False  # training checks that `path` holds a run it can continue
+    if found is None:
+        return False
+    if found != makes:
+        raise ValueError(f"{path} holds {DESCRIPTIONS[found]}, not {DESCRIPTIONS[makes]}: nothing was written; "
+                         "choose another --out")
+    if not overwrite:
+        hint = "--resume to continue it or --overwrite" if makes == "run" else "--overwrite"
+        raise ValueError(f"{path} already holds {DESCRIPTIONS[makes]}: give {hint} to replace it (the old one stays "
+                         "until the new one is complete)")
+    return True
+
+
+def staging_beside(path: str, what: str) -> str:
+    """A new empty directory beside `path` to build its replacement in (same file system: one rename)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(dir=parent, prefix=f".tmp-{what}-{os.path.basename(os.path.abspath(path))}-")
