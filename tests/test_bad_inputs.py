@@ -89,6 +89,12 @@ BAD_INPUTS = [
     bad("score-envs-0", "score", "{runs}/run", "--envs", "0", error="need at least one episode and one environment"),
     bad("data-make-episodes-0", "data", "make", "pendulum-medium", "--episodes", "0", error="--episodes: must be >= 1"),
     bad("data-make-steps-negative", "data", "make", "hopper-medium", "--steps", "-5", error="--steps: must be >= 1"),
+    bad("data-make-one-step", "data", "make", "hopper-medium", "--steps", "1",
+        error="--steps 1 is less than one episode of Hopper-v5 (its time limit, 1000 steps)"),
+    bad("data-make-five-steps", "data", "make", "walker2d-medium-replay", "--steps", "5",
+        error="--steps 5 is less than one episode of Walker2d-v5"),
+    bad("train-goal-without-goal-model", "train", "--dataset", "pendulum-medium", "--out", "r", "--goal", "future",
+        error="--goal future chooses a goal-conditioned model's hindsight goals: add --goal-conditioned"),
     bad("train-steps-0", "train", "--dataset", "pendulum-medium", "--out", "r", "--steps", "0", error="--steps: must"),
     bad("train-discretizer", "train", "--dataset", "pendulum-medium", "--out", "r", "--discretizer", "median",
         error="invalid choice: 'median'"),
@@ -264,3 +270,64 @@ def test_planner_checks_the_bins_before_planning(monkeypatch):
 def test_library_configs_refuse_zero_and_negative_sizes(make, error):
     with pytest.raises(ValueError, match=error):
         make()
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "header":
+        path.write_bytes(b"\0" * 64 + data[64:])
+    else:  # the middle overwritten: the headers open, an object inside does not
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + b"\xff" * 2000 + data[middle + 2000 :])
+
+
+@pytest.fixture
+def damaged_root(tmp_path_factory, monkeypatch):
+    """A Minari root of its own holding a small pendulum-medium, for damaging."""
+    from tt.envs import make_dataset
+
+    root = tmp_path_factory.mktemp("minari-damaged")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    make_dataset("pendulum-medium", episodes=3, seed=0, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("how", ["truncated", "header", "middle"])
+@pytest.mark.parametrize("command", ["train", "train-dynamics", "eval"])
+def test_a_damaged_data_set_is_one_line_naming_its_file(damaged_root, runs, tmp_path, monkeypatch, capsys, how,
+                                                        command):
+    (data_file,) = damaged_root.rglob("*.hdf5")
+    damage(data_file, how)
+    monkeypatch.chdir(tmp_path)
+    argv = {"train": ["train", "--dataset", "pendulum-medium", "--out", "r", "--preset", "small", "--steps", "1"],
+            "train-dynamics": ["train-dynamics", "--dataset", "pendulum-medium", "--out", "e"],
+            "eval": ["eval", "--run", str(runs / "run"), "--episodes", "1"]}[command]
+    before = snapshot(tmp_path, runs, damaged_root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tt: error: "), err
+    assert "medium-v0" in err and "make it again" in err and "Traceback" not in err
+    assert snapshot(tmp_path, runs, damaged_root) == before
+
+
+@pytest.mark.parametrize("name, content", [
+    ("random.pt", np.random.default_rng(0).bytes(5000)), ("random-1.pt", np.random.default_rng(1).bytes(5000)),
+    ("truncated.safetensors", None), ("empty.pt", b""),
+])
+def test_a_damaged_state_dict_is_one_line_naming_its_file(runs, tmp_path, monkeypatch, capsys, name, content):
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    if content is None:
+        save_file({"w": torch.zeros(100)}, str(path))
+        path.write_bytes(path.read_bytes()[:20])
+    else:
+        path.write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path, runs)
+    assert main(["import-reference", "--state-dict", str(path), "--out", "imp", "--dataset", "pendulum-medium"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"tt: error: {path} is damaged or not a state dict" in err, err
+    assert snapshot(tmp_path, runs) == before

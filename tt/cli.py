@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from tt.destination import check_destination, staging_beside
-from tt.io import swap_directory
+from tt.io import read_state_dict, swap_directory
 from tt.memory import retain_freed_memory
 
 
@@ -36,6 +36,9 @@ def cmd_train(args) -> None:
     from tt import distributed
     from tt.train import make_config, train
 
+    if args.goal and not args.goal_conditioned:
+        raise ValueError(f"--goal {args.goal} chooses a goal-conditioned model's hindsight goals: add "
+                         "--goal-conditioned (or leave --goal out)")
     overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
                      epochs=args.epochs, budget_steps=args.budget_steps, batch_size=args.batch_size,
                      save_every=args.save_every, discretizer=args.discretizer,
@@ -66,7 +69,6 @@ def cmd_train(args) -> None:
 
 
 def cmd_import_reference(args) -> None:
-    import torch
 
     from tt.checkpoint import save_run
     from tt.discretize import Discretizer
@@ -76,7 +78,7 @@ def cmd_import_reference(args) -> None:
         raise ValueError("import-reference needs --dataset (fit the discretizer on it, as the authors do) or "
                          "--thresholds (an .npy of [N+1, T] thresholds)")
     replace = check_destination(args.out, "run", args.overwrite)
-    state_dict = torch.load(args.state_dict, map_location="cpu", weights_only=True)
+    state_dict = read_state_dict(args.state_dict)
     if args.thresholds:
         discretizer = Discretizer(np.load(args.thresholds, allow_pickle=False))
         info = {}

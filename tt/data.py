@@ -21,6 +21,29 @@ class DatasetNotFoundError(LookupError):
     """Raised for a data set id that is neither local nor (when asked) downloadable."""
 
 
+class DatasetDamagedError(ValueError):
+    """Raised for a local data set whose files cannot be read (truncated, corrupt)."""
+
+
+REMAKE = "make it again (`tt data make NAME` for a built-in one) or download it again (--download)"
+
+
+def check_readable(dataset) -> None:
+    """Open every HDF5 file of a Minari data set and walk its groups: a truncated file or a damaged
+    header fails here, with the file's name, not in the middle of reading episodes."""
+    import h5py
+
+    root = dataset.spec.data_path
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        if name.endswith((".hdf5", ".h5")):
+            path = os.path.join(root, name)
+            try:
+                with h5py.File(path, "r") as file:
+                    file.visit(lambda _: None)
+            except (OSError, RuntimeError, KeyError) as e:
+                raise DatasetDamagedError(f"data set file {path} is damaged ({e}): {REMAKE}") from e
+
+
 def load_dataset(dataset_id: str, download: bool = False):
     """Load a Minari data set by id; remote ids need `download=True`.
 
@@ -32,10 +55,16 @@ def load_dataset(dataset_id: str, download: bool = False):
 
     dataset_id = resolve_dataset_id(dataset_id)
     local = minari.list_local_datasets()
-    if dataset_id in local:
-        return minari.load_dataset(dataset_id)
-    if download:
-        return minari.load_dataset(dataset_id, download=True)
+    if dataset_id in local or download:
+        try:
+            dataset = minari.load_dataset(dataset_id, download=download and dataset_id not in local)
+            check_readable(dataset)
+        except (OSError, ValueError, KeyError) as e:  # a damaged metadata file or HDF5 file
+            if isinstance(e, DatasetDamagedError):
+                raise
+            raise DatasetDamagedError(f"data set {dataset_id}: cannot be read ({type(e).__name__}: {e}); "
+                                      f"{REMAKE}") from e
+        return dataset
     root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
     listing = ", ".join(sorted(local)) or "none"
     raise DatasetNotFoundError(
@@ -121,12 +150,16 @@ def trajectories_from_minari(dataset, discount: float = 0.99, termination_penalt
         if not isinstance(space, gym.spaces.Box):
             raise ValueError(f"tt needs a Box {name} space, data set has {space}")
     obs, act, rew, term = [], [], [], []
-    for episode in dataset.iterate_episodes():
-        n = len(episode.rewards)
-        obs.append(np.asarray(episode.observations)[:n])
-        act.append(np.asarray(episode.actions))
-        rew.append(np.asarray(episode.rewards))
-        term.append(bool(np.asarray(episode.terminations)[-1]))
+    try:
+        for episode in dataset.iterate_episodes():
+            n = len(episode.rewards)
+            obs.append(np.asarray(episode.observations)[:n])
+            act.append(np.asarray(episode.actions))
+            rew.append(np.asarray(episode.rewards))
+            term.append(bool(np.asarray(episode.terminations)[-1]))
+    except (OSError, RuntimeError, KeyError) as e:  # h5py's errors for a file damaged after its headers
+        raise DatasetDamagedError(f"data set {dataset.spec.dataset_id}: an episode cannot be read from "
+                                  f"{dataset.spec.data_path} ({e}): {REMAKE}") from e
     return make_trajectories(obs, act, rew, term, discount, termination_penalty)
 
 

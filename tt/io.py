@@ -68,6 +68,28 @@ def read_json(path: str) -> Any:
         raise ValueError(f"corrupt JSON file {path}: {e}") from e
 
 
+def read_state_dict(path: str) -> dict:
+    """Tensors from a PyTorch `.pt` (tensors only: `weights_only`) or a `.safetensors` file; a missing,
+    truncated or foreign file is one ValueError that names it and says what was expected."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no state dict file {path}")
+    try:
+        if path.endswith(".safetensors"):
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling and safetensors raise many kinds: each is a damaged or foreign file
+        reason = str(e).split(". ")[0][:120]  # torch's unpickling advice (weights_only=False) is not ours to give
+        raise ValueError(f"{path} is damaged or not a state dict ({type(e).__name__}: {reason}): give the tensors "
+                         "of a model saved by torch.save (.pt, read weights-only) or safetensors (.safetensors)") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
 def append_line(path: str, line: str) -> None:
     """Append one line and fsync: a crash loses at most the line being written."""
     with open(path, "a") as f:

@@ -69,8 +69,9 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
     else:
         if episodes is not None:
             raise ValueError(f"{name} is sized in steps (--steps), not episodes")
-        if steps is not None and steps < 1:
-            raise ValueError(f"--steps must be positive, got {steps}")
+        if steps is not None and steps < locomotion.EPISODE_STEPS:
+            raise ValueError(f"--steps {steps} is less than one episode of {env_id_of(task)} (its time limit, "
+                             f"{locomotion.EPISODE_STEPS} steps): give at least {locomotion.EPISODE_STEPS}")
         buffers, meta = locomotion.generate(task, variant, steps, seed, progress)
         source = "tt/envs/locomotion.py"
     dataset_id = dataset_id_of(name)

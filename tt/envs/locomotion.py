@@ -33,6 +33,7 @@ from tt.envs.rollouts import BatchPolicy, RolloutWorkers, as_buffers, default_wo
 ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 VARIANTS = ("random", "medium", "expert", "medium-replay", "medium-expert")
 DEFAULT_STEPS = {"medium-expert": 2_000_000}  # D4RL: 1M steps, medium-expert the two 1M sets together
+EPISODE_STEPS = 1000  # the v5 environments' time limit: the smallest data set holds one whole episode
 MIN_STEPS_PER_WORKER = 10_000  # below this, starting worker processes costs more than it saves
 POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
 
