@@ -331,3 +331,32 @@ def test_a_damaged_state_dict_is_one_line_naming_its_file(runs, tmp_path, monkey
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"tt: error: {path} is damaged or not a state dict" in err, err
     assert snapshot(tmp_path, runs) == before
+
+
+def test_a_search_too_large_for_memory_is_refused_before_allocating(runs, tmp_path, monkeypatch, capsys):
+    """The issue's command (a beam of 100,000 expanded 100,000 times) against a limit the tiny run's
+    search passes: refused within a second, with the figure and the limit, nothing allocated."""
+    import resource
+    import time
+
+    monkeypatch.setattr(ops, "available_memory", lambda device: 100 * 2**20)
+    monkeypatch.chdir(tmp_path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    for objective in ("likelihood", "return"):
+        assert main(["eval", "--run", str(runs / "run"), "--objective", objective, "--beam-width", "100000",
+                     "--n-expand", "100000", "--horizon", "1"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"tt: error: planning 1 environment\(s\) with beam_width=100000, n_expand=100000, horizon=1 "
+                         r"\(\w+\) needs at least [\d.]+ GiB \(KV cache [\d.]+, .*\), more than the 0.1 GiB available "
+                         "on cpu", err), err
+    assert time.perf_counter() - started < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024  # kB: no large allocation
+    monkeypatch.setattr(ops, "available_memory", lambda device: 2**40)
+    model, disc = tiny_model()
+    planner = Planner(model, disc, PlanConfig(beam_width=1000, horizon=1), seed=0)
+    monkeypatch.setattr(ops, "available_memory", lambda device: 2**20)
+    with pytest.raises(ValueError, match=r"planning 3 environment\(s\)"):
+        planner.check_memory(3)  # the evaluation's environments plan in one batch
+    with pytest.raises(ValueError, match="more than the 0.0 GiB available"):
+        planner.act(np.zeros((3, 3)))

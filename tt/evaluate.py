@@ -54,10 +54,11 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         raise ValueError(f"run {run_dir} names no data set (imported with --thresholds): evaluation needs the data "
                          "set for its environment and returns; import it again with --dataset ID")
     planner = Planner.load(run_dir, device=distributed.local_device(device), seed=seed, **plan_overrides)
+    n_envs = min(n_envs, episodes)
+    planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
     dataset = load_dataset(dataset_id)
     data_returns = trajectories_from_minari(dataset).returns
 
-    n_envs = min(n_envs, episodes)
     rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]
     mine = distributed.shard(len(rounds))  # rank 0's include round 0: the trace and the video
     local, bar = [], None

@@ -131,6 +131,38 @@ def search_rows(config: PlanConfig, n_plans: int) -> int:
     return copies * n_plans * config.beam_width
 
 
+def search_memory(model: TrajectoryTransformer, config: PlanConfig, n_plans: int) -> dict[str, int]:
+    """Bytes a search of `n_plans` plans holds at its peak, by what holds them (a lower bound: the
+    largest buffers, not every temporary): the KV cache of its rows over the block, a window's
+    re-encoding (the MLP's activations of every row over the block), the logits and the likelihood
+    search's candidates, and the rows' planned tokens."""
+    c = model.config
+    rows, length = search_rows(config, n_plans), c.block_size
+    item = model.tok_emb.weight.element_size()
+    tokens = c.n_bins + 1
+    memory = {"KV cache": 2 * c.n_layer * rows * length * c.n_embd * item,
+              "re-encoding": rows * length * 4 * c.n_embd * item,
+              "logits": 2 * rows * tokens * 4,
+              "planned tokens": 2 * n_plans * config.beam_width * (length + config.horizon * model.transition_dim) * 8}
+    if config.objective == "likelihood":
+        memory["candidates"] = 2 * n_plans * config.beam_width * tokens * 4
+    return memory
+
+
+def check_memory(model: TrajectoryTransformer, config: PlanConfig, n_plans: int) -> None:
+    """Refuse, before anything is allocated, a search that cannot fit in its device's memory: the
+    figure, what it is made of, and the limit."""
+    device = model.tok_emb.weight.device
+    memory = search_memory(model, config, n_plans)
+    need, limit = sum(memory.values()), ops.available_memory(device)
+    if need > limit:
+        parts = ", ".join(f"{name} {size / 2**30:.1f}" for name, size in memory.items() if size >= 2**20)
+        raise ValueError(f"planning {n_plans} environment(s) with beam_width={config.beam_width}, "
+                         f"n_expand={config.n_expand}, horizon={config.horizon} ({config.objective}) needs at least "
+                         f"{need / 2**30:.1f} GiB ({parts}), more than the {limit / 2**30:.1f} GiB available on "
+                         f"{device}: lower the beam width, the expansions or the number of environments")
+
+
 class _Search:
     """A batched search, prepared: its constants and the tensors it reads its inputs from (prefix
     tokens, padding). `run` does device work only, with no host synchronization, so a CUDA graph
@@ -159,6 +191,7 @@ class _Search:
         rows = search_rows(config, self.B)
         max_len = c.block_size if config.window == "cached" else self.keep * self.T
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
+            check_memory(model, config, self.B)
             cache = model.setup_cache(rows, max_len)
         self.cache = cache
         # fetched once (the model does not change during a search), packed for the search's rows
@@ -589,6 +622,7 @@ class Planner:
         self.discretizer = discretizer
         self.config = config
         check_config(model, config)
+        check_memory(self.model, config, 1)
         ops.check_tokens_per_row(model.config.n_bins + 1, self.device)
         self.O, self.A, self.T = model.config.observation_dim, model.config.action_dim, model.transition_dim
         if seed is None:  # fresh entropy, not torch.seed(): that would reseed the caller's global generator
@@ -737,6 +771,10 @@ class Planner:
             raise ValueError(f"planner tracks {self._n} environments, got {len(obs)} observations; call reset()")
         return obs, single
 
+    def check_memory(self, n_envs: int) -> None:
+        """Refuse, before any plan, planning `n_envs` environments at once where it cannot fit in memory."""
+        check_memory(self.model, self.config, n_envs)
+
     def _plan(self, obs: np.ndarray, envs: list[int]) -> list[Plan]:
         obs_tokens = self.discretizer.discretize(obs, columns=slice(0, self.O))
         prefixes = [torch.from_numpy(np.concatenate(self._context[i] + [obs_tokens[k]])) for k, i in enumerate(envs)]
@@ -745,6 +783,7 @@ class Planner:
         rows = search_rows(config, len(envs))
         length = self.model.config.block_size
         if self._cache is None or self._cache.max_rows < rows:
+            check_memory(self.model, config, len(envs))
             self._cache = self.model.setup_cache(rows, length)
         if self._graphs is not None:
             result = self._graphs.plan(prefix, self._cache)

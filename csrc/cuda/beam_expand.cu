@@ -13,6 +13,8 @@ void beam_expand_cuda(const at::Tensor& scores, const at::Tensor& logp, int64_t 
   check_beam_expand(scores, logp, k, values, parents, tokens);
   TORCH_CHECK(k <= kBeamExpandMaxK, "tt::beam_expand: at most ", kBeamExpandMaxK, " survivors per plan on CUDA, got k=",
               k);
+  TORCH_CHECK(scores.size(0) <= kMaxBlocks, "tt::beam_expand: at most ", kMaxBlocks,
+              " plans on CUDA (one block each), got ", scores.size(0));
   const int B = static_cast<int>(scores.size(0)), W = static_cast<int>(scores.size(1));
   const int V = static_cast<int>(logp.size(1));
   if (B == 0) return;

@@ -13,6 +13,8 @@ void beam_select_cuda(const at::Tensor& scores, int64_t k, int64_t group, const 
                       const at::Tensor& tokens, at::Tensor& values, at::Tensor& indices, at::Tensor& rows,
                       at::Tensor& terms_out, at::Tensor& tokens_out) {
   check_beam_select(scores, k, group, terms, tokens, values, indices, rows, terms_out, tokens_out);
+  TORCH_CHECK(scores.size(0) <= kMaxBlocks, "tt::beam_select: at most ", kMaxBlocks,
+              " plans on CUDA (one block each), got ", scores.size(0));
   const int B = static_cast<int>(scores.size(0)), M = static_cast<int>(scores.size(1));
   TORCH_CHECK(M <= kBeamSelectMaxCandidates, "tt::beam_select: at most ", kBeamSelectMaxCandidates,
               " candidates per plan on CUDA");
@@ -28,8 +30,7 @@ void beam_select_cuda(const at::Tensor& scores, int64_t k, int64_t group, const 
                                           static_cast<int>(cfg.shared)));
       kernel<<<cfg.blocks, cfg.threads, cfg.shared, stream>>>(
           scores.data_ptr<score_t>(), B, M, cfg.P, static_cast<int>(k), static_cast<int>(group),
-          terms.data_ptr<scalar_t>(), static_cast<int>(terms.size(1)), tokens.data_ptr<int64_t>(),
-          static_cast<int>(tokens.size(1)), values.data_ptr<score_t>(), indices.data_ptr<int64_t>(),
+          terms.data_ptr<scalar_t>(), terms.size(1), tokens.data_ptr<int64_t>(), tokens.size(1), values.data_ptr<score_t>(), indices.data_ptr<int64_t>(),
           rows.data_ptr<int64_t>(), terms_out.data_ptr<scalar_t>(), tokens_out.data_ptr<int64_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -11,6 +11,8 @@ namespace tt {
 void philox_uniform_cuda(int64_t seed, int64_t offset, at::Tensor& out) {
   check_philox_uniform(out);
   const int64_t n = out.numel();
+  TORCH_CHECK(n <= kMaxBlocks * kPhiloxThreads, "tt::philox_uniform: at most ", kMaxBlocks * kPhiloxThreads,
+              " uniforms on CUDA, got ", n);
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(out.device());
   const LaunchConfig cfg = philox_launch(n);

@@ -14,6 +14,8 @@ void sample_next_cuda(const at::Tensor& logits, double temperature, int64_t top_
                       const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state, at::Tensor& tokens,
                       at::Tensor& expectation) {
   check_sample_next(logits, temperature, top_k, cdf, midpoints, rng_state, tokens, expectation);
+  TORCH_CHECK(logits.size(0) <= kMaxBlocks, "tt::sample_next: at most ", kMaxBlocks,
+              " rows on CUDA (one block each), got ", logits.size(0));
   const int rows = static_cast<int>(logits.size(0)), V = static_cast<int>(logits.size(1));
   TORCH_CHECK(V <= kSampleNextMaxVocab, "tt::sample_next: at most ", kSampleNextMaxVocab,
               " tokens per row on CUDA, got ", V);

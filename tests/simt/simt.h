@@ -3,6 +3,8 @@
 //
 // - Every CUDA thread of a block is a std::thread; blocks run one after another (a legal CUDA
 //   schedule), on the same threads. threadIdx/blockIdx/blockDim/gridDim are thread-locals (1-D).
+//   A launch may run only the blocks from `first_block` on (of a grid of gridDim.x): a test of a
+//   grid too large to emulate, or to hold in memory, runs its last blocks alone.
 // - `__shared__` variables are function statics (one block runs at a time, so one copy is per
 //   block); dynamic shared memory is a fresh heap block of exactly the launch's byte count per
 //   block, filled with 0xff (reads before writes show up as NaN / -1), so ASan sees overflows.
@@ -95,7 +97,8 @@ inline Schedule schedule_from_env() {
 // One kernel launch: its threads, the barriers of the running block, its shared memory.
 class Launch {
  public:
-  Launch(dim3 grid, dim3 block, size_t shared) : grid_(grid), block_(block), schedule_(schedule_from_env()) {
+  Launch(dim3 grid, dim3 block, size_t shared, unsigned first_block = 0)
+      : grid_(grid), block_(block), first_block_(first_block), schedule_(schedule_from_env()) {
     if (grid.y * grid.z != 1 || block.y * block.z != 1) fail("only 1-D grids and blocks are emulated");
     if (block.x > 1024) fail("%u threads per block: CUDA allows at most 1024", block.x);
     n_ = static_cast<int>(block.x);
@@ -117,7 +120,7 @@ class Launch {
 
   // Runs body as every thread of every block.
   void run(const std::function<void()>& body) {
-    if (n_ == 0 || grid_.x == 0) return;
+    if (n_ == 0 || grid_.x <= first_block_) return;
     new_block();
     token_ = token_mode() ? pick() : -1;
     std::vector<std::thread> threads;
@@ -160,7 +163,7 @@ class Launch {
     threadIdx = {static_cast<unsigned>(t), 0, 0};
     blockDim = block_;
     gridDim = grid_;
-    for (unsigned b = 0; b < grid_.x; ++b) {
+    for (unsigned b = first_block_; b < grid_.x; ++b) {
       if (token_mode()) {
         std::unique_lock lock(mu_);
         turn_[t].wait(lock, [&] { return token_ == t; });
@@ -214,6 +217,7 @@ class Launch {
   void finish(int t);
 
   dim3 grid_, block_;
+  unsigned first_block_ = 0;  // the blocks before it are not run
   Schedule schedule_;
   int n_ = 0;
   size_t shared_bytes_ = 0;
@@ -318,9 +322,11 @@ T warp_exchange(unsigned mask, T value, int width, const Site& site, Source sour
   return out;
 }
 
-// Runs kernel body `body` (a call of the kernel with its arguments) as grid x block threads.
-inline void launch(dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
-  Launch l(grid, block, shared);
+// Runs kernel body `body` (a call of the kernel with its arguments) as grid x block threads: blocks
+// first_block .. grid.x - 1 of the grid (all of them by default).
+inline void launch(dim3 grid, dim3 block, size_t shared, const std::function<void()>& body,
+                   unsigned first_block = 0) {
+  Launch l(grid, block, shared, first_block);
   Launch::active = &l;
   l.run(body);
   Launch::active = nullptr;

@@ -243,6 +243,7 @@ def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | No
                          f"({', '.join(TASKS)})")
     maze_name = mazes[0]
     planner = Planner.load(run_dir, device=device, seed=seed, **{"objective": "likelihood", **plan_overrides})
+    planner.check_memory(min(n_envs, n_goals))
     env = make_env(maze_name)
     maze = maze_of(env)
     env.close()

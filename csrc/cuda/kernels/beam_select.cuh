@@ -31,8 +31,8 @@ struct Before {  // a sorts before b: larger score, NaN last, then lower index
 
 template <typename score_t, typename term_t>
 __global__ void beam_select_kernel(const score_t* __restrict__ scores, int B, int M, int P, int k, int group,
-                                   const term_t* __restrict__ terms, int S, const int64_t* __restrict__ tokens,
-                                   int L, score_t* __restrict__ values, int64_t* __restrict__ indices,
+                                   const term_t* __restrict__ terms, int64_t S, const int64_t* __restrict__ tokens,
+                                   int64_t L, score_t* __restrict__ values, int64_t* __restrict__ indices,
                                    int64_t* __restrict__ rows, term_t* __restrict__ terms_out,
                                    int64_t* __restrict__ tokens_out) {
   unsigned char* smem = dynamic_shared_memory();
@@ -40,6 +40,9 @@ __global__ void beam_select_kernel(const score_t* __restrict__ scores, int B, in
   int* index = reinterpret_cast<int*>(key + P);
   const int b = blockIdx.x;
   const score_t* row = scores + static_cast<int64_t>(b) * M;
+  const auto source_row = [&](int m) {  // candidate m's row of terms and tokens, in 64 bits (B * M may pass 2^31)
+    return static_cast<int64_t>(m / group) * B * group + static_cast<int64_t>(b) * group + m % group;
+  };
   for (int i = threadIdx.x; i < P; i += blockDim.x) {
     key[i] = i < M ? row[i] : score_t(0);
     index[i] = i < M ? i : M + i;  // padding: its own tie-breaker, sorted after every real candidate
@@ -56,18 +59,17 @@ __global__ void beam_select_kernel(const score_t* __restrict__ scores, int B, in
     const int64_t out = static_cast<int64_t>(b) * k + j;
     values[out] = key[j];
     indices[out] = m;
-    rows[out] = static_cast<int64_t>(m / group) * B * group + static_cast<int64_t>(b) * group + m % group;
+    rows[out] = source_row(m);
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < k * S; e += blockDim.x) {
-    const int j = e / S, c = e % S, m = index[j];
-    const int64_t src = static_cast<int64_t>(m / group) * B * group + static_cast<int64_t>(b) * group + m % group;
-    terms_out[(static_cast<int64_t>(b) * k + j) * S + c] = terms[src * S + c];
+  // The gathers, one element per thread and step, in 64 bits: k * S (or k * L) may pass 2^31.
+  for (int64_t e = threadIdx.x; e < k * S; e += blockDim.x) {
+    const int64_t j = e / S, c = e % S;
+    terms_out[(static_cast<int64_t>(b) * k + j) * S + c] = terms[source_row(index[j]) * S + c];
   }
-  for (int e = threadIdx.x; e < k * L; e += blockDim.x) {
-    const int j = e / L, c = e % L, m = index[j];
-    const int64_t src = static_cast<int64_t>(m / group) * B * group + static_cast<int64_t>(b) * group + m % group;
-    tokens_out[(static_cast<int64_t>(b) * k + j) * L + c] = tokens[src * L + c];
+  for (int64_t e = threadIdx.x; e < k * L; e += blockDim.x) {
+    const int64_t j = e / L, c = e % L;
+    tokens_out[(static_cast<int64_t>(b) * k + j) * L + c] = tokens[source_row(index[j]) * L + c];
   }
 }
 

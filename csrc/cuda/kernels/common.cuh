@@ -110,6 +110,10 @@ inline int next_power_of_two(int n) {
   return p;
 }
 
+// The most blocks of a 1-D grid (CUDA's gridDim.x limit), and so of the plans or rows of the kernels
+// that give each its own block (a block index is an int): their launchers refuse more.
+constexpr int64_t kMaxBlocks = 2147483647;
+
 // How a kernel is launched: blocks, threads per block, dynamic shared memory (bytes), and P, the
 // power of two the kernel pads its shared arrays to. Computed once per kernel in its header, for
 // the .cu launcher and the emulator alike.
