@@ -72,6 +72,8 @@ def runs(tmp_path_factory, pendulum_medium, length_one_dataset):
     os.makedirs(root / "notes")
     (root / "notes" / "todo.txt").write_text("a user's own files")
     (root / "a-file").write_text("not a directory")
+    os.makedirs(root / "evaluation")  # what tt eval leaves
+    (root / "evaluation" / "eval.json").write_text("{}")
     return root
 
 
@@ -161,6 +163,17 @@ BAD_INPUTS = [
         "{runs}/ensemble", error="already holds a dynamics ensemble (tt train-dynamics): give --overwrite"),
     bad("import-over-run", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "{runs}/run",
         "--dataset", "pendulum-medium", error="already holds a tt run"),
+    bad("eval-over-evaluation", *EVAL, "--out", "{runs}/evaluation", error="already holds an evaluation (tt eval): "
+        "give --overwrite to replace it"),
+    bad("eval-over-run", *EVAL, "--out", "{runs}/run", "--overwrite", error="holds a tt run (tt train, "
+        "tt import-reference), not an evaluation"),
+    bad("score-over-evaluation", "score", "{runs}/run", "--out", "{runs}/evaluation",
+        error="holds an evaluation (tt eval), not a score"),
+    bad("predict-over-notes", "predict", "--run", "{runs}/run", "--out", "{runs}/notes",
+        error="holds a directory of other files, not a prediction"),
+    bad("demo-over-ensemble", "demo", "--out", "{runs}/ensemble", error="holds a dynamics ensemble"),
+    bad("data-make-existing", "data", "make", "pendulum-medium", error="data set tt/pendulum/medium-v0 exists: give "
+        "--overwrite to make it again"),
     bad("import-over-notes", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "{runs}/notes",
         "--dataset", "pendulum-medium", "--overwrite", error="holds a directory of other files"),
 ]

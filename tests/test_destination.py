@@ -65,3 +65,18 @@ def test_kinds_of_destination(tmp_path, old_run):
     assert kind_of(str(old_run)) == "run"
     (tmp_path / "f").write_text("x")
     assert kind_of(str(tmp_path / "f")) == "file" and kind_of(str(tmp_path)) == "directory"
+
+
+def test_an_evaluation_is_replaced_only_when_asked(old_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval", "--run", str(old_run), "--out", str(out), "--episodes", "1", "--envs", "1", "--horizon", "1",
+            "--beam-width", "2"]
+    assert main(argv) == 0 and kind_of(str(out)) == "evaluation"
+    first = files_of(out)
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 2
+    assert "already holds an evaluation (tt eval): give --overwrite" in capsys.readouterr().err
+    assert files_of(out) == first
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0
+    assert files_of(out)[Path("eval.json")] != first[Path("eval.json")]  # the new evaluation, whole
+    assert sorted(os.listdir(tmp_path)) == ["eval"]

@@ -157,8 +157,15 @@ def test_generation_is_deterministic_by_seed():
 
 
 def test_data_make_through_the_cli(capsys):
-    assert main(["data", "make", "halfcheetah-medium", "--steps", "1200"]) == 0
+    import minari
+
+    exists = "tt/halfcheetah/medium-v0" in minari.list_local_datasets()  # made by another test of this session
+    assert main(["data", "make", "halfcheetah-medium", "--steps", "1200"]) == (2 if exists else 0)
+    if exists:  # a data set that exists is made again only when asked
+        assert "exists: give --overwrite to make it again" in capsys.readouterr().err
+        assert main(["data", "make", "halfcheetah-medium", "--steps", "1200", "--overwrite"]) == 0
     assert "1200 steps" in capsys.readouterr().out
+    assert main(["data", "make", "halfcheetah-medium", "--steps", "1200"]) == 2  # now it exists
     assert main(["data", "list"]) == 0
     listing = capsys.readouterr().out
     assert "hopper-medium-replay" in listing and "tt/halfcheetah/medium-v0" in listing

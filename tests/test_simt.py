@@ -6,6 +6,13 @@ random inputs under every schedule; outputs are compared with tt/reference.py: i
 orders and gathers exactly, floating-point sums within a tolerance stated per output. TSan runs
 the free schedule only: the one-at-a-time schedules order every access through a token, so TSan
 has nothing to see there (those schedules find races by the wrong results they cause instead).
+
+Every case set that runs under the sanitizers holds a power-of-two vocabulary (or candidate count),
+which fills the kernel's shared arrays to their last element, and odd ones. Each filter is also run
+at its edges (top-k at 1, V - 1 and V; the cdf filter's cutoff), on rows and draws chosen so that
+keeping one token more or fewer changes a draw. Index products that pass 2^31 (rows or plans times
+their size) run emulated too: the last block of such a grid alone, over sparse arrays (the *_tail
+kernels of tests/simt/driver.cpp).
 """
 
 import os
@@ -109,7 +116,9 @@ def case_rng(*key) -> np.random.Generator:
 # ----------------------------------------------------------------------------- sample_next
 
 def sample_next_cases(rng: np.random.Generator) -> list[dict]:
-    """Odd sizes, batch 1, ties, extreme logits, -inf entries, a row wider than the block."""
+    """Odd sizes, batch 1, ties, extreme logits, -inf entries, a row wider than the block; powers of
+    two (no padding: the shared arrays used to their last element) from 2 to the kernel's 1024, with
+    top-k at V and V - 1."""
     normal = rng.standard_normal
     inf_row = normal((2, 25))
     inf_row[rng.random((2, 25)) < 0.5] = -np.inf
@@ -123,6 +132,9 @@ def sample_next_cases(rng: np.random.Generator) -> list[dict]:
         dict(logits=extreme.astype(np.float32), temperature=1.0, top_k=3, cdf=0.9, mids=True),
         dict(logits=inf_row, temperature=1.1, top_k=6, cdf=0.3, mids=False),
         dict(logits=(2 * normal((1, 300))).astype(np.float32), temperature=1.3, top_k=None, cdf=0.95, mids=True),
+        dict(logits=normal((1, 2)), temperature=1.0, top_k=2, cdf=0.0, mids=True),
+        dict(logits=normal((2, 64)).astype(np.float32), temperature=0.9, top_k=63, cdf=0.7, mids=True),
+        dict(logits=normal((1, 1024)).astype(np.float32), temperature=1.0, top_k=1024, cdf=0.9, mids=True),
         *nonfinite_cases(rng),
     ]
 
@@ -142,20 +154,34 @@ def nonfinite_cases(rng: np.random.Generator) -> list[dict]:
             for dtype, top_k, cdf in ((np.float32, None, None), (np.float64, 3, 0.5), (np.float32, 4, 1.0))]
 
 
-def sample_next_payload(case: dict, seed: int, offset: int) -> bytes:
+def sample_next_payload(case: dict, seed: int, offset: int, rows: int | None = None) -> bytes:
+    """The case's rows; with `rows`, the last rows of a launch of that many (for sample_next_tail)."""
     logits = case["logits"]
-    rows, V = logits.shape
-    head = i64(logits.dtype.itemsize, rows, V) + f64(case["temperature"]) + i64(case["top_k"] or 0)
+    V = logits.shape[1]
+    head = i64(logits.dtype.itemsize, rows or logits.shape[0], V) + f64(case["temperature"]) + i64(case["top_k"] or 0)
     head += f64(-1.0 if case["cdf"] is None else case["cdf"]) + i64(int(case["mids"]), seed, offset)
     mids = np.linspace(-1, 1, V - 1).astype(logits.dtype).tobytes() if case["mids"] else b""
     return head + logits.astype(logits.dtype.newbyteorder("<")).tobytes() + mids
 
 
-def reference_sample(case: dict, seed: int, offset: int):
+def philox_uniform_rows(seed: int, offset: int, rows: np.ndarray) -> torch.Tensor:
+    """reference.philox_uniform at the given row indices (any, not only 0..n-1)."""
+    rows, mask = np.asarray(rows, np.uint64), 0xFFFFFFFF
+    n = len(rows)
+    counter = np.stack([rows & np.uint64(mask), rows >> np.uint64(32), np.full(n, offset & mask, np.uint64),
+                        np.full(n, (offset >> 32) & mask, np.uint64)], axis=1)
+    key = np.tile(np.array([seed & mask, (seed >> 32) & mask], np.uint64), (n, 1))
+    words = reference.philox4x32_10(counter, key)
+    bits = ((words[:, 0] << np.uint64(32)) | words[:, 1]) >> np.uint64(11)
+    return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
+
+
+def reference_sample(case: dict, seed: int, offset: int, first_row: int = 0):
     """The reference's tokens and expectation, and per row the tokens a kernel may draw: the
     reference's, or, where the row's uniform lies within float rounding of a cdf boundary, the
     tokens on either side of it; None where a partial sum of the sorted probabilities lies within
-    rounding of the cdf threshold (the filter itself is then decided by rounding)."""
+    rounding of the cdf threshold (the filter itself is then decided by rounding). The case's rows
+    are rows first_row, first_row + 1, ... of the launch (their Philox uniforms)."""
     logits = torch.from_numpy(case["logits"])
     rows, V = logits.shape
     rng = Philox(seed)
@@ -174,7 +200,9 @@ def reference_sample(case: dict, seed: int, offset: int):
     if case["top_k"] is not None:
         z = reference.filter_top_k(z, case["top_k"])
     cum = reference.softmax(z.double()).cumsum(-1)
-    target = reference.philox_uniform(seed, offset, rows)[:, None] * cum[:, -1:]
+    target = philox_uniform_rows(seed, offset, first_row + np.arange(rows))[:, None] * cum[:, -1:]
+    if first_row:  # the reference's draw at these rows' uniforms (it draws at rows 0, 1, ...)
+        tokens = torch.searchsorted(cum, target, right=True)[:, 0].clamp_max(V - 1)
     allowed = []
     for r in range(rows):
         if near_cdf[r]:
@@ -185,12 +213,12 @@ def reference_sample(case: dict, seed: int, offset: int):
     return tokens.numpy(), (None if expectation is None else expectation.numpy()), allowed
 
 
-def check_sample_next(out: Output, case: dict, seed: int, offset: int):
+def check_sample_next(out: Output, case: dict, seed: int, offset: int, first_row: int = 0):
     logits = case["logits"]
     rows = logits.shape[0]
     tokens = out.take("<i8", rows)
     expectation = out.take(logits.dtype.newbyteorder("<"), rows if case["mids"] else 0)
-    ref_tokens, ref_expectation, allowed = reference_sample(case, seed, offset)
+    ref_tokens, ref_expectation, allowed = reference_sample(case, seed, offset, first_row)
     compared = [r for r in range(rows) if allowed[r] is not None]
     assert compared, "every row's filter is decided by rounding: the case checks nothing"
     for r in compared:
@@ -249,11 +277,68 @@ def test_sample_next_draws_every_kept_token_and_nothing_else(drivers, case):
     assert set(tokens.tolist()) == kept
 
 
+def filter_edge_case(V: int, top_k: int | None, cdf: float | None, dtype, rows: int = 4) -> tuple[dict, int, int]:
+    """Rows of distinct logits within 1 of each other, and a (seed, offset) at which a filter that keeps
+    one token more, or one fewer, than the reference's (the next larger or smaller set of the most
+    likely tokens) draws another token in some row: any off-by-one in the filter shows."""
+    rng = case_rng("filter_edge", V, top_k, cdf)
+    logits = np.stack([rng.permutation(V) + 0.5 * rng.random(V) for _ in range(rows)]) / V
+    case = dict(logits=logits.astype(dtype), temperature=1.0, top_k=top_k, cdf=cdf, mids=False)
+    kept = reference.finite_or_minus_inf(torch.from_numpy(case["logits"]))  # in the case's dtype, as the reference
+    z = torch.from_numpy(case["logits"]).double()
+    kept = reference.filter_cdf(kept, cdf) if reference.cdf_filters(cdf) else kept
+    kept = (reference.softmax(reference.filter_top_k(kept, top_k) if top_k else kept) > 0).sum(-1)
+    order = z.argsort(-1, descending=True)
+    seed = int(rng.integers(0, 2**62))
+    for offset in range(1000):
+        _, _, allowed = reference_sample(case, seed, offset)
+        u = reference.philox_uniform(seed, offset, rows)
+        shows = []
+        for change in (-1, 1):  # one token fewer, one more
+            differs = False
+            for r in range(rows):
+                m = int(kept[r]) + change
+                if not 1 <= m <= V or allowed[r] is None:
+                    continue
+                w = torch.zeros(V, dtype=torch.float64).index_fill(0, order[r, :m], 1.0) * (z[r] - z[r].max()).exp()
+                cum = w.cumsum(0)
+                token = int(torch.searchsorted(cum, u[r] * cum[-1:], right=True).clamp_max(V - 1))
+                differs |= token not in allowed[r]
+            shows.append(differs or all(not 1 <= int(kept[r]) + change <= V for r in range(rows)))
+        if all(shows):
+            return case, seed, offset
+    raise AssertionError(f"no offset shows an off-by-one of the filter (V={V}, top_k={top_k}, cdf={cdf})")
+
+
+FILTER_EDGES = [(V, top_k, cdf) for V in (2, 33, 64)
+                for top_k, cdf in ((1, None), (V - 1, None), (V, None), (None, 0.0), (None, 0.5), (None, 0.98))]
+
+
+@pytest.mark.parametrize("build", ["plain", "asan"])
+def test_sample_next_filters_at_their_edges(drivers, build):
+    """top-k at 1, V - 1 and V; the cdf filter at 0 (drops the least likely token alone), in between,
+    and near 1 (keeps the most likely one or two); for V = 2, 64 (powers of two: k = V reaches the last
+    element of the sorted array, no padding before it) and 33: each case at a (seed, offset) where
+    keeping one token more or fewer changes a draw (filter_edge_case)."""
+    cases = [filter_edge_case(V, top_k, cdf, np.float32 if i % 2 else np.float64)
+             for i, (V, top_k, cdf) in enumerate(dict.fromkeys(FILTER_EDGES))]
+    _, data = run_driver(drivers[build], "sample_next", b"".join(sample_next_payload(*c) for c in cases))
+    out = Output(data)
+    for case, seed, offset in cases:
+        V = case["logits"].shape[1]
+        try:
+            check_sample_next(out, case, seed, offset)
+        except AssertionError as e:
+            raise AssertionError(f"V={V} top_k={case['top_k']} cdf={case['cdf']}: {e}") from e
+    assert out.at == len(data)
+
+
 # ----------------------------------------------------------------------------- beam_select
 
 def beam_select_cases(rng: np.random.Generator) -> list[dict]:
     """Batch 1 with k = M, odd sizes, ties, +-inf, NaN (last, by index), rows all -inf or all NaN,
-    groups, both score dtypes, empty terms."""
+    groups, both score dtypes, empty terms; powers of two (64 and 2 candidates: no padding in the sort)
+    with k = 1, M - 1 and M."""
     ties = rng.integers(-2, 3, (2, 64)).astype(np.float32)
     ties[0, [5, 17]], ties[1, [0, 40, 63]] = np.inf, -np.inf
     nonfinite = rng.standard_normal((5, 12))
@@ -268,6 +353,8 @@ def beam_select_cases(rng: np.random.Generator) -> list[dict]:
         dict(scores=np.round(rng.standard_normal((1, 300)), 1), k=9, group=100, S=0, L=4, terms=np.float64),
         dict(scores=nonfinite, k=12, group=4, S=2, L=1, terms=np.float32),
         dict(scores=nonfinite.astype(np.float32), k=5, group=12, S=1, L=2, terms=np.float64),
+        dict(scores=np.round(rng.standard_normal((1, 64)), 1), k=63, group=16, S=2, L=1, terms=np.float32),
+        dict(scores=rng.standard_normal((2, 2)).astype(np.float32), k=1, group=1, S=1, L=1, terms=np.float64),
     ]
     for c in cases:
         B, M = c["scores"].shape
@@ -306,7 +393,8 @@ def beam_expand_cases(rng: np.random.Generator) -> list[dict]:
     """Batch 1 with k = 1 and fewer candidates than threads, odd sizes with candidates striding over the
     block (4 or more per thread by the launcher), ties at the k-th score (quantized), dead beams (fewer
     finite candidates than k, a plan all -inf), NaN and +inf, -0 against +0, k = W*V, k above the
-    block's threads, and the real vocabulary (101 tokens) over 512 threads."""
+    block's threads, and the real vocabulary (101 tokens) over 512 threads; powers of two (V = 2, 64,
+    128; k = 32 and 1024 fill the sort's shared array to its end) with k = W*V - 1."""
     normal = rng.standard_normal
     dead = normal((3, 4))
     dead[0, [0, 2, 3]], dead[1] = -np.inf, -np.inf
@@ -325,6 +413,10 @@ def beam_expand_cases(rng: np.random.Generator) -> list[dict]:
         dict(scores=zeros, logp=zeros_logp, k=45),
         dict(scores=np.round(normal((2, 6))), logp=np.round(normal((12, 29))), k=150),
         dict(scores=normal((1, 16)) * 3, logp=np.log(rng.dirichlet(np.ones(101), 16)), k=16),
+        dict(scores=normal((2, 4)), logp=np.round(normal((8, 64)) * 2) / 2, k=32),
+        dict(scores=normal((1, 2)), logp=normal((2, 2)), k=3),
+        dict(scores=normal((1, 8)), logp=normal((8, 128)), k=1023),
+        dict(scores=normal((1, 8)), logp=normal((8, 128)), k=1024),
     ]
     return [dict(c, scores=np.asarray(c["scores"], np.float32), logp=np.asarray(c["logp"], np.float32)) for c in cases]
 
@@ -361,12 +453,14 @@ def test_beam_expand_matches_the_reference_exactly(drivers, build, schedule):
 
 @pytest.mark.parametrize("build, schedule", RUNS)
 def test_philox_uniform_matches_the_reference_bit_for_bit(drivers, build, schedule):
-    """Four blocks of 256 threads (the last one partial), seeds and offsets with all bits used."""
-    params = [(0, 0), (-1, -1), (0x299F31D0A4093822, 0x0370734413198A2E), (12345, 2**40 + 3)]
-    _, data = run_driver(drivers[build], "philox_uniform", b"".join(i64(s, o, 1000) for s, o in params), schedule)
+    """Four blocks of 256 threads (the last one partial) or exactly four (1024), one thread, a block
+    and one more; seeds and offsets with all bits used."""
+    params = [(0, 0, 1000), (-1, -1, 1024), (0x299F31D0A4093822, 0x0370734413198A2E, 1), (12345, 2**40 + 3, 257)]
+    _, data = run_driver(drivers[build], "philox_uniform", b"".join(i64(*p) for p in params), schedule)
     out = Output(data)
-    for seed, offset in params:
-        np.testing.assert_array_equal(out.take("<f8", 1000), reference.philox_uniform(seed, offset, 1000).numpy())
+    for seed, offset, n in params:
+        np.testing.assert_array_equal(out.take("<f8", n), reference.philox_uniform(seed, offset, n).numpy())
+    assert out.at == len(data)
 
 
 @pytest.mark.parametrize("where", ["python", "c++", "cuda-emulated"])
@@ -383,6 +477,99 @@ def test_philox_known_answers(request, where):
         _, data = run_driver(drivers["plain"], kernel, i64(len(PHILOX_KAT)) + counter_key.astype("<u4").tobytes())
         got = np.frombuffer(data, "<u4").reshape(-1, 4)
     np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------------------- index products past 2^31
+
+# Grids whose arrays pass 2^31 elements, just: rows or plans times their size. Each runs its last block
+# alone, on full-size sparse arrays whose only data is that block's (driver.cpp, *_tail), so an index
+# product computed in 32 bits reads or writes elsewhere: a wrong result, a fault (the
+# plain build), or UBSan's signed overflow (the asan one). One case of each kernel has its last row or
+# plan start at or past 2^31 elements; the other straddles 2^31.
+TAILS = {
+    # rows, V, dtype (logits [rows, V])
+    "sample_next": [(2**21 + 1, 1024, np.float32), (2**31 // 101 + 1, 101, np.float64)],
+    # B, M, k, group, S, L, score dtype, term dtype (scores [B, M], terms [B*M, S], tokens [B*M, L]);
+    # group < M spreads a plan's candidates' rows over the whole of terms and tokens
+    "beam_select": [(2**25 + 1, 64, 63, 16, 2, 1, np.float32, np.float64),
+                    (2**31 // 37 + 1, 37, 5, 1, 1, 2, np.float64, np.float32)],
+    # B, W, V, k (logp [B*W, V]); k = W*V puts the outputs [B, k] past 2^31 too
+    "beam_expand": [(-(-(2**31) // 303) + 1, 3, 101, 303), (2**31 // 192 + 1, 3, 64, 32)],
+}
+
+
+def tail_run(drivers, build: str, kernel: str, payload: bytes) -> bytes:
+    proc, data = run_driver(drivers[build], f"{kernel}_tail", payload, check=False)
+    if proc.returncode and "cannot map" in proc.stderr:
+        pytest.skip(f"no sparse arrays here (vm.overcommit_memory=2?): {proc.stderr.strip()}")
+    assert proc.returncode == 0, f"{build} {kernel}_tail exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return data
+
+
+@pytest.mark.parametrize("build", ["plain", "asan"])
+def test_sample_next_indexes_rows_past_2_31_elements(drivers, build):
+    rng = case_rng("sample_next_tail", build)
+    np.testing.assert_array_equal(philox_uniform_rows(5, 7, np.arange(9)), reference.philox_uniform(5, 7, 9))
+    cases = []
+    for rows, V, dtype in TAILS["sample_next"]:
+        assert (rows - 1) * V >= 2**31 - 128 and rows * V > 2**31
+        case = dict(logits=rng.standard_normal((1, V)).astype(dtype), temperature=0.9, top_k=V - 1, cdf=0.3, mids=True)
+        cases.append((case, int(rng.integers(0, 2**62)), int(rng.integers(0, 100)), rows))
+    data = tail_run(drivers, build, "sample_next", b"".join(sample_next_payload(*c) for c in cases))
+    out = Output(data)
+    for case, seed, offset, rows in cases:
+        check_sample_next(out, case, seed, offset, first_row=rows - 1)
+    assert out.at == len(data)
+
+
+@pytest.mark.parametrize("build", ["plain", "asan"])
+def test_beam_select_indexes_plans_past_2_31_elements(drivers, build):
+    rng = case_rng("beam_select_tail", build)
+    cases = []
+    for B, M, k, group, S, L, score_t, term_t in TAILS["beam_select"]:
+        assert (B - 1) * M >= 2**31 - 128 and B * M > 2**31
+        c = dict(B=B, k=k, group=group, scores=np.round(rng.standard_normal(M), 1).astype(score_t),
+                 terms=rng.standard_normal((M, S)).astype(term_t), tokens=rng.integers(0, 1000, (M, L)))
+        cases.append(c)
+    payload = b"".join(i64(c["scores"].dtype.itemsize, c["terms"].dtype.itemsize, c["B"], len(c["scores"]), c["k"],
+                           c["group"], *c["terms"].shape[1:], c["tokens"].shape[1])
+                       + c["scores"].tobytes() + c["terms"].tobytes() + c["tokens"].astype("<i8").tobytes()
+                       for c in cases)
+    out = Output(tail_run(drivers, build, "beam_select", payload))
+    for c in cases:
+        B, k, group, (M, S), L = c["B"], c["k"], c["group"], c["terms"].shape, c["tokens"].shape[1]
+        values, indices = reference.beam_select(torch.from_numpy(c["scores"][None]), k)[:2]
+        m = indices[0].numpy()
+        what = f"B={B} M={M} k={k} group={group}"
+        np.testing.assert_array_equal(out.take(c["scores"].dtype, k), values[0].numpy(), err_msg=f"values, {what}")
+        np.testing.assert_array_equal(out.take("<i8", k), m, err_msg=f"indices, {what}")
+        rows = (m // group) * B * group + (B - 1) * group + m % group
+        np.testing.assert_array_equal(out.take("<i8", k), rows, err_msg=f"rows, {what}")
+        np.testing.assert_array_equal(out.take(c["terms"].dtype, k, S), c["terms"][m], err_msg=f"terms, {what}")
+        np.testing.assert_array_equal(out.take("<i8", k, L), c["tokens"][m], err_msg=f"tokens, {what}")
+    assert out.at == len(out.data)
+
+
+@pytest.mark.parametrize("build", ["plain", "asan"])
+def test_beam_expand_indexes_plans_past_2_31_candidates(drivers, build):
+    """The issue's case: logp + b * N in 32 bits, for B*W*V just over 2^31."""
+    rng = case_rng("beam_expand_tail", build)
+    cases = []
+    for B, W, V, k in TAILS["beam_expand"]:
+        assert (B - 1) * W * V >= 2**31 - 128 and B * W * V > 2**31
+        cases.append(dict(B=B, k=k, scores=rng.standard_normal((1, W)).astype(np.float32),
+                          logp=np.round(rng.standard_normal((W, V)), 1).astype(np.float32)))
+    payload = b"".join(i64(c["B"], *c["logp"].shape, c["k"]) + c["scores"].tobytes() + c["logp"].tobytes()
+                       for c in cases)
+    out = Output(tail_run(drivers, build, "beam_expand", payload))
+    for c in cases:
+        k, what = c["k"], f"B={c['B']} W, V={c['logp'].shape} k={c['k']}"
+        values, parents, tokens = out.take("<f4", k), out.take("<i8", k), out.take("<i8", k)
+        want = reference.beam_expand(torch.from_numpy(c["scores"]), torch.from_numpy(c["logp"]), k)
+        assert_same_floats(values, want[0][0].numpy(), f"values, {what}")
+        np.testing.assert_array_equal(parents, want[1][0].numpy(), err_msg=f"parents, {what}")
+        np.testing.assert_array_equal(tokens, want[2][0].numpy(), err_msg=f"tokens, {what}")
+    assert out.at == len(out.data)
 
 
 # ----------------------------------------------------------------------------- the harness can fail

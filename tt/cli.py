@@ -9,17 +9,22 @@ import sys
 
 import numpy as np
 
-from tt.destination import check_destination, staging_beside
+from tt.destination import check_destination, destination, staging_beside
 from tt.io import read_state_dict, swap_directory
 from tt.memory import retain_freed_memory
 
 
+def is_first_rank() -> bool:
+    """The process that writes results: the only one, or torchrun's rank 0 (before its process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_data(args) -> None:
+    import minari
+
     from tt.envs import builtin_names, dataset_id_of, make_dataset
 
     if args.data_cmd == "list":
-        import minari
-
         local = set(minari.list_local_datasets())
         for name in builtin_names():
             mark = "made" if dataset_id_of(name) in local else "    "
@@ -27,6 +32,9 @@ def cmd_data(args) -> None:
         for other in sorted(local - {dataset_id_of(n) for n in builtin_names()}):
             print(f"{'':28s} {other:34s} made")
         return
+    if not args.overwrite and args.name in builtin_names() and dataset_id_of(args.name) in minari.list_local_datasets():
+        raise ValueError(f"data set {dataset_id_of(args.name)} exists: give --overwrite to make it again (the old one "
+                         "stays until the new one is complete)")
     dataset = make_dataset(args.name, episodes=args.episodes, steps=args.steps, seed=args.seed)
     print(f"made {dataset.spec.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps")
 
@@ -77,7 +85,7 @@ def cmd_import_reference(args) -> None:
     if not (args.dataset or args.thresholds):  # no silent default: the thresholds decide every token
         raise ValueError("import-reference needs --dataset (fit the discretizer on it, as the authors do) or "
                          "--thresholds (an .npy of [N+1, T] thresholds)")
-    replace = check_destination(args.out, "run", args.overwrite)
+    check_destination(args.out, "run", args.overwrite)  # before any work
     state_dict = read_state_dict(args.state_dict)
     if args.thresholds:
         discretizer = Discretizer(np.load(args.thresholds, allow_pickle=False))
@@ -91,16 +99,8 @@ def cmd_import_reference(args) -> None:
     if obs_dim is None or act_dim is None:
         raise SystemExit("give --observation-dim and --action-dim, or --dataset to read them from")
     model = TrajectoryTransformer.from_reference(state_dict, obs_dim, act_dim, n_head=args.n_head)
-    if not replace:
-        save_run(args.out, model, discretizer, {"data": info, "imported_from": args.state_dict})
-    else:  # the old run stays whole until the new one is written
-        staging = staging_beside(args.out, "run")
-        try:
-            save_run(staging, model, discretizer, {"data": info, "imported_from": args.state_dict})
-            swap_directory(staging, args.out)
-        finally:
-            if os.path.exists(staging):
-                shutil.rmtree(staging)
+    with destination(args.out, "run", args.overwrite) as out:
+        save_run(out, model, discretizer, {"data": info, "imported_from": args.state_dict})
     print(f"imported {args.state_dict} into {args.out}")
 
 
@@ -177,14 +177,16 @@ def cmd_eval(args) -> None:
     if is_goal_run(args.run):  # a goal task: success rate and steps to the goal over pairs of rooms
         from tt.envs.pointmaze_eval import evaluate_goals
 
-        r = evaluate_goals(args.run, n_goals=args.episodes, seed=args.seed, out=out, device=args.device,
-                           n_envs=args.envs, **plan_overrides(args))
+        with destination(out, "evaluation", args.overwrite) as where:
+            r = evaluate_goals(args.run, n_goals=args.episodes, seed=args.seed, out=where, device=args.device,
+                               n_envs=args.envs, **plan_overrides(args))
         steps = "-" if r["mean_steps_to_goal"] is None else f"{r['mean_steps_to_goal']:.1f}"
         print(f"success {100 * r['success_rate']:.1f} % (s.e. {100 * r['se']:.1f}) over {r['n']} goals in another "
               f"room, mean steps to goal {steps}; written to {out}")
         return
-    with distributed.process_group(args.device):
-        results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=out,
+    with destination(out, "evaluation", args.overwrite, writes=is_first_rank()) as where, \
+            distributed.process_group(args.device):
+        results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
                            device=args.device, video=args.video, **plan_overrides(args))
         is_main = distributed.is_main()
     if is_main:
@@ -202,10 +204,12 @@ def cmd_score(args) -> None:
         if plan_overrides(args):
             raise ValueError(f"--from-evals combines evaluations with their own plan settings; drop "
                              f"{', '.join(plan_overrides(args))}")
-        summary, is_main = combine_evaluations(args.runs, out=args.out), True
+        with destination(args.out, "score", args.overwrite) as where:
+            summary, is_main = combine_evaluations(args.runs, out=where), True
     else:
-        with distributed.process_group(args.device):
-            summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=args.out,
+        with destination(args.out, "score", args.overwrite, writes=is_first_rank()) as where, \
+                distributed.process_group(args.device):
+            summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
                                  device=args.device, **plan_overrides(args))
             is_main = distributed.is_main()
     if is_main:
@@ -225,8 +229,9 @@ def cmd_demo(args) -> None:
     from tt.train import make_config, train
 
     started = time.time()
-    make_dataset(DEMO["dataset"], seed=args.seed)
-    train(make_config("small", dataset=DEMO["dataset"], seed=args.seed, max_steps=args.train_steps), args.out)
+    with destination(args.out, "run", args.overwrite) as out:
+        make_dataset(DEMO["dataset"], seed=args.seed)
+        train(make_config("small", dataset=DEMO["dataset"], seed=args.seed, max_steps=args.train_steps), out)
     episodes = args.episodes if args.episodes is not None else DEMO["episodes"]
     results = evaluate(args.out, episodes=episodes, n_envs=DEMO["envs"], seed=args.seed,
                        out=os.path.join(args.out, "eval"), **DEMO["plan"])
@@ -253,7 +258,8 @@ def cmd_predict(args) -> None:
               "cdf_obs", "k_rew", "cdf_rew")
     config = PredictConfig(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
     out = args.out or os.path.join(args.run, "predict")
-    results = predict(args.run, args.dynamics, config, out=out, device=args.device, frames=args.frames)
+    with destination(out, "prediction", args.overwrite) as where:
+        results = predict(args.run, args.dynamics, config, out=where, device=args.device, frames=args.frames)
     print(format_table(results))
     print(f"predict.json, predict.png{', frames.png' if results['frames'] else ''} written to {out}")
 
@@ -298,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--episodes", type=positive_int, help="pendulums: episodes per policy")
     make.add_argument("--steps", type=positive_int, help="locomotion: environment steps (default 1M, as D4RL)")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--overwrite", action="store_true",
+                      help="make a data set that exists again (the old one stays until the new one is complete)")
     data.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train a Trajectory Transformer")
@@ -359,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device")
     ev.add_argument("--out", help="results directory (default RUN/eval)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the evaluation in --out once this one is done")
     ev.add_argument("--video", help="render the first episode to this .mp4 or .gif file")
     add_plan_flags(ev)
     ev.set_defaults(func=cmd_eval)
@@ -370,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--device")
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
+    sc.add_argument("--overwrite", action="store_true", help="replace the score in --out once this one is done")
     sc.add_argument("--from-evals", action="store_true",
                     help="the paths are evaluations made before (folders with eval.json, e.g. OUT/RUN of separate "
                     "`tt score` calls): combine them, evaluating nothing (their episodes, seed and plan settings "
@@ -392,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device")
     pr.add_argument("--out", help="results directory (default RUN/predict)")
+    pr.add_argument("--overwrite", action="store_true", help="replace the prediction in --out once this one is done")
     pr.add_argument("--no-frames", dest="frames", action="store_false",
                     help="skip frames.png (MuJoCo tasks: true and predicted states rendered)")
     for flag in ("window", "temperature", "k_obs", "cdf_obs", "k_rew", "cdf_rew"):
@@ -424,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--overwrite", action="store_true", help="replace the demo's run in --out once it is done")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--train-steps", type=positive_int, help="cut training short (a quick check, not the result)")
     demo.add_argument("--episodes", type=positive_int, help=f"evaluation episodes (default {DEMO['episodes']})")

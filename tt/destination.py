@@ -8,15 +8,24 @@ then the old one is replaced whole once the new one is complete (`staging_beside
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+
+from tt.io import swap_directory
 
 DESCRIPTIONS = {
     "run": "a tt run (tt train, tt import-reference)",
     "ensemble": "a dynamics ensemble (tt train-dynamics)",
+    "evaluation": "an evaluation (tt eval)",
+    "score": "a score (tt score)",
+    "prediction": "a prediction (tt predict)",
     "file": "a file",
     "directory": "a directory of other files",
 }
+RECORDS = {"eval.json": "evaluation", "goals.json": "evaluation", "score.json": "score", "predict.json": "prediction"}
 
 
 def kind_of(path: str) -> str | None:
@@ -32,7 +41,8 @@ def kind_of(path: str) -> str | None:
         return "run"
     if {"config.json", "model.safetensors"} <= names:
         return "ensemble"
-    return "directory"
+    found = {RECORDS[name] for name in names & RECORDS.keys()}
+    return found.pop() if len(found) == 1 else "directory"
 
 
 def check_destination(path: str, makes: str, overwrite: bool, resume: bool = False) -> bool:
@@ -53,6 +63,24 @@ def check_destination(path: str, makes: str, overwrite: bool, resume: bool = Fal
         raise ValueError(f"{path} already holds {DESCRIPTIONS[makes]}: give {hint} to replace it (the old one stays "
                          "until the new one is complete)")
     return True
+
+
+@contextlib.contextmanager
+def destination(path: str, makes: str, overwrite: bool, writes: bool = True) -> Iterator[str]:
+    """Where a command writes `makes`: `path` itself when nothing is there; with `overwrite`, over one of
+    its own kind, a folder beside it that replaces it whole once the command has finished (and is
+    removed if it fails); anything else is refused (`check_destination`) before the command works.
+    A process that `writes` nothing (a torchrun rank but the first) checks, and is given `path`."""
+    if not check_destination(path, makes, overwrite) or not writes:
+        yield path
+        return
+    staging = staging_beside(path, makes)
+    try:
+        yield staging
+        swap_directory(staging, path)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
 
 
 def staging_beside(path: str, what: str) -> str:
