@@ -72,6 +72,10 @@ def runs(tmp_path_factory, pendulum_medium, length_one_dataset):
     os.makedirs(root / "notes")
     (root / "notes" / "todo.txt").write_text("a user's own files")
     (root / "a-file").write_text("not a directory")
+    torch.manual_seed(0)
+    goal = TrajectoryTransformer(GPTConfig(3, 1, n_bins=10, n_transitions=2, n_layer=1, n_head=1, n_embd=8,
+                                           goal_conditioned=True))
+    save_run(str(root / "goal"), goal, disc, {"data": {"dataset_id": PENDULUM}, "train": {"goal_conditioned": True}})
     os.makedirs(root / "evaluation")  # what tt eval leaves
     (root / "evaluation" / "eval.json").write_text("{}")
     return root
@@ -163,6 +167,9 @@ BAD_INPUTS = [
         "{runs}/ensemble", error="already holds a dynamics ensemble (tt train-dynamics): give --overwrite"),
     bad("import-over-run", "import-reference", "--state-dict", "{runs}/state_0.pt", "--out", "{runs}/run",
         "--dataset", "pendulum-medium", error="already holds a tt run"),
+    bad("score-goal-run", "score", "{runs}/run", "{runs}/goal", error="goal-conditioned run: tt score averages "
+        "returns over runs; measure its success rate with `tt eval --run"),
+    bad("score-k-obs-over-the-tokens", "score", "{runs}/run", "--k-obs", "12", error="k_obs=12: the model has 11"),
     bad("eval-over-evaluation", *EVAL, "--out", "{runs}/evaluation", error="already holds an evaluation (tt eval): "
         "give --overwrite to replace it"),
     bad("eval-over-run", *EVAL, "--out", "{runs}/run", "--overwrite", error="holds a tt run (tt train, "

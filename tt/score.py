@@ -20,7 +20,7 @@ from tt import distributed
 from tt.checkpoint import load_run
 from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
-from tt.planner import PlanConfig
+from tt.planner import PlanConfig, check_config
 from tt.progress import progress as progress_bar
 
 NO_REFERENCE = "no reference scores"
@@ -155,7 +155,14 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
     if len({os.path.realpath(r) for r in runs}) < len(runs):
         raise ValueError("a run directory is given twice: each run would count as another training seed")
     plan_config = PlanConfig(**plan_overrides).to_dict()
-    configured = dict.fromkeys(load_run(run)[2]["data"]["dataset_id"] for run in runs)
+    configured = {}
+    for run in runs:  # before any episode: every run can be scored with these settings
+        model, _, config, _ = load_run(run)
+        if model.config.goal_conditioned:
+            raise ValueError(f"{run} is a goal-conditioned run: tt score averages returns over runs; measure its "
+                             f"success rate with `tt eval --run {run}`")
+        check_config(model, PlanConfig(**plan_overrides))
+        configured[config["data"]["dataset_id"]] = None
     datasets = {b["dataset_id"]: b for b in map(dataset_baseline, configured)}
     names = run_names(runs)
 
