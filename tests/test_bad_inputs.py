@@ -76,6 +76,7 @@ def runs(tmp_path_factory, pendulum_medium, length_one_dataset):
     goal = TrajectoryTransformer(GPTConfig(3, 1, n_bins=10, n_transitions=2, n_layer=1, n_head=1, n_embd=8,
                                            goal_conditioned=True))
     save_run(str(root / "goal"), goal, disc, {"data": {"dataset_id": PENDULUM}, "train": {"goal_conditioned": True}})
+    save_run(str(root / "other-env"), model, disc, {"data": {"dataset_id": PENDULUM, "env_id": "CartPole-v1"}})
     os.makedirs(root / "evaluation")  # what tt eval leaves
     (root / "evaluation" / "eval.json").write_text("{}")
     return root
@@ -170,6 +171,8 @@ BAD_INPUTS = [
     bad("score-goal-run", "score", "{runs}/run", "{runs}/goal", error="goal-conditioned run: tt score averages "
         "returns over runs; measure its success rate with `tt eval --run"),
     bad("score-k-obs-over-the-tokens", "score", "{runs}/run", "--k-obs", "12", error="k_obs=12: the model has 11"),
+    bad("eval-data-from-another-environment", "eval", "--run", "{runs}/other-env", error="data set "
+        "tt/pendulum/medium-v0 now holds Pendulum-v1 data, run {runs}/other-env was trained on CartPole-v1"),
     bad("eval-over-evaluation", *EVAL, "--out", "{runs}/evaluation", error="already holds an evaluation (tt eval): "
         "give --overwrite to replace it"),
     bad("eval-over-run", *EVAL, "--out", "{runs}/run", "--overwrite", error="holds a tt run (tt train, "
@@ -194,7 +197,7 @@ def snapshot(*roots: Path) -> dict:
 @pytest.mark.parametrize("argv, error", BAD_INPUTS)
 def test_cli_refuses_a_bad_input(argv, error, runs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = [a.format(runs=runs) for a in argv]
+    argv, error = [a.format(runs=runs) for a in argv], error.format(runs=runs)
     minari_root = Path(os.environ["MINARI_DATASETS_PATH"])
     before = snapshot(tmp_path, runs, minari_root)
     code = main(argv)

@@ -73,6 +73,22 @@ def load_dataset(dataset_id: str, download: bool = False):
     )
 
 
+def environment_id(dataset) -> str | None:
+    """The id of the environment a Minari data set was recorded in (None where it names none)."""
+    spec = dataset.spec.env_spec
+    return None if spec is None else spec.id
+
+
+def check_environment(dataset, run_config: dict, run_dir: str) -> None:
+    """Refuse a data set recorded in another environment than the one the run was trained on (runs
+    record it since tt 0.1's data checks; older runs are not checked)."""
+    trained = (run_config.get("data") or {}).get("env_id")
+    now = environment_id(dataset)
+    if trained is not None and now is not None and trained != now:
+        raise ValueError(f"data set {dataset.spec.dataset_id} now holds {now} data, run {run_dir} was trained on "
+                         f"{trained}: make the data set again as the run was trained, or give a run trained on it")
+
+
 @dataclass
 class Trajectories:
     """All real transitions of a data set, episodes laid end to end.

@@ -17,7 +17,7 @@ import torch
 
 from tt import distributed
 from tt.checkpoint import load_run
-from tt.data import load_dataset, trajectories_from_minari
+from tt.data import check_environment, load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
 from tt.planner import Planner
 from tt.progress import progress as progress_bar
@@ -57,6 +57,7 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
     n_envs = min(n_envs, episodes)
     planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
     dataset = load_dataset(dataset_id)
+    check_environment(dataset, run_config, run_dir)
     data_returns = trajectories_from_minari(dataset).returns
 
     rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]

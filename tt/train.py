@@ -29,6 +29,7 @@ from tt.data import (
     HindsightGoals,
     TokenWindows,
     Trajectories,
+    environment_id,
     load_dataset,
     training_split,
     trajectories_from_minari,
@@ -187,15 +188,15 @@ def prepare_goal_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
                                    goal_observations(obs[:, goal_columns], goal_columns, trajectories.observation_dim))
         else:
             trajectories = trajectories_from_minari(dataset, cfg.discount, cfg.termination_penalty)
-        dataset_id = dataset.spec.dataset_id
+        dataset_id, env_id = dataset.spec.dataset_id, environment_id(dataset)
     else:
-        dataset_id = cfg.dataset
+        dataset_id, env_id = cfg.dataset, None
     if goals is None:
         goals = HindsightGoals.of(trajectories)
     trajectories, _, visible = training_split(trajectories, cfg.holdout_episodes, cfg.hidden_obs_fraction)
     if discretizer is None:
         discretizer = fit_discretizer(trajectories, cfg)
-    info = {"dataset_id": dataset_id, "observation_dim": trajectories.observation_dim,
+    info = {"dataset_id": dataset_id, "env_id": env_id, "observation_dim": trajectories.observation_dim,
             "action_dim": trajectories.action_dim, "episodes": len(trajectories.lengths),
             "steps": int(trajectories.lengths.sum()), "mean_return": float(trajectories.returns.mean()),
             "discount": cfg.discount, "termination_penalty": penalty,
