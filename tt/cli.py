@@ -22,7 +22,7 @@ def is_first_rank() -> bool:
 def cmd_data(args) -> None:
     import minari
 
-    from tt.envs import builtin_names, dataset_id_of, make_dataset
+    from tt.envs import builtin_names, check_size, dataset_id_of, make_dataset
 
     if args.data_cmd == "list":
         local = set(minari.list_local_datasets())
@@ -32,7 +32,8 @@ def cmd_data(args) -> None:
         for other in sorted(local - {dataset_id_of(n) for n in builtin_names()}):
             print(f"{'':28s} {other:34s} made")
         return
-    if not args.overwrite and args.name in builtin_names() and dataset_id_of(args.name) in minari.list_local_datasets():
+    check_size(args.name, args.episodes, args.steps)
+    if not args.overwrite and dataset_id_of(args.name) in minari.list_local_datasets():
         raise ValueError(f"data set {dataset_id_of(args.name)} exists: give --overwrite to make it again (the old one "
                          "stays until the new one is complete)")
     dataset = make_dataset(args.name, episodes=args.episodes, steps=args.steps, seed=args.seed)

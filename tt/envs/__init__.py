@@ -46,6 +46,23 @@ def env_id_of(task: str) -> str:
     return pendulum.TASKS[task].env_id if task in pendulum.TASKS else locomotion.ENV_IDS[task]
 
 
+def check_size(name: str, episodes: int | None, steps: int | None) -> None:
+    """Refuse an unknown built-in name, and a size the data set is not measured in or that holds less
+    than one episode."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(BUILTIN)}")
+    task, _ = BUILTIN[name]
+    if task in pendulum.TASKS or task == "pointmaze":
+        if steps is not None:
+            raise ValueError(f"{name} is sized in episodes (--episodes), not steps")
+        return
+    if episodes is not None:
+        raise ValueError(f"{name} is sized in steps (--steps), not episodes")
+    if steps is not None and steps < locomotion.EPISODE_STEPS:
+        raise ValueError(f"--steps {steps} is less than one episode of {env_id_of(task)} (its time limit, "
+                         f"{locomotion.EPISODE_STEPS} steps): give at least {locomotion.EPISODE_STEPS}")
+
+
 def make_dataset(name: str, episodes: int | None = None, steps: int | None = None, seed: int = 0,
                  progress: bool = True):
     """Generate the built-in data set `name` (e.g. `hopper-medium`) and return it as a MinariDataset.
@@ -55,11 +72,8 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
     """
     import minari
 
-    if name not in BUILTIN:
-        raise ValueError(f"unknown built-in data set {name!r}; choose from {', '.join(BUILTIN)}")
+    check_size(name, episodes, steps)
     task, variant = BUILTIN[name]
-    if (task in pendulum.TASKS or task == "pointmaze") and steps is not None:
-        raise ValueError(f"{name} is sized in episodes (--episodes), not steps")
     if task in pendulum.TASKS:
         buffers, meta = pendulum.generate(task, variant, episodes, seed, progress)
         source = "tt/envs/pendulum.py"
@@ -67,11 +81,6 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
         buffers, meta = pointmaze.generate(variant, episodes, seed, progress)
         source = "tt/envs/pointmaze.py"
     else:
-        if episodes is not None:
-            raise ValueError(f"{name} is sized in steps (--steps), not episodes")
-        if steps is not None and steps < locomotion.EPISODE_STEPS:
-            raise ValueError(f"--steps {steps} is less than one episode of {env_id_of(task)} (its time limit, "
-                             f"{locomotion.EPISODE_STEPS} steps): give at least {locomotion.EPISODE_STEPS}")
         buffers, meta = locomotion.generate(task, variant, steps, seed, progress)
         source = "tt/envs/locomotion.py"
     dataset_id = dataset_id_of(name)
