@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_planner import random_discretizer  # noqa: E402
 
 from tt import ops, prediction, reference  # noqa: E402
+from tt.cache import SharedPrefix  # noqa: E402
 from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
 from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes  # noqa: E402
 from tt.rng import Philox  # noqa: E402
@@ -356,6 +357,38 @@ def test_compiled_beam_ops(B, W, V, seed, ties):
         selected, ref_selected = both_backends(monkeypatch, lambda: ops.beam_select(flat, min(k, W * V), W)[:3])
     for a, b in zip(expanded + selected, ref_expanded + ref_selected):
         assert a.tolist() == b.tolist()
+
+
+@pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 3), st.integers(0, 4), st.integers(1, 9),
+       st.sampled_from([1, 4, 7, 8, 16, 33]), st.integers(1, 3), st.integers(2, 7), st.booleans(), st.booleans(),
+       st.integers(0, 5), st.integers(0, 2**16))
+def test_compiled_decode_attention(G, n, blocks, prefix_transitions, own, D, H, T, padded, table, n_goal, seed):
+    """`tt::decode_attention` (float32: one query per row after a shared prefix, read by group or through a
+    row table, a goal segment, left padding) against the reference attention over whole windows."""
+    g, dtype = torch.Generator().manual_seed(seed), torch.float32
+    S, R = prefix_transitions * T, blocks * G * n
+    cache = torch.randn(2, max(R, G), H, S + own, D, generator=g, dtype=dtype)
+    q = torch.randn(R, H, 1, D, generator=g, dtype=dtype)
+    k, v = cache[0, :R, :, S:], cache[1, :R, :, S:]
+    rows = torch.randint(0, G, (R,), generator=g) if table else None
+    prefix = SharedPrefix(cache[0, :G, :, :S], cache[1, :G, :, :S], n, rows) if S else None
+    group = rows if rows is not None else torch.arange(R) // n % G
+    key_start = None
+    if padded and S:  # per group, whole transitions of padding, up to all of the prefix
+        key_start = (torch.randint(0, prefix_transitions + 1, (G,), generator=g) * T)[group]
+    goal_segment = None
+    if n_goal:
+        goals = torch.randn(2, G, H, n_goal, D, generator=g, dtype=dtype)
+        goal_segment = SharedPrefix(goals[0], goals[1], n, rows)
+    out = torch.full((R, H, D), float("nan"), dtype=dtype)  # poisoned: an unwritten element fails
+    torch.ops.tt.decode_attention(
+        q[:, :, 0], k, v, None if prefix is None else prefix.k, None if prefix is None else prefix.v, n,
+        rows if S else None, S + own - 1, T, key_start, out,
+        *(() if goal_segment is None else (goal_segment.k, goal_segment.v, n, rows)))
+    want = reference.attention(q, k, v, transition_dim=T, q_offset=S + own - 1, key_start=key_start, prefix=prefix,
+                               goal=goal_segment)[:, :, 0]
+    torch.testing.assert_close(out, want, atol=2e-6, rtol=2e-6)
 
 
 if __name__ == "__main__":  # python tests/test_fuzz.py CHECK "Case(...)": one example, outside Hypothesis
