@@ -65,6 +65,7 @@ SHAPES = [  # B, W, V, k
     (4, 64, 101, 64),  # W*V = 6464 > 4096
     (1, 512, 101, 512),  # the largest search: 51712 candidates
     (1, 41, 101, 4141),  # k = W*V > 4096
+    (2, 3, 64, 191), (3, 2, 32, 64), (2, 1, 2, 1),  # powers of two: k = W*V - 1, k = W*V, V = 2
 ]
 KINDS = ["plain", "ties", "dead", "nonfinite", "zeros"]
 

@@ -100,8 +100,8 @@ def random_logits(R, V, seed, dtype=torch.float32, kind="plain"):
     return x.to(dtype)
 
 
-SHAPES = [(R, V) for R in (1, 3, 64, 130) for V in (2, 7, 101, 257)]
-FILTERS = [(top_k, cdf) for top_k in (None, 1, 3, "V") for cdf in (None, 0.0, 0.3, 0.6, 0.99, 1.0)]
+SHAPES = [(R, V) for R in (1, 3, 64, 130) for V in (2, 7, 64, 101, 257)]  # 64: whole vectors, no masked tail
+FILTERS = [(top_k, cdf) for top_k in (None, 1, 3, "V-1", "V") for cdf in (None, 0.0, 0.3, 0.6, 0.99, 1.0)]
 TEMPERATURES = (1.0, 0.7, 1.9)
 
 
@@ -111,7 +111,7 @@ TEMPERATURES = (1.0, 0.7, 1.9)
 def test_compiled_log_probs_equals_the_reference(R, V, kind, monkeypatch):
     monkeypatch.setenv("TT_BACKEND", "")
     for i, (top_k, cdf) in enumerate(FILTERS):
-        k = V if top_k == "V" else top_k
+        k = {"V": V, "V-1": V - 1}.get(top_k, top_k)
         if k is not None and k > V:
             continue
         temperature = TEMPERATURES[i % len(TEMPERATURES)]

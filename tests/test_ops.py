@@ -53,6 +53,8 @@ def test_header_philox_equals_the_python_reference(seed, offset):
 CASES = [  # rows, vocab, temperature, top_k, cdf
     (1, 2, 1.0, None, None), (7, 11, 0.7, 5, None), (33, 101, 1.3, None, 0.6), (5, 101, 1.0, 1, None),
     (64, 101, 1.0, None, 0.6), (9, 17, 2.0, 17, 0.3), (300, 51, 0.5, 3, 0.9), (2, 3, 1.0, 3, 0.0),
+    # the filters' edges on a power-of-two vocabulary: top-k at V - 1, V and 1, the cdf filter at 0 and near 1
+    (16, 64, 1.0, 63, None), (16, 64, 0.8, 64, 0.0), (8, 32, 1.0, 1, 0.98), (8, 2, 1.0, 1, None),
 ]
 
 
@@ -219,7 +221,7 @@ def test_sample_next_wrapper_checks_arguments():
 # ----------------------------------------------------------------------------- beam_select
 
 SELECT = [(1, 1, 1, 1), (1, 7, 7, 3), (3, 13, 13, 13), (4, 6, 2, 1), (2, 256, 128, 128), (5, 4096, 1024, 1024),
-          (3, 9, 3, 5)]  # B, M, group, k
+          (3, 9, 3, 5), (2, 64, 16, 63), (3, 2, 1, 1), (2, 37, 37, 36)]  # B, M, group, k
 
 
 @pytest.mark.parametrize("B, M, group, k", SELECT)
