@@ -92,8 +92,8 @@ def record(benchmark, timings: Timings, group: str, name: str, bytes_moved: int 
 
 def time_graph_plans(benchmark, model, discretizer, config, prefix) -> None:
     """Benchmark `PlanGraphs` replaying one plan from `prefix` (captured first; CUDA only)."""
-    from tt.planner import PlanGraphs
     from tt.rng import Philox
+    from tt.search import PlanGraphs
 
     device = prefix.device
     graphs = PlanGraphs(model, discretizer, config, Philox(0, device))

@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import commit, hopper, machine  # noqa: E402
 from scaling import seconds  # noqa: E402
 
-from tt.planner import PlanConfig, beam_plan  # noqa: E402
+from tt.config import PlanConfig  # noqa: E402
 from tt.rng import Philox  # noqa: E402
+from tt.search import beam_plan  # noqa: E402
 
 
 def main() -> None:

@@ -22,9 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, commit, hopper, machine  # noqa: E402
 
 from tt import reference  # noqa: E402
+from tt.config import PlanConfig  # noqa: E402
 from tt.io import atomic_write, write_json  # noqa: E402
-from tt.planner import PlanConfig, beam_plan, pad_prefixes  # noqa: E402
 from tt.rng import Philox  # noqa: E402
+from tt.search import beam_plan, pad_prefixes  # noqa: E402
 
 
 def seconds(fn, device: str, repeats: int) -> float:

@@ -8,7 +8,8 @@ import torch
 from common import DEVICES, SMALL, hopper, record, time_graph_plans
 
 from tt import reference
-from tt.planner import PlanConfig, beam_plan
+from tt.config import PlanConfig
+from tt.search import beam_plan
 
 BEAM, HORIZON = (8, 2) if SMALL else (64, 5)
 

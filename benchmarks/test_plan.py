@@ -12,8 +12,9 @@ import torch
 from common import DEVICES, SMALL, hopper, record, time_graph_plans
 
 from tt import reference
-from tt.planner import PlanConfig, beam_plan
+from tt.config import PlanConfig
 from tt.rng import Philox
+from tt.search import beam_plan
 
 SETTINGS = [(8, 3)] if SMALL else [(32, 5), (128, 15)]  # (beam width, horizon)
 

@@ -114,11 +114,12 @@ def test_model_training_step_with_triton_matches_the_reference(monkeypatch):
 
 @pytest.mark.parametrize("window", ["exact", "cached"])
 def test_greedy_plan_with_triton_equals_the_reference_path(monkeypatch, window):
+    from tt.config import PlanConfig
     from tt.discretize import Discretizer
     from tt.model import GPTConfig, TrajectoryTransformer
-    from tt.planner import PlanConfig, pad_prefixes
-    from tt.planner import beam_plan as plan
     from tt.rng import Philox
+    from tt.search import beam_plan as plan
+    from tt.search import pad_prefixes
 
     torch.manual_seed(0)
     model = TrajectoryTransformer(GPTConfig(3, 1, n_bins=15, n_transitions=5, n_layer=2, n_head=2, n_embd=32))

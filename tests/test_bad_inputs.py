@@ -20,9 +20,10 @@ import torch
 from tt import ops
 from tt.checkpoint import save_run
 from tt.cli import PLAN_FLAGS, build_parser, main, plan_overrides
+from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner
+from tt.search import Planner
 
 ROOT = Path(__file__).resolve().parents[1]
 PENDULUM = "tt/pendulum/medium-v0"

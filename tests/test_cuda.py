@@ -74,9 +74,10 @@ def test_greedy_plans_equal_the_authors_planner_on_sdpa_attention(monkeypatch, d
     """Hopper shapes, sharpened random weights: the fast greedy plans on `device` (on CUDA the
     Triton attention and decode kernels and the CUDA ops; on CPU the C++ ops) equal, token for
     token, the authors' planner whose attention is the PyTorch reference (SDPA, whole windows)."""
+    from tt.config import PlanConfig
     from tt.discretize import Discretizer
     from tt.model import GPTConfig
-    from tt.planner import PlanConfig, beam_plan, pad_prefixes
+    from tt.search import beam_plan, pad_prefixes
 
     monkeypatch.delenv("TT_BACKEND", raising=False)
     monkeypatch.delenv("TT_ATTENTION", raising=False)  # the fast plan: the device's own attention
@@ -101,9 +102,10 @@ def test_likelihood_plans_equal_the_authors_search_on_sdpa_attention(monkeypatch
     """Hopper shapes, sharpened random weights, float32: the fast likelihood search on `device` (on
     CUDA the beam_expand kernel, Triton attention and decode) keeps the same beams as the authors'
     `beam_search` with SDPA attention, token for token."""
+    from tt.config import PlanConfig
     from tt.discretize import Discretizer
     from tt.model import GPTConfig
-    from tt.planner import PlanConfig, beam_plan, pad_prefixes
+    from tt.search import beam_plan, pad_prefixes
 
     monkeypatch.delenv("TT_BACKEND", raising=False)
     monkeypatch.delenv("TT_ATTENTION", raising=False)
@@ -121,9 +123,10 @@ def test_likelihood_plans_equal_the_authors_search_on_sdpa_attention(monkeypatch
 
 
 def _graph_planners(window: str, max_graphs: int = 16, **config):
+    from tt.config import PlanConfig
     from tt.discretize import Discretizer
     from tt.model import GPTConfig, TrajectoryTransformer
-    from tt.planner import PlanConfig, Planner
+    from tt.search import Planner
 
     torch.manual_seed(0)
     model = TrajectoryTransformer(GPTConfig(4, 2, n_bins=20, n_transitions=6, n_layer=2, n_embd=32)).eval()
@@ -150,7 +153,7 @@ def test_cuda_graph_plans_equal_eager_plans(window, max_graphs, objective):
         for planner in (graphed, eager):
             planner.act(obs)
         for a, b in zip(graphed.current_plans, eager.current_plans):
-            assert (a.tokens == b.tokens).all() and a.predicted_return == pytest.approx(b.predicted_return)
+            assert (a.tokens == b.tokens).all() and a.score == pytest.approx(b.score)
         done = [step == 4, False, step == 6]
         for planner in (graphed, eager):
             planner.observe([0.5, -0.25, 1.0], done)

@@ -40,9 +40,10 @@ from test_planner import random_discretizer  # noqa: E402
 
 from tt import ops, prediction, reference  # noqa: E402
 from tt.cache import SharedPrefix  # noqa: E402
+from tt.config import PlanConfig  # noqa: E402
 from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
-from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes  # noqa: E402
 from tt.rng import Philox  # noqa: E402
+from tt.search import Planner, beam_plan, pad_prefixes  # noqa: E402
 
 pytestmark = [pytest.mark.fuzz,
               pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")]

@@ -15,8 +15,9 @@ from test_planner import random_discretizer
 
 from tt import ops, reference
 from tt.cache import SharedPrefix
+from tt.config import PlanConfig
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+from tt.search import Planner, beam_plan, pad_prefixes
 
 HAS_C = ops._compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")

@@ -12,7 +12,8 @@ from test_planner import random_discretizer
 
 from tt import ops, reference
 from tt.cache import SharedPrefix
-from tt.planner import PlanConfig, beam_plan, pad_prefixes
+from tt.config import PlanConfig
+from tt.search import beam_plan, pad_prefixes
 
 kernels = pytest.importorskip("tt.kernels.attention")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernels run interpreted

@@ -8,7 +8,8 @@ import torch
 from test_planner import random_discretizer, random_model
 
 from tt import reference
-from tt.planner import PlanConfig, Planner, beam_plan, pad_prefixes
+from tt.config import PlanConfig
+from tt.search import Planner, beam_plan, beams, pad_prefixes
 
 
 def compare(model, prefixes, config, window="exact"):
@@ -48,10 +49,8 @@ def test_likelihood_search_matches_the_reference(case):
 def test_cached_window_matches_when_the_block_holds_the_plan(monkeypatch, lineages):
     """`cached` keeps the whole history where the block holds it: then it is the reference's search,
     whether each transition's windows are anchored once per lineage (on CPU) or once per row."""
-    from tt import ops
-
     if not lineages:
-        monkeypatch.setattr(ops, "lineages", lambda lineage: None)
+        monkeypatch.setattr(beams, "lineages", lambda lineage: None)
     O, A, N, K = 2, 2, 12, 5
     model = random_model(O, A, N=N, K=K, seed=7)
     rng = np.random.default_rng(7)
@@ -80,7 +79,7 @@ def test_planner_acts_with_the_likelihood_objective():
     actions = planner.act(obs)
     assert actions.shape == (2, A) and np.isfinite(actions).all()
     plans = planner.current_plans
-    assert all(p.predicted_return <= 0 for p in plans)  # a log-likelihood
+    assert all(p.score <= 0 for p in plans)  # a log-likelihood
     planner.observe([0.0, 0.0], [False, False])
     assert planner.act(obs).shape == (2, A)
 
@@ -91,31 +90,25 @@ def test_objective_is_checked():
 
 
 def test_lineages_encode_each_history_once():
-    """`ops.lineages` (CPU): one representative per distinct lineage, each row mapped to its own."""
-    from tt import ops
-
+    """`beams.lineages` (CPU): one representative per distinct lineage, each row mapped to its own."""
     lineage = torch.tensor([5, 3, 5, 9, 3, 3, 0, 9])
-    representatives, table = ops.lineages(lineage)
+    representatives, table = beams.lineages(lineage)
     assert len(representatives) == 4 and table.shape == lineage.shape
     assert torch.equal(lineage[representatives][table], lineage)
     assert len(set(lineage[representatives].tolist())) == 4
 
 
 def test_in_place_knows_the_identity_on_cpu_only():
-    from tt import ops
-
-    assert ops.in_place(torch.arange(7)) and ops.in_place(torch.arange(0))
-    assert not ops.in_place(torch.tensor([0, 2, 1])) and not ops.in_place(torch.tensor([0, 0, 2]))
-    assert not ops.in_place(torch.arange(7, device="meta"))  # elsewhere it would wait for the device
+    assert beams.in_place(torch.arange(7)) and beams.in_place(torch.arange(0))
+    assert not beams.in_place(torch.tensor([0, 2, 1])) and not beams.in_place(torch.tensor([0, 0, 2]))
+    assert not beams.in_place(torch.arange(7, device="meta"))  # elsewhere it would wait for the device
 
 
 @pytest.mark.parametrize("case", [0, 1])
 def test_search_that_always_moves_rows_plans_the_same(monkeypatch, case):
-    """Skipping the cache moves of survivors that stay in place (`ops.in_place`) changes nothing:
+    """Skipping the cache moves of survivors that stay in place (`beams.in_place`) changes nothing:
     with every move made, the same tokens as the reference."""
-    from tt import ops
-
-    monkeypatch.setattr(ops, "in_place", lambda rows: False)
+    monkeypatch.setattr(beams, "in_place", lambda rows: False)
     O, A, N, K, contexts, config = CASES[case]
     model = random_model(O, A, N=N, K=K, seed=case)
     rng = np.random.default_rng(case)
@@ -123,11 +116,9 @@ def test_search_that_always_moves_rows_plans_the_same(monkeypatch, case):
 
 
 def test_search_without_lineages_shares_by_plan(monkeypatch):
-    """Where `ops.lineages` cannot group rows (off the CPU), re-encoding shares each plan's context
+    """Where `beams.lineages` cannot group rows (off the CPU), re-encoding shares each plan's context
     instead: the same tokens as the reference."""
-    from tt import ops
-
-    monkeypatch.setattr(ops, "lineages", lambda lineage: None)
+    monkeypatch.setattr(beams, "lineages", lambda lineage: None)
     O, A, N, K, contexts, config = CASES[1]
     model = random_model(O, A, N=N, K=K, seed=1)
     rng = np.random.default_rng(1)

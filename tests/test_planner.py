@@ -4,10 +4,11 @@ import torch
 from scipy.stats import chi2_contingency
 
 from tt import ops, reference
+from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, PlanGraphs, Planner, _Search, beam_plan, check_prefix, pad_prefixes
 from tt.rng import Philox
+from tt.search import PlanGraphs, Planner, Search, beam_plan, check_prefix, pad_prefixes
 
 # random models often plan the episode's end; the planner warns about it once per planner
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
@@ -110,7 +111,7 @@ def test_a_prepared_search_reruns_on_new_inputs_as_a_fresh_plan(window):
     cfg = PlanConfig(horizon=4, beam_width=4, n_expand=2, max_context_transitions=4, window=window)
     g = torch.Generator().manual_seed(9)
     first, second = (pad_prefixes(random_prefixes(model, contexts, g), 6) for contexts in ([3, 1], [2, 3]))
-    search = _Search(model, first.clone(), check_prefix(model, first), disc, cfg, None)
+    search = Search(model, first.clone(), check_prefix(model, first), disc, cfg, None)
     with torch.no_grad():  # as beam_plan runs it
         runs = [search.run(Philox(7))]
         search.load(second, check_prefix(model, second))
@@ -134,7 +135,7 @@ def test_the_search_never_waits_for_the_device(monkeypatch, window):
     disc = random_discretizer(15, 6)
     cfg = PlanConfig(horizon=7, beam_width=4, n_expand=2, max_context_transitions=4, window=window)  # slides
     prefix = pad_prefixes(random_prefixes(model, [3, 1], torch.Generator().manual_seed(4)), 6)  # padded
-    search = _Search(model, prefix.clone(), check_prefix(model, prefix), disc, cfg, None)
+    search = Search(model, prefix.clone(), check_prefix(model, prefix), disc, cfg, None)
 
     def from_host(*args, **kwargs):
         raise AssertionError("a tensor built from host data inside the search")

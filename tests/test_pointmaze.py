@@ -316,8 +316,9 @@ def test_goals_played_in_lanes_are_the_episodes_played_one_at_a_time(maze):
     from test_goal import goal_model
     from test_planner import random_discretizer
 
+    from tt.config import PlanConfig
     from tt.envs.pointmaze_eval import evaluate_planner
-    from tt.planner import PlanConfig, Planner
+    from tt.search import Planner
 
     model = goal_model((4, 2, 12, 3, 1, 2, 16), seed=3, dtype=torch.float32)
     config = PlanConfig(horizon=2, beam_width=3, objective="likelihood", max_context_transitions=3)

@@ -12,8 +12,8 @@ from test_planner import random_discretizer, random_model
 from tt import reference
 from tt.checkpoint import CheckpointError
 from tt.cli import main
+from tt.config import PlanConfig
 from tt.data import make_trajectories
-from tt.planner import PlanConfig
 from tt.prediction import (
     PredictConfig,
     predict,

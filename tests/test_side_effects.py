@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tt import planner as planner_module
 from tt.checkpoint import save_run
+from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner
+from tt.search import Planner
+from tt.search import planner as planner_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
 

@@ -1,9 +1,10 @@
 """tt: a fast, faithful Trajectory Transformer."""
 
+from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.planner import PlanConfig, Planner, beam_plan
 from tt.prediction import PredictConfig, predict
+from tt.search import Planner, beam_plan
 
 __all__ = ["Discretizer", "GPTConfig", "PlanConfig", "Planner", "PredictConfig", "TrajectoryTransformer", "beam_plan",
            "predict"]

@@ -19,8 +19,8 @@ from tt import distributed
 from tt.checkpoint import load_run
 from tt.data import check_environment, load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
-from tt.planner import Planner
 from tt.progress import progress as progress_bar
+from tt.search import Planner
 from tt.video import EpisodeVideo, check_video_path, rendering_env
 
 if TYPE_CHECKING:

@@ -620,25 +620,6 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None 
     return out
 
 
-def lineages(lineage: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Rows that share a history, encoded once: `lineage [R]` (equal values: equal history) to one
-    representative row per lineage `[D]` and each row's lineage `[R]` in [0, D). On CPU only: the
-    number of lineages is data-dependent, which elsewhere would cost a host synchronization (and a
-    CUDA graph could not capture it); None there, and the caller shares less."""
-    if lineage.device.type != "cpu":
-        return None
-    distinct, table = torch.unique(lineage, return_inverse=True)
-    rows = torch.arange(len(lineage))
-    representatives = torch.empty(len(distinct), dtype=torch.long).scatter_(0, table, rows)
-    return representatives, table
-
-
-def in_place(rows: torch.Tensor) -> bool:
-    """Whether `rows [R]` is 0, 1, ..., R-1 (row i stays row i), where that is cheap to know: on CPU.
-    Elsewhere the answer would cost a host synchronization (and break CUDA graph capture): False."""
-    return rows.device.type == "cpu" and torch.equal(rows, torch.arange(len(rows)))
-
-
 def beam_expand(scores: torch.Tensor, logp: torch.Tensor, k: int):
     """The likelihood search's batched top-k (see `reference.beam_expand`, the same on every backend):
     candidate `c = w * V + v` of plan b scores `scores[b, w] + logp[b * W + w, v]` (float32); per plan

@@ -26,14 +26,15 @@ import torch
 
 from tt import ops
 from tt.checkpoint import load_run
+from tt.config import PlanConfig
 from tt.data import Trajectories, episode_starts, load_dataset, training_split, trajectories_from_minari
 from tt.discretize import Discretizer
 from tt.io import write_json
 from tt.model import TrajectoryTransformer
-from tt.planner import PlanConfig, _Search, check_prefix
 from tt.prediction_figures import PANELS, plot_metrics, render_frames
 from tt.progress import progress as progress_bar
 from tt.rng import Philox
+from tt.search import ForcedActions, Search, check_prefix
 
 MIN_STD = 0.01  # the fitted Gaussian's standard deviation is at least this fraction of the data's, per dimension
 
@@ -77,40 +78,6 @@ class PredictConfig:
 # ----------------------------------------------------------------------------- sampling with forced tokens
 
 
-class _Continuations(_Search):
-    """The planner's search machinery (cache, windows, shared context) drawing every row's tokens one
-    position at a time, with given tokens where they are forced, and no beam selection: rows are the
-    `[B, W]` samples of B prefixes."""
-
-    def sample(self, forced: torch.Tensor, drawn: np.ndarray, rng: Philox, bar=None) -> torch.Tensor:
-        """Tokens `[B*W, n]` after the prefixes: `forced [B, n]` where `drawn` (bool `[n]`) is False,
-        drawn from the model (the kind's filters) where it is True."""
-        config, T, W = self.config, self.T, self.W
-        filters = [(config.k_obs, config.cdf_obs)] * self.O + [(config.k_act, config.cdf_act)] * self.A
-        filters += [(config.k_rew, config.cdf_rew)] * 2
-        L, n = self.prefix.shape[1], forced.shape[1]
-        self.hist = torch.full((self.B * W, L + n), -1, dtype=torch.long, device=self.prefix.device)
-        self.hist[:, :L] = self.prefix.repeat_interleave(W, 0)
-        self.hist[:, L:] = forced.repeat_interleave(W, 0)
-        self.filled = 0
-        logits = self.open_plans().repeat_interleave(W, 0)
-        for position in range(L, L + n):
-            if drawn[position - L]:
-                top_k, cdf = filters[position % T]
-                self.hist[:, position], _ = ops.sample_next(logits, temperature=config.temperature, top_k=top_k,
-                                                            cdf=cdf, rng=rng)
-            if position + 1 == L + n:
-                break
-            u, new_transition = (position + 1) // T, (position + 1) % T == 0
-            if new_transition and bar is not None:
-                bar.update()
-            if new_transition and self.window_moves(u):
-                logits = self.reencode(max(0, u - self.keep + 1), u)
-            else:
-                logits = self.decode(self.hist[:, position], blocks=1)
-        return self.hist[:, L:]
-
-
 @torch.no_grad()
 def sample_continuations(model: TrajectoryTransformer, prefix: torch.Tensor, forced: torch.Tensor,
                          discretizer: Discretizer, config: PlanConfig, rng: Philox, progress: bool = False
@@ -131,13 +98,14 @@ def sample_continuations(model: TrajectoryTransformer, prefix: torch.Tensor, for
         raise ValueError("forced tokens must sit at the same positions in every row")
     if forced.numel() and int(forced.max()) > model.stop_token:
         raise ValueError(f"forced tokens exceed the stop token {model.stop_token}")
-    config = replace(config, n_expand=1, objective="return")
-    search = _Continuations(model, prefix.to(device), [0] * len(prefix), discretizer, config, None)
+    config = replace(config, n_expand=1)
+    search = Search(model, prefix.to(device), [0] * len(prefix), discretizer, config, None,
+                    objective=ForcedActions(forced.to(device)))
     bar = progress_bar((forced.shape[1] + model.config.observation_dim) // model.transition_dim, "sampling",
                        progress)
-    tokens = search.sample(forced.to(device), drawn[0], rng, bar)
+    search.run(rng, on_transition=bar.update)
     bar.close()
-    return tokens.view(len(prefix), config.beam_width, -1)
+    return search.beams.tokens[:, prefix.shape[1] :].view(len(prefix), config.beam_width, -1)
 
 
 # ----------------------------------------------------------------------------- held-out data

@@ -9,17 +9,14 @@ deterministically (to the lower index) where theirs are left to the backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tt.cache import SharedPrefix
+from tt.config import PlanConfig
 from tt.rng import Philox
-
-if TYPE_CHECKING:
-    from tt.planner import PlanConfig
 
 # ----------------------------------------------------------------------------- attention
 
@@ -365,13 +362,6 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
 # ----------------------------------------------------------------------------- likelihood search (imitation)
 
 
-def token_filters(model, config: PlanConfig) -> list[tuple[int | None, float | None]]:
-    """Each token kind's (top_k, cdf) by offset in a transition: observation, action, reward and value."""
-    O, A = model.config.observation_dim, model.config.action_dim
-    return [(config.k_obs, config.cdf_obs)] * O + [(config.k_act, config.cdf_act)] * A + \
-        [(config.k_rew, config.cdf_rew)] * 2
-
-
 def log_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
               cdf: float | None = None) -> torch.Tensor:
     """The authors' `get_logp` on the last logits `[R, N+1]`: temperature, cdf filter (-1000),
@@ -401,7 +391,7 @@ def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig, goal: torch
     the best sequence's tokens `[H * T]` (from the observation on) and its log-likelihood."""
     O, T = model.config.observation_dim, model.transition_dim
     crop = crop or exact_crop(model, config)
-    filters = token_filters(model, config)
+    filters = config.filters(model.config.observation_dim, model.config.action_dim)
     x, logp_sum = prefix[None], torch.zeros(1, device=prefix.device)
     start = x.shape[1] - O
     for position in range(x.shape[1], start + config.horizon * T):
@@ -438,7 +428,7 @@ def plan_score(model, prefix: torch.Tensor, tokens: torch.Tensor, midpoints: tor
         return goal_forward(model, crop(x[:, :position]), goal)[:, -1]
 
     if config.objective == "likelihood":
-        filters = token_filters(model, config)
+        filters = config.filters(model.config.observation_dim, model.config.action_dim)
         total = torch.zeros((), dtype=torch.float64)
         for position in range(len(prefix), start + H * T):
             top_k, cdf = filters[position % T]
@@ -479,7 +469,7 @@ def sample_continuations(model, prefix: torch.Tensor, forced: torch.Tensor, samp
     """
     T = model.transition_dim
     crop = crop or exact_crop(model, config)
-    filters = token_filters(model, config)
+    filters = config.filters(model.config.observation_dim, model.config.action_dim)
     B, L = prefix.shape
     x, given = prefix.repeat_interleave(samples, 0), forced.repeat_interleave(samples, 0)
     for i in range(forced.shape[1]):

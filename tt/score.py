@@ -18,10 +18,11 @@ import numpy as np
 
 from tt import distributed
 from tt.checkpoint import load_run
+from tt.config import PlanConfig
 from tt.data import load_dataset, trajectories_from_minari
 from tt.io import atomic_write, write_json
-from tt.planner import PlanConfig, check_config
 from tt.progress import progress as progress_bar
+from tt.search import check_config
 
 NO_REFERENCE = "no reference scores"
 

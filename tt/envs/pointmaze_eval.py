@@ -231,7 +231,7 @@ def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | No
     (driven paths solid, each episode's first plan dashed)."""
     from tt.checkpoint import load_run
     from tt.envs.pointmaze import TASKS
-    from tt.planner import Planner
+    from tt.search import Planner
 
     _, _, run_config, _ = load_run(run_dir)
     data = run_config.get("data") or {}
