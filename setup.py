@@ -80,9 +80,9 @@ def extension_modules():
 ext_modules, cmdclass = extension_modules()
 
 setup(
-    packages=["tt", "tt.envs", "tt.kernels"],
+    packages=["tt", "tt.eval", "tt.kernels", "tt.ops", "tt.predict", "tt.search", "tt.tasks"],
     package_dir={"tt": "tt", "tt.kernels": "kernels"},
-    package_data={"tt.envs": ["policies/*.safetensors", "policies/*.json"]},  # the shipped behaviour policies
+    package_data={"tt.tasks": ["policies/*.safetensors", "policies/*.json"]},  # the shipped behaviour policies
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

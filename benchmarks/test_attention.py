@@ -7,7 +7,7 @@ import pytest
 import torch
 from common import DEVICES, SMALL, record
 
-from tt import reference
+from tt import ops, reference
 
 pytestmark = pytest.mark.skipif("cuda" not in DEVICES, reason="CUDA benchmarks")
 
@@ -118,14 +118,14 @@ def test_decode_step(benchmark, timings, monkeypatch, impl, dtype):
     cache.kv.normal_()
     cache.share(S, groups=1, group_rows=R)
     token = torch.randint(0, model.config.n_bins, (R,), device="cuda")
-    monkeypatch.setenv("TT_DECODE", "blocks" if impl == "python blocks" else "fused")
+    ops.use(decode="blocks" if impl == "python blocks" else "fused")
     weights = model.block_weights()
     fn = lambda: model.decode(token, cache, S + own, None, weights)
     with torch.no_grad():
         if impl == "triton fused":  # the same step as the blocks'
-            monkeypatch.setenv("TT_DECODE", "blocks")
+            ops.use(decode="blocks")
             want = model.decode(token, cache, S + own, None, model.block_weights()).float()
-            monkeypatch.setenv("TT_DECODE", "fused")
+            ops.use(decode="fused")
             tol = 1e-3 if dtype == torch.float32 else 0.1 * want.abs().max().item()
             torch.testing.assert_close(fn().float(), want, rtol=0, atol=tol)
         benchmark.group = f"decode step cuda {dtype} {R} rows after prefix {S}+{own}"

@@ -21,7 +21,7 @@ def timed(fn, device):
 
 @pytest.fixture(autouse=True)
 def require_compiled():
-    if not ops._compiled_library():
+    if not ops.compiled_library():
         pytest.skip("tt._C is not built")
 
 

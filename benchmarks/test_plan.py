@@ -11,7 +11,7 @@ import pytest
 import torch
 from common import DEVICES, SMALL, hopper, record, time_graph_plans
 
-from tt import reference
+from tt import ops, reference
 from tt.config import PlanConfig
 from tt.rng import Philox
 from tt.search import beam_plan
@@ -36,7 +36,7 @@ def test_plan(benchmark, timings, monkeypatch, hopper_plan, planner, beam, horiz
     if planner.endswith("bf16"):
         model = copy.deepcopy(model).to(torch.bfloat16)
     if planner.endswith("blocks"):
-        monkeypatch.setenv("TT_DECODE", "blocks")
+        ops.use(decode="blocks")
     config = PlanConfig(horizon=horizon, beam_width=beam, window="cached" if "cached" in planner else "exact")
     benchmark.group = f"plan {device.type} beam {beam} horizon {horizon}"
     mids = torch.tensor(discretizer.midpoints, device=device)

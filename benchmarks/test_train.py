@@ -6,6 +6,7 @@ import pytest
 import torch
 from common import DEVICES, SMALL, record
 
+from tt import ops
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.train import TrainConfig, configure_optimizer
 
@@ -15,7 +16,7 @@ from tt.train import TrainConfig, configure_optimizer
 def test_training_step(benchmark, timings, device, attention, monkeypatch):
     if attention == "triton" and device == "cpu":
         pytest.skip("Triton runs on GPUs (on CPU only interpreted, for tests)")
-    monkeypatch.setenv("TT_ATTENTION", attention)
+    ops.use(attention=attention)
     batch = 8 if SMALL else (32 if device == "cpu" else 256)
     config = GPTConfig(11, 3, n_layer=1 if SMALL else 4, n_embd=32 if SMALL else 128)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 // The tt op library: one schema per op, CPU implementations; CUDA ones register in csrc/cuda.
 // Outputs are preallocated by the caller and written in place (Tensor!), so the ops work
-// under CUDA graph capture; fake implementations live beside the wrappers in tt/ops.py.
+// under CUDA graph capture; fake implementations live in tt/ops/dispatch.py.
 #include <Python.h>
 #include <torch/library.h>
 

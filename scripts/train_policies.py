@@ -3,7 +3,7 @@
 
     pip install -e ".[policies]"        # stable-baselines3: needed here only, never at run time
     python scripts/train_policies.py train hopper --steps 300000 --out runs/policies
-    python scripts/train_policies.py ship hopper --out runs/policies   # -> tt/envs/policies/
+    python scripts/train_policies.py ship hopper --out runs/policies   # -> tt/tasks/policies/
     python scripts/train_policies.py plot hopper --out runs/policies   # -> benchmarks/policies_hopper.png
 
 `train` is seeded, writes the actor every `--checkpoint-every` steps (safetensors, evaluated
@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tt.envs.actor import Actor, load_actor, save_actor  # noqa: E402
-from tt.envs.locomotion import ENV_IDS, POLICY_DIR, make_env, random_policy  # noqa: E402
-from tt.envs.rollouts import collect_episodes, returns_of  # noqa: E402
 from tt.io import atomic_write, write_json  # noqa: E402
+from tt.tasks.actor import Actor, load_actor, save_actor  # noqa: E402
+from tt.tasks.locomotion import ENV_IDS, POLICY_DIR, make_env, random_policy  # noqa: E402
+from tt.tasks.rollouts import collect_episodes, returns_of  # noqa: E402
 
 SHIP_DIR = POLICY_DIR
 

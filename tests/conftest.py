@@ -29,7 +29,7 @@ def pytest_configure(config):
     if os.environ.get("TT_REQUIRE_COMPILED") == "1":
         from tt import ops
 
-        if not ops._compiled_library():
+        if not ops.compiled_library():
             pytest.exit("TT_REQUIRE_COMPILED=1, but tt._C is not built or is stale (see the warning above): "
                         "the compiled ops' tests would all be skipped", returncode=3)
 
@@ -37,7 +37,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def pendulum_medium():
     """A 12-episode Pendulum medium data set (200 steps each, truncations only)."""
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     return make_dataset("pendulum-medium", episodes=12, seed=0, progress=False)
 
@@ -45,9 +45,19 @@ def pendulum_medium():
 @pytest.fixture(scope="session")
 def inverted_pendulum_medium():
     """A small InvertedPendulum medium data set (with real terminations)."""
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     return make_dataset("invertedpendulum-medium", episodes=8, seed=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def restore_op_choices():
+    """Tests choose backends with `ops.use(...)`; each test starts from, and leaves, the process's choices."""
+    from tt import ops
+
+    before = ops.choices()
+    yield
+    ops.use(**vars(before))
 
 
 @pytest.fixture(params=["compiled", "reference"])
@@ -55,9 +65,9 @@ def backend(request, monkeypatch):
     """Run a test on tt._C's ops ("compiled", skipped where it is not built) and on the reference."""
     from tt import ops
 
-    if request.param == "compiled" and not ops._compiled_library():
+    if request.param == "compiled" and not ops.compiled_library():
         pytest.skip("tt._C is not built")
-    monkeypatch.setenv("TT_BACKEND", "" if request.param == "compiled" else "reference")
+    ops.use(backend="auto" if request.param == "compiled" else "reference")
     return request.param
 
 

@@ -85,11 +85,11 @@ def test_dropout_drops_at_its_rate_and_its_backward_is_consistent():
 
 def test_ops_dispatch_to_triton_when_asked(monkeypatch):
     q, k, v = qkv(1, 1, 9, 16)
-    monkeypatch.setenv("TT_ATTENTION", "triton")
+    ops.use(attention="triton")
     assert ops.backends()["attention"][DEVICE] == "Triton"
     out = ops.attention(q, k, v, transition_dim=3)
     torch.testing.assert_close(out, reference.attention(q, k, v, transition_dim=3), rtol=0, atol=2e-5)
-    monkeypatch.setenv("TT_ATTENTION", "reference")
+    ops.use(attention="reference")
     assert ops.backends()["attention"][DEVICE] == "reference"
 
 
@@ -101,7 +101,7 @@ def test_model_training_step_with_triton_matches_the_reference(monkeypatch):
     tokens = torch.randint(0, 21, (3, config.block_size + 1), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     results = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         torch.manual_seed(0)
         model = TrajectoryTransformer(config).to(DEVICE)
         _, loss = model(tokens[:, :-1], tokens[:, 1:])
@@ -134,7 +134,7 @@ def test_greedy_plan_with_triton_equals_the_reference_path(monkeypatch, window):
                      window=window)
     tokens = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         tokens[backend] = plan(model, prefix.to(DEVICE), disc, cfg, Philox(0, DEVICE)).tokens
     assert torch.equal(tokens["triton"], tokens["reference"])
 
@@ -164,7 +164,7 @@ def test_long_windows_forward_and_backward():
 def test_cascade_attention_after_a_shared_prefix_on_triton(monkeypatch, G, n, blocks, S, own, Lq):
     """Attention after a shared prefix on Triton: one query per row in one fused kernel, several by
     the cascade (prefix per group, own keys per row, merged by log-sum-exp)."""
-    monkeypatch.setenv("TT_ATTENTION", "triton")
+    ops.use(attention="triton")
     g = torch.Generator().manual_seed(S + own)
     R, H, D, T = blocks * G * n, 2, 16, 4
     q, k, v = (torch.randn(R, H, L, D, generator=g).to(DEVICE) for L in (Lq, own, own))
@@ -173,7 +173,7 @@ def test_cascade_attention_after_a_shared_prefix_on_triton(monkeypatch, G, n, bl
     start[-1] = S  # a group whose prefix is all padding
     key_start = start.repeat_interleave(n).repeat(blocks)
     prefix = SharedPrefix(pk, pv, n)
-    out = ops._attention_after_prefix(q, k, v, prefix, T, S + own - Lq, key_start)
+    out = ops.cascade.attention_after_prefix(q, k, v, prefix, T, S + own - Lq, key_start)
     want = reference.attention(q, k, v, transition_dim=T, q_offset=S + own - Lq, key_start=key_start, prefix=prefix)
     assert (out - want).abs().max() <= 2e-5
 

@@ -24,6 +24,7 @@ from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.search import Planner
+from tt.search import plan as search_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PENDULUM = "tt/pendulum/medium-v0"
@@ -256,7 +257,7 @@ def test_planner_refuses_an_environment_of_other_sizes():
 def test_bins_the_cuda_kernel_cannot_take_are_refused_on_the_host(monkeypatch):
     header = (ROOT / "csrc" / "cuda" / "kernels" / "sample_next.cuh").read_text()
     assert int(re.search(r"kSampleNextMaxVocab = (\d+);", header).group(1)) == ops.CUDA_MAX_TOKENS
-    monkeypatch.setattr(ops, "_compiled", lambda op, device: True)  # as where tt._C's CUDA kernels are built
+    monkeypatch.setattr(ops.dispatch, "compiled", lambda op, device: True)  # as where tt._C's CUDA kernels are built
     ops.check_tokens_per_row(ops.CUDA_MAX_TOKENS, "cuda")
     ops.check_tokens_per_row(ops.CUDA_MAX_TOKENS + 1, "cpu")  # the C++ op takes any number
     with pytest.raises(ValueError, match="1024 bins .* more than the CUDA sampling kernel takes"):
@@ -310,7 +311,7 @@ def damage(path: Path, how: str) -> None:
 @pytest.fixture
 def damaged_root(tmp_path_factory, monkeypatch):
     """A Minari root of its own holding a small pendulum-medium, for damaging."""
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     root = tmp_path_factory.mktemp("minari-damaged")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
@@ -363,7 +364,7 @@ def test_a_search_too_large_for_memory_is_refused_before_allocating(runs, tmp_pa
     import resource
     import time
 
-    monkeypatch.setattr(ops, "available_memory", lambda device: 100 * 2**20)
+    monkeypatch.setattr(search_plan, "available_memory", lambda device: 100 * 2**20)
     monkeypatch.chdir(tmp_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -376,10 +377,10 @@ def test_a_search_too_large_for_memory_is_refused_before_allocating(runs, tmp_pa
                          "on cpu", err), err
     assert time.perf_counter() - started < 1.0
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 * 1024  # kB: no large allocation
-    monkeypatch.setattr(ops, "available_memory", lambda device: 2**40)
+    monkeypatch.setattr(search_plan, "available_memory", lambda device: 2**40)
     model, disc = tiny_model()
     planner = Planner(model, disc, PlanConfig(beam_width=1000, horizon=1), seed=0)
-    monkeypatch.setattr(ops, "available_memory", lambda device: 2**20)
+    monkeypatch.setattr(search_plan, "available_memory", lambda device: 2**20)
     with pytest.raises(ValueError, match=r"planning 3 environment\(s\)"):
         planner.check_memory(3)  # the evaluation's environments plan in one batch
     with pytest.raises(ValueError, match="more than the 0.0 GiB available"):

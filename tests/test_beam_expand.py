@@ -12,7 +12,7 @@ import torch
 
 from tt import ops, reference
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not HAS_C, reason="needs a CUDA device and tt._C")
 
@@ -74,7 +74,7 @@ KINDS = ["plain", "ties", "dead", "nonfinite", "zeros"]
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("B, W, V, k", SHAPES)
 def test_compiled_beam_expand_equals_the_reference(B, W, V, k, kind, monkeypatch):
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     scores, logp = inputs(B, W, V, kind, seed=B * 1000 + W * V + k)
     assert_same(ops.beam_expand(scores, logp, k), reference.beam_expand(scores, logp, k))
 

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from tt import checkpoint as checkpoint_module
 from tt import io as io_module
-from tt.checkpoint import checkpoint_folder, load_run
+from tt.checkpoint import CheckpointError, checkpoint_folder, load_run
 from tt.discretize import Discretizer
-from tt.envs import make_dataset
 from tt.io import read_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
+from tt.tasks import make_dataset
 
 # Runs `tt train` in a fresh process that SIGKILLs itself at the n-th call of one function.
 DRILL = r"""
@@ -141,20 +141,14 @@ def test_save_crash_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert load_run(run)[3] == 0
 
 
-def test_legacy_flat_run_loads_and_is_converted(tmp_path):
-    """Runs written before step folders (files directly in the run directory) still load."""
-    run, model = tiny_run(tmp_path)
-    folder = checkpoint_folder(run)
+def test_a_record_without_its_folder_is_refused(tmp_path):
+    """checkpoint.json names the step folder and its files' digests; one that does not is refused in a line."""
+    run, _ = tiny_run(tmp_path)
     record = json.load(open(os.path.join(run, "checkpoint.json")))
-    for name in os.listdir(folder):
-        os.rename(os.path.join(folder, name), os.path.join(run, name))
-    os.rmdir(folder)
     del record["folder"]
     json.dump(record, open(os.path.join(run, "checkpoint.json"), "w"))
-    _, discretizer, config, _ = load_run(run)
-    checkpoint_module.save_run(run, model, discretizer, {k: v for k, v in config.items() if k != "model"}, step=2)
-    assert load_run(run)[3] == 2
-    assert sorted(os.listdir(run)) == ["checkpoint.json", "step-00000002"]
+    with pytest.raises(CheckpointError, match="names no checkpoint folder"):
+        load_run(run)
 
 
 def test_resaving_the_committed_step_never_touches_it(tmp_path):

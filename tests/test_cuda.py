@@ -10,7 +10,7 @@ import torch
 from tt import ops, reference
 from tt.rng import Philox
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not ops._compiled_library(),
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or not ops.compiled_library(),
                                 reason="needs a CUDA device and tt._C")
 
 
@@ -79,8 +79,8 @@ def test_greedy_plans_equal_the_authors_planner_on_sdpa_attention(monkeypatch, d
     from tt.model import GPTConfig
     from tt.search import beam_plan, pad_prefixes
 
-    monkeypatch.delenv("TT_BACKEND", raising=False)
-    monkeypatch.delenv("TT_ATTENTION", raising=False)  # the fast plan: the device's own attention
+    ops.use(backend="auto")
+    ops.use(attention="auto")  # the fast plan: the device's own attention
     model = sharpened_model(GPTConfig(11, 3, n_bins=100, n_transitions=10)).to(device)
     disc = Discretizer(torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy())
     g = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def test_greedy_plans_equal_the_authors_planner_on_sdpa_attention(monkeypatch, d
     cfg = PlanConfig(horizon=5, beam_width=8, max_context_transitions=C, window=window, k_act=1, cdf_act=None)
     assert cfg.k_obs == cfg.k_rew == 1 and cfg.cdf_obs is None and cfg.cdf_rew is None  # greedy
     fast = beam_plan(model, pad_prefixes(prefixes, 16), disc, cfg, Philox(0, device))
-    monkeypatch.setenv("TT_ATTENTION", "reference")  # F.scaled_dot_product_attention, masked
+    ops.use(attention="reference")  # F.scaled_dot_product_attention, masked
     mids = torch.tensor(disc.midpoints, device=device)
     for b, prefix in enumerate(prefixes):
         tokens, score = reference.beam_plan(model, prefix, mids, cfg, Philox(0, device))
@@ -107,15 +107,15 @@ def test_likelihood_plans_equal_the_authors_search_on_sdpa_attention(monkeypatch
     from tt.model import GPTConfig
     from tt.search import beam_plan, pad_prefixes
 
-    monkeypatch.delenv("TT_BACKEND", raising=False)
-    monkeypatch.delenv("TT_ATTENTION", raising=False)
+    ops.use(backend="auto")
+    ops.use(attention="auto")
     model = sharpened_model(GPTConfig(11, 3, n_bins=100, n_transitions=10), seed=2).to(device)
     disc = Discretizer(torch.linspace(-1, 1, 101)[:, None].repeat(1, 16).numpy())
     g = torch.Generator().manual_seed(3)
     prefixes = [torch.randint(0, 100, (c * 16 + 11,), generator=g).to(device) for c in (4, 1)]
     cfg = PlanConfig(horizon=3, beam_width=16, max_context_transitions=C, window=window, objective="likelihood")
     fast = beam_plan(model, pad_prefixes(prefixes, 16), disc, cfg)
-    monkeypatch.setenv("TT_ATTENTION", "reference")
+    ops.use(attention="reference")
     for b, prefix in enumerate(prefixes):
         tokens, logp = reference.likelihood_plan(model, prefix, cfg)
         assert torch.equal(fast.tokens[b], tokens), f"plan {b} differs from the reference"

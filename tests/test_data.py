@@ -86,7 +86,7 @@ def test_minari_dataset_to_trajectories(pendulum_medium, inverted_pendulum_mediu
 
 
 def test_builtin_generation_is_deterministic():
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     a = trajectories_from_minari(make_dataset("invertedpendulum-mixed", episodes=3, seed=7, progress=False))
     b = trajectories_from_minari(make_dataset("invertedpendulum-mixed", episodes=3, seed=7, progress=False))

@@ -9,7 +9,8 @@ import torch
 
 from tt.cli import main
 from tt.data import load_dataset, make_trajectories, training_split, trajectories_from_minari
-from tt.dynamics import (
+from tt.io import read_jsonl
+from tt.predict.ensemble import (
     DynamicsConfig,
     GaussianEnsemble,
     load_dynamics,
@@ -18,7 +19,6 @@ from tt.dynamics import (
     train_dynamics,
     transitions,
 )
-from tt.io import read_jsonl
 
 SMALL = dict(dataset="pendulum-medium", hidden=64, layers=2, max_steps=300, eval_every=50, holdout_episodes=3,
              device="cpu")

@@ -38,10 +38,11 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent))
 from test_planner import random_discretizer  # noqa: E402
 
-from tt import ops, prediction, reference  # noqa: E402
+from tt import ops, reference  # noqa: E402
 from tt.cache import SharedPrefix  # noqa: E402
 from tt.config import PlanConfig  # noqa: E402
 from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
+from tt.predict import experiment as prediction  # noqa: E402
 from tt.rng import Philox  # noqa: E402
 from tt.search import Planner, beam_plan, pad_prefixes  # noqa: E402
 
@@ -298,7 +299,7 @@ def test_planner_loop(case):
 # ----------------------------------------------------------------------------- compiled ops
 
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 
 
 @st.composite
@@ -320,10 +321,10 @@ def logits_cases(draw):
 
 
 def both_backends(monkeypatch, fn):
-    """fn() on the compiled ops and on the reference (TT_BACKEND=reference)."""
-    monkeypatch.setenv("TT_BACKEND", "")
+    """fn() on the compiled ops and on the reference (`ops.use(backend="reference")`)."""
+    ops.use(backend="auto")
     compiled = fn()
-    monkeypatch.setenv("TT_BACKEND", "reference")
+    ops.use(backend="reference")
     return compiled, fn()
 
 

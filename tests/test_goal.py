@@ -5,6 +5,7 @@ goal's K/V as a segment of the cache that every row reads, on the reference and 
 Planner's goals."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from tt.config import PlanConfig
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.search import Planner, beam_plan, pad_prefixes
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
 
 SHAPES = [  # (observation_dim, action_dim, n_bins, n_transitions, n_layer, n_head, n_embd)
@@ -238,7 +239,7 @@ def test_fused_decode_step_with_a_goal_matches_the_python_blocks(monkeypatch, ro
     tokens = torch.randint(0, model.config.n_bins, (rows, 6))
     out = {}
     for fused in (True, False):
-        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+        ops.use(decode="fused" if fused else "blocks")
         cache = model.setup_cache(rows)
         model.encode_goal(goal, cache, group_rows=rows // goals)
         with torch.no_grad():
@@ -270,7 +271,6 @@ def test_import_of_the_authors_conditional_gpt(O, A, N, K, n_layer, n_head, n_em
     model = TrajectoryTransformer.from_reference(sd, O, A, n_head=n_head).double().eval()
     c = model.config
     assert c.goal_conditioned and c.n_transitions == K and c.n_bins == N
-    assert c.sequence_size == K * c.transition_dim - 1 + O
     assert torch.equal(model.goal_emb.weight, sd["goal_emb.weight"])
     assert torch.equal(model.pos_emb, sd["pos_emb"][:, : K * c.transition_dim - 1])
     tokens = torch.randint(0, N + 1, (2, c.block_size))
@@ -377,7 +377,7 @@ def test_float32_goal_plan_on_the_compiled_kernels_matches_the_reference_backend
     goal = random_goal(model, 3)
     results = {}
     for backend in ("", "reference"):
-        monkeypatch.setenv("TT_BACKEND", backend)
+        ops.use(backend=backend)
         results[backend] = beam_plan(model, pad_prefixes(prefixes, T), random_discretizer(N, T), config, goal=goal)
     assert torch.equal(results[""].tokens, results["reference"].tokens)
     torch.testing.assert_close(results[""].score, results["reference"].score, rtol=1e-5, atol=1e-5)
@@ -420,7 +420,7 @@ def test_windows_carry_their_episodes_hindsight_goals():
 
 @pytest.fixture(scope="module")
 def pointmaze_tiny():
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     return make_dataset("pointmaze-fourrooms", episodes=3, seed=0, progress=False)
 
@@ -441,11 +441,13 @@ def test_goal_conditioned_training_on_pointmaze_runs_and_plans(tmp_path, pointma
                       goal=np.array([1.0, 1.0, 0.0, 0.0]))
     assert planner.act(np.zeros(4)).shape == (2,)
     if goal == "final":  # tt eval on a goal task: success, steps to the goal, the paths drawn
-        from tt.envs.pointmaze_eval import evaluate_goals
+        from tt.eval.goal import evaluate_goals
 
         result = evaluate_goals(str(tmp_path), n_goals=1, seed=0, out=str(tmp_path / "eval"), progress=False,
                                 horizon=1, beam_width=2)
-        assert result["n"] == 1 and 0.0 <= result["success_rate"] <= 1.0
+        episode = result["episodes"][0]
+        assert result["n"] == 1 and result["success_rate"] == float(episode["success"])
+        assert episode["planned"].shape == (1, 2) and np.isfinite(episode["path"]).all()
         assert (tmp_path / "eval" / "goal_paths.png").stat().st_size > 0 and (tmp_path / "eval" / "goals.json").exists()
 
 
@@ -470,3 +472,52 @@ def test_goal_conditioned_train_and_eval_from_the_command_line(tmp_path, pointma
     main(["eval", "--run", run, "--episodes", "1", "--horizon", "1", "--beam-width", "2", "--device", "cpu"])
     assert "goals in another room" in capsys.readouterr().out
     assert (tmp_path / "run" / "eval" / "goal_paths.png").exists()
+
+
+class ControllerPlanner:
+    """A stand-in for a goal-conditioned `tt.Planner` in goal evaluation: the data's waypoint
+    controller steering each environment to the goal `set_goal` gave it (`ignore_goals`: a broken
+    planner that always steers to the first goal it was given)."""
+
+    def __init__(self, maze, ignore_goals: bool = False):
+        from tt.tasks.pointmaze import WaypointController
+
+        self.controller, self.ignore_goals, self.O = WaypointController(maze), ignore_goals, 4
+        self.goals: dict[int, np.ndarray] = {}
+
+    def reset(self, n_envs):
+        self.goals = {}
+
+    def set_goal(self, goal, env):
+        if not (self.ignore_goals and self.goals):
+            self.goals[env] = np.asarray(goal)
+        else:
+            self.goals[env] = next(iter(self.goals.values()))
+
+    def act(self, obs):
+        actions = np.stack([self.controller({"observation": o, "desired_goal": self.goals.get(i, o)[:2]})
+                            for i, o in enumerate(obs)])
+        self.current_plans = [types.SimpleNamespace(transitions=np.zeros((1, 4)))] * len(obs)
+        return actions
+
+    def observe(self, reward, done):
+        pass
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_goal_evaluation_scores_a_planner_that_heads_for_its_goals(broken):
+    """Goal evaluation gives each environment its own goal and measures success: a planner that heads
+    for the goal it is given reaches most goals in other rooms; one that ignores its goals does not."""
+    from tt.eval.goal import evaluate_planner
+    from tt.tasks.pointmaze import make_env, maze_of
+
+    env = make_env("fourrooms")
+    maze = maze_of(env)
+    env.close()
+    pairs = maze.evaluation_pairs(6, seed=0)
+    result = evaluate_planner(ControllerPlanner(maze, ignore_goals=broken), [0, 1], pairs, seed=0, n_envs=3,
+                              progress=False)
+    if broken:
+        assert result["success_rate"] <= 0.5, result["success_rate"]
+    else:
+        assert result["success_rate"] >= 0.8, result["success_rate"]

@@ -159,7 +159,7 @@ def test_ops_attention_with_a_goal_runs_the_triton_kernels(monkeypatch, Lq, pref
     key_start = torch.tensor([0, 0, 4, 4, 0, 0], device=DEVICE)
     goal = goal_segment(R, 2, 5, H, D, "table", g)
     want = oracle(q, k, v, T, q_offset, key_start, prefix, goal)
-    monkeypatch.setenv("TT_ATTENTION", "triton")
+    ops.use(attention="triton")
     no_reference_with_a_goal(monkeypatch)
     out = ops.attention(q, k, v, transition_dim=T, q_offset=q_offset, key_start=key_start, prefix=prefix, goal=goal)
     torch.testing.assert_close(out.cpu().double(), want, atol=TOL[torch.float32], rtol=0)
@@ -167,7 +167,7 @@ def test_ops_attention_with_a_goal_runs_the_triton_kernels(monkeypatch, Lq, pref
 
 def test_cascade_with_a_goal_on_the_native_path_matches_the_reference(monkeypatch):
     """`_attention_after_prefix` with a goal where Triton does not run (the goal joins each row's own keys)."""
-    monkeypatch.setenv("TT_ATTENTION", "native")
+    ops.use(attention="native")
     g = torch.Generator().manual_seed(3)
     R, H, D, T, S, own, Lq = 6, 2, 8, 4, 8, 5, 3
     q = torch.randn(R, H, Lq, D, generator=g)
@@ -176,7 +176,7 @@ def test_cascade_with_a_goal_on_the_native_path_matches_the_reference(monkeypatc
     goal = SharedPrefix(torch.randn(2, H, 4, D, generator=g), torch.randn(2, H, 4, D, generator=g), 3)
     key_start = torch.tensor([0, 0, 4, 4, 8, 8])
     for prefix in (SharedPrefix(pk, pv, 2), SharedPrefix(pk, pv, 1, torch.tensor([1, 1, 0, 2, 2, 0]))):
-        out = ops._attention_after_prefix(q, k, v, prefix, T, S + own - Lq, key_start, goal)
+        out = ops.cascade.attention_after_prefix(q, k, v, prefix, T, S + own - Lq, key_start, goal)
         torch.testing.assert_close(out.double(), oracle(q, k, v, T, S + own - Lq, key_start, prefix, goal),
                                    atol=2e-6, rtol=0)
 
@@ -189,7 +189,7 @@ def test_training_with_a_goal_keeps_the_reference_on_triton(monkeypatch):
     goal = random_goal(model, 2).to(DEVICE)
     grads = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         model.zero_grad()
         _, loss = model(tokens[:, :-1], tokens[:, 1:], goal=goal)
         loss.backward()
@@ -214,7 +214,7 @@ def test_triton_decode_step_with_a_goal_matches_the_python_blocks(monkeypatch, r
     model = goal_model(SHAPES[1], seed=rows, dtype=torch.float32, noise=0.1).to(DEVICE)
     out = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         assert ops.backends()["decode_layers"][DEVICE] == ("Triton" if backend == "triton" else "Python blocks")
         assert ops.fused_decode(torch.zeros(rows, 1, 32, dtype=dtype, device=DEVICE)) == (backend == "triton")
         out[backend] = fused_decode_step(model.to(dtype if backend == "triton" else torch.float32), rows, shared,
@@ -245,9 +245,9 @@ def test_goal_model_on_the_triton_backend_equals_its_full_forward(monkeypatch):
     model = goal_model(SHAPES[0], seed=6, dtype=torch.float32).to(DEVICE)
     goal = random_goal(model, 2).to(DEVICE)
     tokens = torch.randint(0, model.config.n_bins, (2, 9)).to(DEVICE)
-    monkeypatch.setenv("TT_ATTENTION", "reference")
+    ops.use(attention="reference")
     full = model(tokens, goal=goal)
-    monkeypatch.setenv("TT_ATTENTION", "triton")
+    ops.use(attention="triton")
     no_reference_with_a_goal(monkeypatch)
     cache = model.setup_cache(2)
     model.encode_goal(goal, cache)
@@ -272,7 +272,7 @@ def test_greedy_goal_plan_on_triton_equals_the_reference_backend(monkeypatch, ob
     goal = random_goal(model, 2, g).to(DEVICE)
     results = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         results[backend] = beam_plan(model, prefix, random_discretizer(N, T), config, Philox(0, DEVICE), goal=goal)
     assert torch.equal(results["triton"].tokens, results["reference"].tokens)
     torch.testing.assert_close(results["triton"].score, results["reference"].score, rtol=1e-4, atol=1e-4)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tt.cli import main
-from tt.envs import locomotion, make_dataset
-from tt.envs.actor import Actor, load_actor, load_card, save_actor
-from tt.envs.rollouts import RolloutWorkers, collect_episodes
+from tt.tasks import locomotion, make_dataset
+from tt.tasks.actor import Actor, load_actor, load_card, save_actor
+from tt.tasks.rollouts import RolloutWorkers, collect_episodes
 
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6), "walker2d": (17, 6)}
 TERMINATES = {"hopper": True, "halfcheetah": False, "walker2d": True}

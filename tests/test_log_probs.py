@@ -22,7 +22,7 @@ import torch
 
 from tt import ops, reference
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built (or lacks tt::log_probs)")
 
 nan, inf = float("nan"), float("inf")
@@ -109,7 +109,7 @@ TEMPERATURES = (1.0, 0.7, 1.9)
 @pytest.mark.parametrize("kind", ["plain", "ties", "extreme"])
 @pytest.mark.parametrize("R, V", SHAPES)
 def test_compiled_log_probs_equals_the_reference(R, V, kind, monkeypatch):
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     for i, (top_k, cdf) in enumerate(FILTERS):
         k = {"V": V, "V-1": V - 1}.get(top_k, top_k)
         if k is not None and k > V:
@@ -129,7 +129,7 @@ def test_compiled_log_probs_equals_the_reference(R, V, kind, monkeypatch):
 def test_cdf_boundary_is_strict(dtype, monkeypatch):
     """cdf set to one of the reference's own running sums: that position is not below cdf, so it
     keeps one token more than a cdf a rounding larger (the op must round its sums as torch does)."""
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     for seed in range(12):
         logits = random_logits(1, 101, seed=seed, dtype=dtype)
         cum = torch.cumsum(torch.sort(reference.softmax(scaled(logits, 1.0))).values, -1)
@@ -147,7 +147,7 @@ def test_cdf_boundary_is_strict(dtype, monkeypatch):
 @pytest.mark.parametrize("top_k, cdf", [(None, 0.6), (3, None), (2, 0.3), (None, None)])
 def test_compiled_log_probs_dtypes(dtype, top_k, cdf, monkeypatch):
     """float64 runs in double; float16 and bfloat16 are upcast to float32, as the reference does."""
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     logits = random_logits(37, 101, seed=5, dtype=dtype)
     got = ops.log_probs(logits, 0.8, top_k, cdf)
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -156,7 +156,7 @@ def test_compiled_log_probs_dtypes(dtype, top_k, cdf, monkeypatch):
 
 @needs_c
 def test_ties_stay_ties_and_equal_rows_are_equal(monkeypatch):
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     row = torch.tensor([2.0, -1.0, 2.0, 0.5, 0.5, -1.0, 2.0, 0.0, -3.0, 0.5])
     logits = torch.stack([row, row, row.flip(0), torch.zeros(10), torch.full((10,), 7.0)])
     for top_k, cdf in [(None, None), (1, None), (4, None), (None, 0.3), (None, 0.6), (2, 0.99), (None, 0.0)]:
@@ -172,7 +172,7 @@ def test_ties_stay_ties_and_equal_rows_are_equal(monkeypatch):
 def test_extreme_and_nonfinite_logits_are_defined(monkeypatch):
     """+inf tokens share the mass, NaN counts as -inf, a row without a finite logit is uniform,
     +-1e30 (and 1e38 / 0.5, which overflows to +inf) behave as the reference."""
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     logits = torch.tensor([[inf, inf, 0.0, -inf], [-inf, -inf, -inf, -inf], [nan, nan, nan, nan],
                            [nan, -inf, nan, -inf], [1e30, -1e30, 0.0, 1e30], [1e38, 3.0, nan, -1e38],
                            [-1e30, -1e30, -1e30, -1e30], [5.0, nan, inf, 4.0]])
@@ -201,7 +201,7 @@ def test_compiled_op_writes_every_output(dtype, top_k, cdf):
 @needs_c
 def test_many_rows_run_in_parallel_as_one(monkeypatch):
     """Enough rows for several threads: the same values as the reference and as one thread."""
-    monkeypatch.setenv("TT_BACKEND", "")
+    ops.use(backend="auto")
     logits = random_logits(1500, 101, seed=3)
     threads = torch.get_num_threads()
     try:
@@ -296,7 +296,7 @@ def test_fake_implementation_traces():
 
 
 def test_backends_and_fallbacks(monkeypatch):
-    """The op runs on CPU where tt._C has it; the reference with TT_BACKEND=reference, for a gradient,
+    """The op runs on CPU where tt._C has it; the reference with `ops.use(backend="reference")`, for a gradient,
     and on devices without a kernel (meta here, CUDA in general)."""
     assert ops.backends()["log_probs"] == {"cpu": "C++" if HAS_C else "reference", "cuda": "reference"}
     logits = random_logits(3, 7, seed=4).requires_grad_()
@@ -304,7 +304,7 @@ def test_backends_and_fallbacks(monkeypatch):
     got[torch.isfinite(got)].sum().backward()
     assert logits.grad is not None and logits.grad.isfinite().all()
     assert ops.log_probs(torch.zeros(2, 5, device="meta"), 1.0, 1).device.type == "meta"
-    monkeypatch.setenv("TT_BACKEND", "reference")
+    ops.use(backend="reference")
     assert ops.backends()["log_probs"]["cpu"] == "reference"
     assert torch.equal(ops.log_probs(logits.detach(), 1.0, 2, 0.6), reference.log_probs(logits.detach(), 1.0, 2, 0.6))
 

@@ -1,7 +1,5 @@
 import contextlib
 import math
-import os
-from unittest import mock
 
 import pytest
 import torch
@@ -176,7 +174,7 @@ def test_bad_tokens_and_lengths_raise():
         model(torch.zeros(4, dtype=torch.long))
 
 
-needs_c = pytest.mark.skipif(not ops._compiled_library(), reason="tt._C is not built")
+needs_c = pytest.mark.skipif(not ops.compiled_library(), reason="tt._C is not built")
 
 
 @contextlib.contextmanager
@@ -220,7 +218,7 @@ def fused_decode_step(model, rows: int, shared: int, padded: bool, own: int = 3,
     with torch.no_grad():
         if goals:
             model.encode_goal(torch.randint(0, N, (goals, model.config.observation_dim)).to(device), cache)
-        with mock.patch.dict(os.environ, {"TT_DECODE": "blocks"}):  # the same cache for both paths of the step
+        with ops.using(decode="blocks"):  # the same cache for both paths of the step
             model.prefill(prefix, cache, group_start if padded else None)
         cache.share(shared, groups=groups, group_rows=max(rows // groups, 1))
         # the rows' own slots after the prefix: the prefix rows' last `own` tokens, per group
@@ -252,13 +250,13 @@ def test_fused_decode_step_matches_the_python_blocks(monkeypatch, rows, shared, 
     out = {}
     with torch_threads(threads):
         for fused in (True, False):
-            monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+            ops.use(decode="fused" if fused else "blocks")
             assert ops.backends()["decode_layers"]["cpu"] == ("C++" if fused else "Python blocks")
             out[fused] = fused_decode_step(model, rows, shared, padded, goals=goals, goal_table=goal_table)
     assert_steps_match(out[True], out[False], shared)
 
 
-needs_triton = pytest.mark.skipif(ops._triton_attention() is None, reason="Triton is not importable")
+needs_triton = pytest.mark.skipif(ops.dispatch.triton_attention() is None, reason="Triton is not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the Triton kernels run interpreted
 
 
@@ -281,11 +279,11 @@ def test_triton_decode_step_matches_the_python_blocks(monkeypatch, rows, shared,
             p.add_(torch.randn_like(p) * 0.1)
     out = {}
     for backend in ("triton", "reference"):
-        monkeypatch.setenv("TT_ATTENTION", backend)
+        ops.use(attention=backend)
         out[backend] = fused_decode_step(model.to(dtype if backend == "triton" else torch.float32), rows, shared,
                                          padded, own)
     assert ops.backends()["decode_layers"][DEVICE] == "Python blocks"
-    monkeypatch.setenv("TT_ATTENTION", "triton")
+    ops.use(attention="triton")
     assert ops.backends()["decode_layers"][DEVICE] == "Triton"
     assert_step_matches(out["triton"], out["reference"], shared, dtype)
 
@@ -334,7 +332,7 @@ def multi_token_step(model, rows: int, tokens: int, shared: int, mode: str, padd
     table = torch.randint(0, groups, (rows,)) if mode == "table" else torch.arange(rows) // (rows // groups) % groups
     with torch.no_grad():
         if shared:
-            with mock.patch.dict(os.environ, {"TT_DECODE": "blocks"}):  # the same prefix for both paths of the step
+            with ops.using(decode="blocks"):  # the same prefix for both paths of the step
                 model.prefill(torch.randint(0, N, (groups, shared)), cache, group_start if padded else None)
             by = {"rows": table} if mode == "table" else {"group_rows": rows // groups}
             cache.share(shared, groups=groups, **by)
@@ -360,7 +358,7 @@ def test_fused_step_of_several_tokens(monkeypatch, rows, tokens, shared, mode, p
     out = {}
     with torch_threads(threads):
         for fused in (True, False):
-            monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+            ops.use(decode="fused" if fused else "blocks")
             out[fused] = multi_token_step(model, rows, tokens, shared, mode, padded)
     assert_steps_match(out[True], out[False], shared)
 
@@ -425,7 +423,7 @@ def test_fused_decode_step_with_blocks_of_different_widths(monkeypatch):
     model.blocks[1].mlp.fc, model.blocks[1].mlp.proj = torch.nn.Linear(16, 96), torch.nn.Linear(96, 16)
     out = {}
     for fused in (True, False):
-        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+        ops.use(decode="fused" if fused else "blocks")
         out[fused] = fused_decode_step(model, 20, 5, False)
     assert_steps_match(out[True], out[False], 5)
 

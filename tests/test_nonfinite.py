@@ -12,7 +12,7 @@ import torch
 from tt import ops, reference
 from tt.rng import Philox
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 
 nan, inf = float("nan"), float("inf")
 
@@ -57,8 +57,8 @@ def test_sample_next_nonfinite_rows_draw_for_draw_and_expectations(dtype):
     mids = torch.linspace(-1, 1, 12, dtype=dtype)
     results = {}
     for name in ("compiled", "reference"):
-        with pytest.MonkeyPatch.context() as m:
-            m.setenv("TT_BACKEND", "" if name == "compiled" else "reference")
+        with ops.using():
+            ops.use(backend="auto" if name == "compiled" else "reference")
             results[name] = [ops.sample_next(logits, temperature=0.8, top_k=k, cdf=c, midpoints=mids, rng=Philox(7))
                              for k, c in ((None, None), (3, 0.5), (None, 1.0))]
     for (tok_c, exp_c), (tok_r, exp_r) in zip(results["compiled"], results["reference"]):
@@ -110,8 +110,8 @@ def test_beam_select_nonfinite_scores_match_the_reference_exactly(dtype):
     terms = torch.randn(6 * 20, 3, dtype=torch.float32)
     tokens = torch.randint(0, 100, (6 * 20, 2))
     for k, group in ((20, 20), (7, 4)):
-        with pytest.MonkeyPatch.context() as m:
-            m.setenv("TT_BACKEND", "")
+        with ops.using():
+            ops.use(backend="auto")
             compiled = ops.beam_select(scores, k, group, terms, tokens)
         expected = reference.beam_select(scores, k, group, terms, tokens)
         for got, want in zip(compiled, expected):

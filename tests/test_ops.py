@@ -11,7 +11,7 @@ from tt import ops, reference
 from tt.cache import KVCache, SharedPrefix
 from tt.rng import Philox
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
 
 
@@ -80,7 +80,7 @@ def test_compiled_sample_next_equals_the_reference_draw_for_draw(rows, vocab, te
     mids = torch.linspace(-2, 3, vocab - 1)
     results = {}
     for name in ("compiled", "reference"):
-        monkeypatch.setenv("TT_BACKEND", "" if name == "compiled" else "reference")
+        ops.use(backend="auto" if name == "compiled" else "reference")
         rng = Philox(987654321 + rows)
         results[name] = [ops.sample_next(logits, temperature=temperature, top_k=top_k, cdf=cdf, midpoints=mids,
                                          rng=rng) for _ in range(3)]
@@ -96,7 +96,7 @@ def test_compiled_sample_next_dtypes(dtype, monkeypatch):
     logits = random_logits(40, 101, seed=3, dtype=dtype)
     out = {}
     for name in ("compiled", "reference"):
-        monkeypatch.setenv("TT_BACKEND", "" if name == "compiled" else "reference")
+        ops.use(backend="auto" if name == "compiled" else "reference")
         out[name] = ops.sample_next(logits, top_k=10, cdf=0.5, midpoints=torch.linspace(0, 1, 100), rng=Philox(5))
     assert torch.equal(out["compiled"][0], out["reference"][0])
     torch.testing.assert_close(out["compiled"][1], out["reference"][1].to(out["compiled"][1].dtype),
@@ -317,7 +317,7 @@ def test_attention_after_a_shared_prefix_matches_whole_windows(G, n, blocks, S, 
             whole = [torch.cat([p[rows], t], 2) for p, t in ((prefix.k, k), (prefix.v, v))]
             assert torch.equal(want, reference.attention(q, *whole, transition_dim=4, q_offset=slot,
                                                          key_start=key_start))
-            cascade = ops._attention_after_prefix(q, k, v, prefix, 4, slot, key_start)
+            cascade = ops.cascade.attention_after_prefix(q, k, v, prefix, 4, slot, key_start)
             torch.testing.assert_close(cascade, want)
         torch.testing.assert_close(ops.attention(q, k, v, transition_dim=4, q_offset=slot, key_start=key_start,
                                                  prefix=prefix), want)
@@ -407,7 +407,7 @@ def test_backends_report_and_reference_override(monkeypatch):
                            "decode_attention", "decode_layers"}
     assert report["decode_attention"]["cpu"] == ("C++" if HAS_C else "reference")
     assert report["sample_next"]["cpu"] == ("C++" if HAS_C else "reference")
-    monkeypatch.setenv("TT_BACKEND", "reference")
+    ops.use(backend="reference")
     assert ops.backends()["sample_next"]["cpu"] == "reference"
     assert reference.filter_top_k(torch.tensor([[1.0, 2.0, 2.0, 0.0]]), 1).isfinite().sum() == 2  # ties kept
 
@@ -421,12 +421,14 @@ def test_cuda_kernels_are_built_and_registered():
 
 
 def test_resolve_device_names_what_is_missing():
-    assert ops.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert ops.resolve_device("cpu") == torch.device("cpu")
+    from tt.device import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="'cuda:99' asked for, but this machine has"):
-        ops.resolve_device("cuda:99")
+        resolve_device("cuda:99")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        ops.resolve_device("gpu")
+        resolve_device("gpu")
 
 
 @needs_c

@@ -96,7 +96,7 @@ def test_beams_share_the_context_prefix_and_plan_as_with_whole_windows(monkeypat
     fast = beam_plan(model, pad_prefixes(prefixes, 7), disc, cfg, Philox(0), cache)
     assert cache.shared == (4 * 7 if window == "cached" else 0)  # exact re-encodes every transition
     assert_matches_reference(model, disc, cfg, prefixes)
-    monkeypatch.setenv("TT_BACKEND", "reference")
+    ops.use(backend="reference")
     slow = beam_plan(model, pad_prefixes(prefixes, 7), disc, cfg, Philox(0))
     assert torch.equal(fast.tokens, slow.tokens)
     torch.testing.assert_close(fast.score, slow.score)
@@ -123,7 +123,7 @@ def test_a_prepared_search_reruns_on_new_inputs_as_a_fresh_plan(window):
         search.load(first[:, :] * 0 + 1, [0, 0])
 
 
-@pytest.mark.skipif(not ops._compiled_library(), reason="the reference sampling reads its Philox state on the host")
+@pytest.mark.skipif(not ops.compiled_library(), reason="the reference sampling reads its Philox state on the host")
 @pytest.mark.parametrize("window", ["exact", "cached"])
 def test_the_search_never_waits_for_the_device(monkeypatch, window):
     """CUDA graph capture forbids host synchronization, data-dependent shapes and copies from
@@ -148,7 +148,7 @@ def test_the_search_never_waits_for_the_device(monkeypatch, window):
             return search.run(rng)
 
     assert run_without_data(search).tokens.shape == (2, 42)
-    monkeypatch.setenv("TT_BACKEND", "reference")  # the reference draw reads its state on the host: the check can fail
+    ops.use(backend="reference")  # the reference draw reads its state on the host: the check can fail
     with pytest.raises(DataDependentOutputException):
         run_without_data(search)
 
@@ -213,7 +213,7 @@ def test_plan_graphs_follow_weights_changed_in_place(monkeypatch, attention):
     device = "cpu"
     if attention == "triton":
         pytest.importorskip("tt.kernels.attention")
-        monkeypatch.setenv("TT_ATTENTION", "triton")
+        ops.use(attention="triton")
         device = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the kernels run interpreted
     model = random_model(3, 1, dtype=torch.float32).to(device)
     disc = random_discretizer(15, 6)
@@ -469,7 +469,7 @@ def test_unbounded_context_keeps_what_the_model_holds(window):
 def test_a_top_k_over_the_tokens_is_refused_before_planning():
     """A top-k larger than a position's N+1 tokens is refused up front by every search, naming the
     filter (not by the sampling op in the middle of a plan)."""
-    from tt.prediction import sample_continuations
+    from tt.predict.experiment import sample_continuations
 
     model = random_model(2, 1, N=9)
     disc = random_discretizer(9, model.transition_dim)

@@ -7,8 +7,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from tt.envs import make_dataset
-from tt.envs.pointmaze import (
+from tt.eval.goal import draw_paths, evaluate, evaluate_controller
+from tt.goal_data import goal_columns, goal_observations, goal_trajectories_from_minari
+from tt.tasks import make_dataset
+from tt.tasks.pointmaze import (
     FOUR_ROOMS,
     Maze,
     WaypointController,
@@ -19,10 +21,17 @@ from tt.envs.pointmaze import (
     private_tempdir,
     rollout,
 )
-from tt.envs.pointmaze_eval import draw_paths, evaluate, evaluate_controller
-from tt.goal_data import goal_columns, goal_observations, goal_trajectories_from_minari
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def shortest_path(maze: Maze, start, goal) -> list:
+    """The cells the controller's `next_cell` walks from `start` to `goal`, both included."""
+    start, goal = maze.check_cell(start, "start cell"), maze.check_cell(goal, "goal cell")
+    path = [start]
+    while path[-1] != goal:
+        path.append(maze.next_cell(path[-1], goal))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +52,8 @@ def test_four_rooms_of_sixteen_cells_joined_by_four_doorways(maze):
     rooms = maze.rooms
     assert sorted(set(rooms.values())) == [0, 1, 2, 3]
     assert [sum(r == k for r in rooms.values()) for k in range(4)] == [16] * 4
-    assert maze.room_of((1, 1)) == 0 and maze.room_of((1, 9)) == 1 and maze.room_of((9, 1)) == 2
-    assert maze.room_of((9, 9)) == 3 and maze.room_of((2, 5)) is None
+    assert maze.rooms.get((1, 1)) == 0 and maze.rooms.get((1, 9)) == 1 and maze.rooms.get((9, 1)) == 2
+    assert maze.rooms.get((9, 9)) == 3 and maze.rooms.get((2, 5)) is None
     # every free cell reaches every other
     for cell in maze.free_cells[::7]:
         assert (maze.distances_to(cell)[~maze.wall] >= 0).all()
@@ -59,7 +68,7 @@ def test_cell_centres_and_cells_agree_with_pointmaze(maze, env):
 
 def test_shortest_paths_match_an_independent_graph_search(maze):
     from scipy.sparse import lil_matrix
-    from scipy.sparse.csgraph import shortest_path
+    from scipy.sparse.csgraph import shortest_path as graph_search
 
     index = {c: k for k, c in enumerate(maze.free_cells)}
     graph = lil_matrix((len(index), len(index)))
@@ -67,18 +76,18 @@ def test_shortest_paths_match_an_independent_graph_search(maze):
         for n in ((i + 1, j), (i, j + 1)):
             if n in index:
                 graph[k, index[n]] = graph[index[n], k] = 1
-    oracle = shortest_path(graph.tocsr(), unweighted=True)
+    oracle = graph_search(graph.tocsr(), unweighted=True)
     rng = np.random.default_rng(0)
     for a, b in rng.integers(len(index), size=(40, 2)):
         start, goal = maze.free_cells[a], maze.free_cells[b]
-        path = maze.shortest_path(start, goal)
+        path = shortest_path(maze, start, goal)
         assert path[0] == start and path[-1] == goal and len(path) - 1 == oracle[a, b]
         assert all(abs(p[0] - q[0]) + abs(p[1] - q[1]) == 1 for p, q in zip(path, path[1:]))
         assert not any(maze.wall[c] for c in path)
 
 
 def test_a_path_between_rooms_passes_a_doorway(maze):
-    path = maze.shortest_path((1, 1), (9, 9))
+    path = shortest_path(maze, (1, 1), (9, 9))
     assert set(path) & set(maze.doorways())
     assert len(path) - 1 == 16  # Manhattan distance: the doorways lie on a shortest route
 
@@ -87,7 +96,7 @@ def test_a_path_between_rooms_passes_a_doorway(maze):
                                          ((-1, 3), "outside")])
 def test_walls_and_cells_outside_the_map_are_refused(maze, cell, match):
     with pytest.raises(ValueError, match=match):
-        maze.shortest_path(cell, (1, 1))
+        shortest_path(maze, cell, (1, 1))
     with pytest.raises(ValueError, match=match):
         maze.distances_to(cell)
 
@@ -95,7 +104,7 @@ def test_walls_and_cells_outside_the_map_are_refused(maze, cell, match):
 def test_an_unreachable_goal_is_refused():
     walled_in = Maze([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [1, 1, 1, 1, 1]])
     with pytest.raises(ValueError, match="no path from cell"):
-        walled_in.shortest_path((1, 1), (1, 3))
+        shortest_path(walled_in, (1, 1), (1, 3))
     with pytest.raises(ValueError, match="rectangular"):
         Maze([[1, 1], [1]])
 
@@ -104,9 +113,9 @@ def test_evaluation_pairs_are_deterministic_and_lie_in_different_rooms(maze):
     pairs = maze.evaluation_pairs(60, seed=3)
     assert pairs == maze.evaluation_pairs(60, seed=3) and pairs != maze.evaluation_pairs(60, seed=4)
     for start, goal in pairs:
-        assert None not in (maze.room_of(start), maze.room_of(goal))
-        assert maze.room_of(start) != maze.room_of(goal)
-    assert len({maze.room_of(s) for s, _ in pairs}) == 4
+        assert None not in (maze.rooms.get(start), maze.rooms.get(goal))
+        assert maze.rooms.get(start) != maze.rooms.get(goal)
+    assert len({maze.rooms.get(s) for s, _ in pairs}) == 4
     with pytest.raises(ValueError, match="fewer than two rooms"):
         Maze([[1, 1, 1], [1, 0, 1], [1, 1, 1]]).evaluation_pairs(1, 0)
 
@@ -239,7 +248,7 @@ def test_the_controller_drives_in_d4rls_mazes_too():
     env = make_env("PointMaze_UMaze-v3", continuing_task=False)
     maze = maze_of(env)
     ep = rollout(env, policies(maze)["controller"], (1, 1), (3, 1), seed=0, rng=np.random.default_rng(0))
-    assert ep["terminations"][-1] and maze.shortest_path((1, 1), (3, 1))[2] == (1, 3)
+    assert ep["terminations"][-1] and shortest_path(maze, (1, 1), (3, 1))[2] == (1, 3)
     env.close()
 
 
@@ -317,7 +326,7 @@ def test_goals_played_in_lanes_are_the_episodes_played_one_at_a_time(maze):
     from test_planner import random_discretizer
 
     from tt.config import PlanConfig
-    from tt.envs.pointmaze_eval import evaluate_planner
+    from tt.eval.goal import evaluate_planner
     from tt.search import Planner
 
     model = goal_model((4, 2, 12, 3, 1, 2, 16), seed=3, dtype=torch.float32)

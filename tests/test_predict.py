@@ -14,7 +14,7 @@ from tt.checkpoint import CheckpointError
 from tt.cli import main
 from tt.config import PlanConfig
 from tt.data import make_trajectories
-from tt.prediction import (
+from tt.predict.experiment import (
     PredictConfig,
     predict,
     predicted_observations,
@@ -166,7 +166,7 @@ def test_a_step_where_every_sample_ended_is_not_a_number():
 def runs(pendulum_medium, tmp_path_factory):
     """A tiny run and ensemble holding out pendulum-medium's last 3 episodes, a run that holds none out,
     and an ensemble that holds out another number."""
-    from tt.dynamics import DynamicsConfig, train_dynamics
+    from tt.predict.ensemble import DynamicsConfig, train_dynamics
     from tt.train import make_config, train
 
     root = tmp_path_factory.mktemp("predict")
@@ -207,7 +207,7 @@ def test_predictions_are_reproducible_by_seed(runs, tmp_path):
 def test_partially_observed_runs_see_their_visible_dimensions(pendulum_medium, tmp_path):
     from tt.checkpoint import load_run
     from tt.data import visible_observations
-    from tt.dynamics import DynamicsConfig, train_dynamics
+    from tt.predict.ensemble import DynamicsConfig, train_dynamics
     from tt.train import make_config, train
 
     assert [len(visible_observations(O, 0.5)) for O in (1, 3, 11, 17)] == [1, 1, 5, 8]  # half hidden, one kept

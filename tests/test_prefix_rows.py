@@ -10,9 +10,9 @@ from tt import ops, reference
 from tt.cache import KVCache, SharedPrefix
 from tt.model import GPTConfig, TrajectoryTransformer
 
-HAS_C = ops._compiled_library()
+HAS_C = ops.compiled_library()
 needs_c = pytest.mark.skipif(not HAS_C, reason="tt._C is not built")
-needs_triton = pytest.mark.skipif(ops._triton_attention() is None, reason="Triton is not importable")
+needs_triton = pytest.mark.skipif(ops.dispatch.triton_attention() is None, reason="Triton is not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on CPU the Triton kernels run interpreted
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}  # max abs error of attention outputs, unit-scale inputs
 
@@ -199,10 +199,10 @@ def test_compiled_decode_layers_checks_the_table():
 
 # ----------------------------------------------------------------------------- ops.attention on every backend
 
-ATTENTION_BACKENDS = {  # environment of each path of ops.attention with a prefix
+ATTENTION_BACKENDS = {  # the choices (ops.use) of each path of ops.attention with a prefix
     "native": {},  # on CPU: the C++ op for one query per row, else the cascade's fallback (expand)
-    "triton": {"TT_ATTENTION": "triton"},  # one query per row: the fused kernel; several: expand
-    "reference": {"TT_BACKEND": "reference"},
+    "triton": {"attention": "triton"},  # one query per row: the fused kernel; several: expand
+    "reference": {"backend": "reference"},
 }
 
 
@@ -212,10 +212,9 @@ ATTENTION_BACKENDS = {  # environment of each path of ops.attention with a prefi
 @pytest.mark.parametrize("S", [12, 10])  # read through a table, a prefix may end inside a transition (T=4)
 @pytest.mark.parametrize("padded", [False, True])
 def test_attention_with_a_table_matches_the_explicit_gather(monkeypatch, backend, R, G, kind, Lq, S, padded):
-    if backend == "triton" and ops._triton_attention() is None:
+    if backend == "triton" and ops.dispatch.triton_attention() is None:
         pytest.skip("Triton is not importable")
-    for name, value in ATTENTION_BACKENDS[backend].items():
-        monkeypatch.setenv(name, value)
+    ops.use(**ATTENTION_BACKENDS[backend])
     device = DEVICE if backend == "triton" else "cpu"
     q, k, v, prefix, key_start, q_offset = problem(R, G, kind, S, max(6, Lq), 16, T=4, Lq=Lq, padded=padded,
                                                    device=device, seed=R * 10 + Lq + S)
@@ -229,7 +228,7 @@ def test_attention_with_a_table_matches_the_explicit_gather(monkeypatch, backend
 def test_cascade_with_a_table_matches_the_explicit_gather(R, G, kind, Lq):
     """`_attention_after_prefix` with a table (several queries per row: whole windows gathered)."""
     q, k, v, prefix, key_start, q_offset = problem(R, G, kind, 8, 6, 8, T=4, Lq=Lq, padded=True, seed=R + 5 * Lq)
-    out = ops._attention_after_prefix(q, k, v, prefix, 4, q_offset, key_start)
+    out = ops.cascade.attention_after_prefix(q, k, v, prefix, 4, q_offset, key_start)
     torch.testing.assert_close(out.double(), explicit(q, k, v, prefix, key_start, q_offset, 4), atol=2e-6, rtol=0)
 
 
@@ -252,11 +251,11 @@ def test_triton_decode_after_prefix_reads_the_table_rows(R, G, kind, S, own, D, 
 
 # ----------------------------------------------------------------------------- the model's decode step
 
-DECODE_BACKENDS = {  # environment of each way a decode step runs its blocks
+DECODE_BACKENDS = {  # the choices (ops.use) of each way a decode step runs its blocks
     "C++ fused": {},
-    "C++ blocks": {"TT_DECODE": "blocks"},
-    "Triton fused": {"TT_ATTENTION": "triton"},
-    "Triton blocks": {"TT_ATTENTION": "triton", "TT_DECODE": "blocks"},
+    "C++ blocks": {"decode": "blocks"},
+    "Triton fused": {"attention": "triton"},
+    "Triton blocks": {"attention": "triton", "decode": "blocks"},
 }
 MODEL = dict(observation_dim=2, action_dim=1, n_bins=7, n_transitions=5, n_layer=2, n_head=2, n_embd=16)  # T = 5
 
@@ -292,7 +291,7 @@ def test_model_decode_through_a_table_matches_gathered_windows(monkeypatch, back
     the reference path on windows gathered by hand, logits and K/V."""
     if backend.startswith("C++") and (not HAS_C or DEVICE != "cpu"):
         pytest.skip("the C++ decode ops run on CPU tensors (tt._C built)")
-    if backend.startswith("Triton") and ops._triton_attention() is None:
+    if backend.startswith("Triton") and ops.dispatch.triton_attention() is None:
         pytest.skip("Triton is not importable")
     torch.manual_seed(R + G)
     model = TrajectoryTransformer(GPTConfig(**MODEL)).eval().to(DEVICE)
@@ -303,11 +302,10 @@ def test_model_decode_through_a_table_matches_gathered_windows(monkeypatch, back
     g = torch.Generator().manual_seed(7)
     rows = table(R, G, kind, g).to(DEVICE)
     key_start = (torch.randint(0, S // T + 1, (R,), generator=g) * T).to(DEVICE) if padded else None
-    monkeypatch.setenv("TT_BACKEND", "reference")
+    ops.use(backend="reference")
     want_logits, want_kv = decode_after_windows(model, R, G, rows, key_start, S, own, gather=True)
-    monkeypatch.delenv("TT_BACKEND")
-    for name, value in DECODE_BACKENDS[backend].items():
-        monkeypatch.setenv(name, value)
+    ops.use(backend="auto")
+    ops.use(**DECODE_BACKENDS[backend])
     expected = {"C++ fused": "C++", "Triton fused": "Triton"}.get(backend, "Python blocks")
     assert ops.backends()["decode_layers"][DEVICE] == expected
     logits, kv = decode_after_windows(model, R, G, rows, key_start, S, own, gather=False)
@@ -327,13 +325,13 @@ def test_fused_decode_through_a_table_matches_the_python_blocks(monkeypatch):
     key_start = torch.tensor([5, 0, 0, 10, 5, 0, 5])
     out = {}
     for fused in (True, False):
-        monkeypatch.setenv("TT_DECODE", "fused" if fused else "blocks")
+        ops.use(decode="fused" if fused else "blocks")
         out[fused] = decode_after_windows(model, 7, 4, rows, key_start, 10, 3, gather=False)
     for a, b in zip(out[True], out[False]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_C and ops._triton_attention() is None, reason="no fused decode backend")
+@pytest.mark.skipif(not HAS_C and ops.dispatch.triton_attention() is None, reason="no fused decode backend")
 def test_materialized_windows_decode_as_the_table_does():
     """`materialize_prefix` then a step with nothing shared equals the step through the table."""
     torch.manual_seed(1)

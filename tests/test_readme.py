@@ -1,6 +1,7 @@
-"""Every README example is executed: each ```python block runs for real on tiny runs trained here, and
-every shell command (the ```bash blocks' lines and the commands quoted inline) is checked against the
-argument parser that would read it (tt's own, torchrun's, a script's), without running it."""
+"""Every example of the README and of the pages under docs/ is executed: each ```python block runs for
+real on tiny runs trained here (or as is, when it loads none), and every shell command (the ```bash blocks'
+lines and the commands quoted inline) is checked against the argument parser that would read it (tt's own,
+torchrun's, a script's), without running it. The links between the pages must lead somewhere."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-README = Path(__file__).parents[1] / "README.md"
-ROOT = README.parent
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
 
@@ -28,27 +30,36 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
     return re.findall(r"^```(\S*)[ \t]*\n(.*?)^```[ \t]*$", text, flags=re.S | re.M)
 
 
-def readme_text() -> str:
-    return README.read_text(encoding="utf-8")
+def pages() -> list[str]:
+    """The README and every page under docs/, as paths from the repository's root."""
+    return [README.name, *sorted(p.relative_to(ROOT).as_posix() for p in DOCS.glob("*.md"))]
 
 
-def python_blocks() -> list[str]:
-    return [body for lang, body in fenced_blocks(readme_text()) if lang == "python"]
+def page_text(page: str) -> str:
+    return (ROOT / page).read_text(encoding="utf-8")
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(page, source) of every ```python block, the README's first."""
+    return [(page, body) for page in pages() for lang, body in fenced_blocks(page_text(page)) if lang == "python"]
 
 
 # ----------------------------------------------------------------------------- the Python examples
 
 # Each block is recognized by the run directory it loads; the test gives it that run (trained here) and the
-# names the README leaves to the reader (`obs` from the block above it, the goals g and g2).
+# names the page leaves to the reader (`obs` from the block above it, the goals g and g2). A block that loads
+# none of them runs as is, and may read no name it does not define.
 RUN_OF_BLOCK = {"pendulum": "runs/pm", "expert": "runs/expert", "goal": "runs/goal"}
-GIVEN = {"pendulum": set(), "expert": {"tt", "obs"}, "goal": {"tt", "g", "g2"}}
+AS_IS = "as-is"
+GIVEN = {"pendulum": set(), "expert": {"tt", "obs"}, "goal": {"tt", "g", "g2"}, AS_IS: set()}
 TINY = dict(n_layer=1, n_head=2, n_embd=16, batch_size=16, n_bins=20, n_transitions=3, max_steps=3, save_every=3,
             log_every=1, device="cpu", seed=0)
 
 
 def block_kind(source: str) -> str | None:
+    """The run a block loads (its kind), AS_IS for one that loads none, None for one that loads several."""
     kinds = [kind for kind, run in RUN_OF_BLOCK.items() if f'"{run}"' in source]
-    return kinds[0] if len(kinds) == 1 else None
+    return kinds[0] if len(kinds) == 1 else AS_IS if not kinds else None
 
 
 def free_names(source: str) -> set[str]:
@@ -83,7 +94,7 @@ def pendulum_run(runs_dir, pendulum_medium):
 
 @pytest.fixture(scope="module")
 def expert_run(runs_dir):
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     make_dataset("pendulum-expert", episodes=4, seed=0, progress=False)
     return tiny_run(runs_dir / "expert", "pendulum-expert", action_discretizer="uniform")  # as the README trains it
@@ -91,7 +102,7 @@ def expert_run(runs_dir):
 
 @pytest.fixture(scope="module")
 def goal_run(runs_dir):
-    from tt.envs import make_dataset
+    from tt.tasks import make_dataset
 
     make_dataset("pointmaze-fourrooms", episodes=3, seed=0, progress=False)
     return tiny_run(runs_dir / "goal", "pointmaze-fourrooms", goal_conditioned=True)
@@ -99,32 +110,41 @@ def goal_run(runs_dir):
 
 def test_every_python_block_has_a_test():
     blocks = python_blocks()
-    kinds = [block_kind(b) for b in blocks]
-    assert None not in kinds, f"a README python block loads none (or several) of {sorted(RUN_OF_BLOCK.values())}: " \
-                              f"give it a case here\n{blocks[kinds.index(None)]}"
-    assert len(blocks) == len(set(kinds)) == len(RUN_OF_BLOCK), f"README python blocks {kinds}, handled " \
-                                                                f"{sorted(RUN_OF_BLOCK)}: one case per block"
+    for page, source in blocks:
+        assert block_kind(source) is not None, f"a {page} python block loads several of " \
+                                               f"{sorted(RUN_OF_BLOCK.values())}: give it a case here\n{source}"
+    kinds = [block_kind(source) for page, source in blocks if page == README.name]
+    assert sorted(kinds) == sorted(RUN_OF_BLOCK), f"README python blocks {kinds}, handled {sorted(RUN_OF_BLOCK)}: " \
+                                                  "one block per use, one case per block"
+
+
+def block_id(page: str, index: int, source: str) -> str:
+    return f"{page}:{block_kind(source) or f'block{index}'}"
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks())),
-                         ids=[block_kind(b) or f"block{i}" for i, b in enumerate(python_blocks())])
+                         ids=[block_id(page, i, source) for i, (page, source) in enumerate(python_blocks())])
 def test_python_block_runs(index, request):
     import gymnasium as gym
 
     import tt
 
-    source = python_blocks()[index]
+    page, source = python_blocks()[index]
     kind = block_kind(source)
+    name = f"{page} python block {index} ({kind})"
     if kind is None:
-        pytest.fail(f"no case for README python block {index}:\n{source}")
+        pytest.fail(f"no case for {name}:\n{source}")
     missing = free_names(source) - GIVEN[kind]
-    assert not missing, f"README python block {index} ({kind}) reads {sorted(missing)}, which it never defines"
+    assert not missing, f"{name} reads {sorted(missing)}, which it never defines"
+    if kind == AS_IS:
+        exec(compile(source, name, "exec"), {"__name__": f"docs_block_{index}"})
+        return
     run = request.getfixturevalue(f"{kind}_run")
     quoted = f'"{RUN_OF_BLOCK[kind]}"'
-    assert source.count(quoted) == 1, f"{quoted} not (or more than once) in README python block {index}"
+    assert source.count(quoted) == 1, f"{quoted} not (or more than once) in {name}"
     source = source.replace(quoted, repr(run))
     given = {"tt": tt}
-    if kind == "expert":  # the README's block above leaves `obs`: its 4 Pendulum environments, reset
+    if kind == "expert":  # the page's block above leaves `obs`: its 4 Pendulum environments, reset
         envs = gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")] * 4,
                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         given["obs"] = envs.reset(seed=0)[0]
@@ -135,8 +155,8 @@ def test_python_block_runs(index, request):
         O = load_run(run)[0].config.observation_dim
         given["g"], given["g2"] = np.zeros(O), np.zeros(O)
         given["g"][:2], given["g2"][:2] = (1.0, 1.0), (-2.0, 2.0)
-    namespace = {"__name__": f"readme_block_{index}", **{k: v for k, v in given.items() if k in GIVEN[kind]}}
-    exec(compile(source, f"README.md python block {index} ({kind})", "exec"), namespace)
+    namespace = {"__name__": f"docs_block_{index}", **{k: v for k, v in given.items() if k in GIVEN[kind]}}
+    exec(compile(source, name, "exec"), namespace)
 
     planner = namespace["planner"]
     assert isinstance(planner, tt.Planner)
@@ -202,11 +222,10 @@ def alternatives(text: str) -> list[str]:
     return [text]
 
 
-def readme_commands() -> list[tuple[str, str]]:
-    """(where, text) of every command line: `fenced` lines (of ```bash blocks) are whole commands,
+def commands_of(text: str) -> list[tuple[str, str]]:
+    """(where, text) of every command line of a page: `fenced` lines (of ```bash blocks) are whole commands,
     `inline` ones (quoted in the prose, tt's usage notation spelled out) may be fragments that name a
     command's flags. Schematic ones (`torchrun ... -m tt COMMAND ...`) are left out."""
-    text = readme_text()
     out = []
     for lang, body in fenced_blocks(text):
         if lang == "bash":
@@ -221,17 +240,24 @@ def readme_commands() -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))  # each once: the prose names `tt eval` several times
 
 
-def test_fenced_blocks_are_python_bash_or_plain():
-    langs = {lang for lang, _ in fenced_blocks(readme_text())}
-    assert langs <= {"python", "bash", ""}, f"fenced block language(s) {sorted(langs - {'python', 'bash', ''})}: " \
-                                            "teach this test to check them"
+def page_commands() -> list[tuple[str, str, str]]:
+    """(page, where, text) of every command line of the README and the docs pages."""
+    return [(page, where, line) for page in pages() for where, line in commands_of(page_text(page))]
 
 
-def test_readme_commands_are_found():
-    commands = [(where, argv) for where, line in readme_commands() for argv in words_of(line)]
-    fenced = [argv for where, argv in commands if where == "fenced"]
+@pytest.mark.parametrize("page", pages())
+def test_fenced_blocks_are_python_bash_or_plain(page):
+    langs = {lang for lang, _ in fenced_blocks(page_text(page))}
+    assert langs <= {"python", "bash", ""}, f"fenced block language(s) {sorted(langs - {'python', 'bash', ''})} " \
+                                            f"in {page}: teach this test to check them"
+
+
+def test_commands_are_found():
+    commands = [(page, where, argv) for page, where, line in page_commands() for argv in words_of(line)]
+    fenced = [argv for page, where, argv in commands if where == "fenced"]
     assert len(fenced) >= 15 and sum(argv[0] == "torchrun" for argv in fenced) == 5
-    assert any(argv[0] == "tt" for where, argv in commands if where == "inline")
+    assert any(argv[0] == "tt" for page, where, argv in commands if where == "inline")
+    assert any(page == README.name and argv[0] == "tt" for page, where, argv in commands if where == "fenced")
 
 
 def program(argv: list[str]) -> tuple[str, list[str]]:
@@ -262,7 +288,7 @@ def parse(parser: argparse.ArgumentParser, args: list[str], line: str) -> argpar
     try:
         return parser.parse_args(args)
     except SystemExit as e:
-        pytest.fail(f"the README command {line!r} fails its parser {parser.prog!r} (exit {e.code}; args {args})")
+        pytest.fail(f"the command {line!r} fails its parser {parser.prog!r} (exit {e.code}; args {args})")
 
 
 def check_exact_options(parser: argparse.ArgumentParser, words: list[str], line: str) -> None:
@@ -277,7 +303,7 @@ def check_exact_options(parser: argparse.ArgumentParser, words: list[str], line:
 
 def check_tt(args: list[str], where: str, line: str) -> None:
     from tt.cli import build_parser
-    from tt.envs import builtin_names
+    from tt.tasks import builtin_names
 
     parser = build_parser()
     sub, path, rest = descend(parser, args)
@@ -320,11 +346,11 @@ def check_script(key: str, args: list[str], line: str, monkeypatch) -> None:
     except Parsed:
         return
     except SystemExit as e:
-        pytest.fail(f"the README command {line!r} fails {key}'s parser (exit {e.code})")
+        pytest.fail(f"the command {line!r} fails {key}'s parser (exit {e.code})")
     pytest.fail(f"{key}'s main() returned without parsing arguments")
 
 
-SCRIPTS = {"tt.envs.pointmaze_eval", "scripts/train_policies.py"}  # checked by check_script
+SCRIPTS = {"tt.eval.goal", "scripts/train_policies.py"}  # checked by check_script
 
 
 def torchrun_args(argv: list[str], line: str) -> list[str]:
@@ -337,14 +363,14 @@ def torchrun_args(argv: list[str], line: str) -> list[str]:
     return list(parsed.training_script_args)
 
 
-COMMANDS = readme_commands()
+COMMANDS = page_commands()
 
 
-@pytest.mark.parametrize("where, line", COMMANDS,
-                         ids=[f"{w}:{line.split(' #')[0].strip()[:70]}" for w, line in COMMANDS])
-def test_readme_command_parses(where, line, monkeypatch):
+@pytest.mark.parametrize("page, where, line", COMMANDS,
+                         ids=[f"{page}:{w}:{line.split(' #')[0].strip()[:70]}" for page, w, line in COMMANDS])
+def test_command_parses(page, where, line, monkeypatch):
     for argv in words_of(line):
-        check_command(where, line, argv, monkeypatch)
+        check_command(where, f"{line} ({page})", argv, monkeypatch)
 
 
 def check_command(where: str, line: str, argv: list[str], monkeypatch) -> None:
@@ -364,5 +390,41 @@ def check_command(where: str, line: str, argv: list[str], monkeypatch) -> None:
         exec(compile(argv[2], line, "exec"), {"__name__": "readme_one_liner"})
         return
     reason, applies = SKIPPED.get(key, (None, None))
-    assert reason is not None and applies(args), f"no check for the README command {line!r} ({key} {args}): " \
+    assert reason is not None and applies(args), f"no check for the command {line!r} ({key} {args}): " \
                                                  "add one, or a reason to SKIPPED"
+
+
+# ----------------------------------------------------------------------------- the links between the pages
+
+def prose_of(text: str) -> str:
+    """A page without its fenced blocks (a `# comment` in a bash block is no heading)."""
+    return re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.S | re.M)
+
+
+def anchors(page: str) -> set[str]:
+    """The anchors of a page's headings, as GitHub makes them: lower case, punctuation dropped, spaces as -."""
+    headings = re.findall(r"^#{1,6}[ \t]+(.+?)[ \t]*$", prose_of(page_text(page)), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def links(page: str) -> list[str]:
+    """The targets of a page's links and images that point into the repository."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", prose_of(page_text(page)))
+    return [t for t in targets if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("page", pages())
+def test_links_lead_somewhere(page):
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        file = (ROOT / page).parent / path if path else ROOT / page
+        assert file.exists(), f"{page} links to {target!r}: no such file"
+        if anchor:
+            assert file.suffix == ".md" and anchor in anchors(file.resolve().relative_to(ROOT).as_posix()), \
+                f"{page} links to {target!r}: no such heading"
+
+
+def test_readme_links_every_docs_page():
+    linked = {(README.parent / t.partition("#")[0]).resolve() for t in links(README.name)}
+    unlinked = [page for page in pages()[1:] if (ROOT / page).resolve() not in linked]
+    assert not unlinked, f"docs pages {unlinked} are not linked from the README"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tt.cli import main
-from tt.score import NO_REFERENCE, _json_safe, combine_evaluations, format_table, run_names, score_runs, summarize
+from tt.eval.score import NO_REFERENCE, _json_safe, combine_evaluations, format_table, run_names, score_runs, summarize
 
 pytestmark = pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")
 

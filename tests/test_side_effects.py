@@ -60,8 +60,8 @@ def other_backend():
 def test_plots_leave_matplotlibs_backend_and_pyplot_alone(other_backend, tmp_path):
     import matplotlib.pyplot as plt
 
-    from tt.evaluate import plot_plan_vs_actual, plot_returns
-    from tt.score import plot_scores
+    from tt.eval.episodes import plot_plan_vs_actual, plot_returns
+    from tt.eval.score import plot_scores
     from tt.train import plot_losses
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n"
@@ -97,7 +97,7 @@ def test_planner_load_chooses_the_device_as_training_does(tmp_path, monkeypatch,
     model, disc = tiny()
     save_run(str(tmp_path / "run"), model, disc, {})
     asked = []
-    real = planner_module.ops.resolve_device
-    monkeypatch.setattr(planner_module.ops, "resolve_device", lambda d: asked.append(str(d)) or real(d))
+    real = planner_module.resolve_device
+    monkeypatch.setattr(planner_module, "resolve_device", lambda d: asked.append(str(d)) or real(d))
     Planner.load(str(tmp_path / "run"), device=device, seed=0)
     assert asked[0] == expected

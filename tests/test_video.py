@@ -91,7 +91,7 @@ def test_classic_control_episode_is_written_as_gif(pendulum_run, tmp_path):
 
 
 def test_an_unknown_suffix_is_refused_before_planning(pendulum_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("tt.evaluate.Planner.load", lambda *a, **k: pytest.fail("loaded a planner"))
+    monkeypatch.setattr("tt.eval.episodes.Planner.from_run", lambda *a, **k: pytest.fail("made a planner"))
     path = str(tmp_path / "episode.avi")
     assert main(["eval", "--run", pendulum_run, *TINY_PLAN, "--episodes", "1", "--video", path]) == 2
     assert f"a video is written as .mp4 or .gif (chosen by the suffix), got '{path}'" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 from tt.config import PlanConfig
 from tt.discretize import Discretizer
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.prediction import PredictConfig, predict
+from tt.predict.experiment import PredictConfig, predict
 from tt.search import Planner, beam_plan
 
 __all__ = ["Discretizer", "GPTConfig", "PlanConfig", "Planner", "PredictConfig", "TrajectoryTransformer", "beam_plan",

@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,8 +28,6 @@ from safetensors.torch import load_file, save_file
 from tt.discretize import Discretizer
 from tt.io import fsync_path, fsync_tree, read_json, write_json
 from tt.model import GPTConfig, TrajectoryTransformer
-
-FILES = ("config.json", "model.safetensors", "discretizer.safetensors")
 
 
 class CheckpointError(ValueError):
@@ -91,13 +90,11 @@ def _free_folder_name(run_dir: str, step: int) -> str:
 
 
 def _remove_stale(run_dir: str, keep: str) -> None:
-    """Earlier step folders, unfinished staging folders and the files of the flat layout."""
+    """Earlier step folders and unfinished staging folders."""
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if name != keep and (name.startswith("step-") or name.startswith(".step-")) and os.path.isdir(path):
             shutil.rmtree(path)
-        elif name in (*FILES, "trainer.pt"):
-            os.remove(path)
 
 
 def checkpoint_folder(run_dir: str) -> str:
@@ -112,8 +109,10 @@ def _verified_record(run_dir: str) -> tuple[dict, str]:
     if not os.path.exists(record_path):
         raise CheckpointError(f"{run_dir} holds no checkpoint.json: not a tt run, or its first save never finished")
     record = read_json(record_path)
-    folder = os.path.join(run_dir, record.get("folder", ""))
-    for name, digest in record.get("sha256", {}).items():
+    if not isinstance(record.get("folder"), str) or not isinstance(record.get("sha256"), dict):
+        raise CheckpointError(f"{record_path} names no checkpoint folder and digests: not written by this tt")
+    folder = os.path.join(run_dir, record["folder"])
+    for name, digest in record["sha256"].items():
         path = os.path.join(folder, name)
         if not os.path.exists(path):
             raise CheckpointError(f"checkpoint file {path} is missing")
@@ -142,6 +141,32 @@ def load_run(run_dir: str, device: torch.device | str = "cpu"):
         raise CheckpointError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                               f"match the model ({model_config.n_bins} bins, {model_config.transition_dim} dims)")
     return model.to(device).eval(), discretizer, config, record["step"]
+
+
+@dataclass
+class Run:
+    """A trained run, loaded once (its files checked against their record, the model built) and passed
+    down to whatever uses it: its directory, model (eval mode), discretizer, stored config and step."""
+
+    path: str
+    model: TrajectoryTransformer
+    discretizer: Discretizer
+    config: dict
+    step: int
+
+    @property
+    def goal_conditioned(self) -> bool:
+        return self.model.config.goal_conditioned
+
+    @property
+    def data(self) -> dict:
+        """What the run records of its data set (`dataset_id`, `env_id`, goal columns, ...)."""
+        return self.config.get("data") or {}
+
+
+def open_run(run: str | Run, device: torch.device | str = "cpu") -> Run:
+    """A run directory as a `Run` (a `Run` is returned as it is)."""
+    return run if isinstance(run, Run) else Run(run, *load_run(run, device))
 
 
 def load_trainer_state(run_dir: str) -> dict:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
 
 import numpy as np
 
+from tt.config import PlanConfig, PredictConfig, TrainConfig, flag
 from tt.destination import check_destination, destination, staging_beside
 from tt.io import read_state_dict, swap_directory
 from tt.memory import retain_freed_memory
@@ -22,7 +24,7 @@ def is_first_rank() -> bool:
 def cmd_data(args) -> None:
     import minari
 
-    from tt.envs import builtin_names, check_size, dataset_id_of, make_dataset
+    from tt.tasks import builtin_names, check_size, dataset_id_of, make_dataset
 
     if args.data_cmd == "list":
         local = set(minari.list_local_datasets())
@@ -45,16 +47,11 @@ def cmd_train(args) -> None:
     from tt import distributed
     from tt.train import make_config, train
 
-    if args.goal and not args.goal_conditioned:
-        raise ValueError(f"--goal {args.goal} chooses a goal-conditioned model's hindsight goals: add "
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    overrides["dataset"] = args.dataset
+    if "goal" in overrides and not overrides.get("goal_conditioned"):
+        raise ValueError(f"--goal {overrides['goal']} chooses a goal-conditioned model's hindsight goals: add "
                          "--goal-conditioned (or leave --goal out)")
-    overrides = dict(dataset=args.dataset, max_steps=args.steps, seed=args.seed, device=args.device,
-                     epochs=args.epochs, budget_steps=args.budget_steps, batch_size=args.batch_size,
-                     save_every=args.save_every, discretizer=args.discretizer,
-                     action_discretizer=args.action_discretizer,
-                     n_transitions=args.n_transitions, holdout_episodes=args.holdout_episodes,
-                     hidden_obs_fraction=args.hidden_obs_fraction, goal_conditioned=args.goal_conditioned or None,
-                     goal=args.goal)
     cfg = make_config(args.preset, **overrides)
     with distributed.process_group(cfg.device):
         # an existing run is continued (--resume) or replaced whole once the new one is complete (--overwrite)
@@ -135,51 +132,51 @@ def or_none(kind):
     return parse
 
 
-# Every PlanConfig field but cuda_graphs (--no-cuda-graphs), its flag's type and help.
-PLAN_FLAGS = {
-    "horizon": (positive_int, "transitions planned"),
-    "beam_width": (positive_int, "beams kept per plan"),
-    "n_expand": (positive_int, "copies of each beam expanded"),
-    "max_context_transitions": (or_none(positive_int), "transitions a prediction conditions on (none: the block)"),
-    "k_obs": (or_none(positive_int), "top-k of observation tokens (none: off)"),
-    "k_act": (or_none(positive_int), "top-k of action tokens (none: off)"),
-    "k_rew": (or_none(positive_int), "top-k of reward and value tokens (none: off)"),
-    "cdf_obs": (or_none(fraction), "cdf filter of observation tokens (none: off; 1: off)"),
-    "cdf_act": (or_none(fraction), "cdf filter of action tokens (none: off; 1: off)"),
-    "cdf_rew": (or_none(fraction), "cdf filter of reward and value tokens (none: off; 1: off)"),
-    "temperature": (positive_float, "logits are divided by it"),
-    "discount": (finite_float, "discount of the planned rewards"),
-    "plan_freq": (positive_int, "plan every this many steps"),
-    "window": (str, "exact | cached"),
-    "objective": (str, "return (reward plus value: offline RL) | likelihood (the likeliest sequence: imitation)"),
-}
+# A settings field's kind (tt.config.setting) -> its flag's argparse type.
+KINDS = {"count": positive_int, "step": _number(int, lambda v: v >= 0, "an integer", ">= 0"), "integer": int,
+         "positive": positive_float, "finite": finite_float, "fraction": fraction}
+PLAN_FLAGS = tuple(f.name for f in dataclasses.fields(PlanConfig))  # every PlanConfig field is a flag
 
-PLAN_CHOICES = {"window": ("exact", "cached"), "objective": ("return", "likelihood")}
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type, default: str | None = None) -> None:
+    """Flags for the fields of a settings dataclass that have a kind (`tt.config.setting`): their types, help
+    and defaults from the fields (`default`: what to say of the default instead of the field's). Absent
+    flags stay absent from the parsed arguments: the dataclass's own default (or a preset's) applies."""
+    for f in dataclasses.fields(settings):
+        if "kind" not in f.metadata:
+            continue
+        kind, text, name = f.metadata["kind"], f.metadata["help"].replace("%", "%%"), f.metadata["flag"]
+        name = name or flag(f.name)
+        if kind in ("switch", "flag"):
+            switch = "--no-" + name[2:] if kind == "switch" else name
+            parser.add_argument(switch, dest=f.name, action="store_false" if kind == "switch" else "store_true",
+                                default=argparse.SUPPRESS, help=text + (": turn it off" if kind == "switch" else ""))
+            continue
+        choices = kind if isinstance(kind, tuple) else None
+        parse = str if choices or kind == "text" else KINDS[kind.removesuffix(" or none")]
+        shown = default or ("none" if f.default is None else f.default)
+        parser.add_argument(name, dest=f.name, type=or_none(parse) if str(kind).endswith(" or none") else parse,
+                            choices=choices, default=argparse.SUPPRESS, help=f"{text} (default: {shown})")
 
 
 def plan_overrides(args) -> dict:
     """The PlanConfig fields given on the command line (absent flags are not in `args`)."""
-    return {k: getattr(args, k) for k in (*PLAN_FLAGS, "cuda_graphs") if hasattr(args, k)}
-
-
-def is_goal_run(run_dir: str) -> bool:
-    """Whether the run in `run_dir` is a goal-conditioned model (its stored training options say so)."""
-    from tt.checkpoint import load_run
-
-    return bool((load_run(run_dir)[2].get("train") or {}).get("goal_conditioned"))
+    return {k: getattr(args, k) for k in PLAN_FLAGS if hasattr(args, k)}
 
 
 def cmd_eval(args) -> None:
     """Evaluate; under torchrun the rounds of episodes are shared out over the processes."""
     from tt import distributed
-    from tt.evaluate import evaluate
+    from tt.checkpoint import open_run
+    from tt.eval.episodes import evaluate
 
     out = args.out or os.path.join(args.run, "eval")
-    if is_goal_run(args.run):  # a goal task: success rate and steps to the goal over pairs of rooms
-        from tt.envs.pointmaze_eval import evaluate_goals
+    run = open_run(args.run)  # loaded once, here
+    if run.goal_conditioned:  # a goal task: success rate and steps to the goal over pairs of rooms
+        from tt.eval.goal import evaluate_goals
 
         with destination(out, "evaluation", args.overwrite) as where:
-            r = evaluate_goals(args.run, n_goals=args.episodes, seed=args.seed, out=where, device=args.device,
+            r = evaluate_goals(run, n_goals=args.episodes, seed=args.seed, out=where, device=args.device,
                                n_envs=args.envs, **plan_overrides(args))
         steps = "-" if r["mean_steps_to_goal"] is None else f"{r['mean_steps_to_goal']:.1f}"
         print(f"success {100 * r['success_rate']:.1f} % (s.e. {100 * r['se']:.1f}) over {r['n']} goals in another "
@@ -187,7 +184,7 @@ def cmd_eval(args) -> None:
         return
     with destination(out, "evaluation", args.overwrite, writes=is_first_rank()) as where, \
             distributed.process_group(args.device):
-        results = evaluate(args.run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
+        results = evaluate(run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
                            device=args.device, video=args.video, **plan_overrides(args))
         is_main = distributed.is_main()
     if is_main:
@@ -199,7 +196,7 @@ def cmd_eval(args) -> None:
 def cmd_score(args) -> None:
     """Score runs; under torchrun every run's episodes are shared out over the processes."""
     from tt import distributed
-    from tt.score import combine_evaluations, format_table, score_runs
+    from tt.eval.score import combine_evaluations, format_table, score_runs
 
     if args.from_evals:
         if plan_overrides(args):
@@ -225,8 +222,8 @@ def cmd_demo(args) -> None:
     """Generate the built-in default data set, train the small preset, plan in the environment."""
     import time
 
-    from tt.envs import make_dataset
-    from tt.evaluate import evaluate
+    from tt.eval.episodes import evaluate
+    from tt.tasks import make_dataset
     from tt.train import make_config, train
 
     started = time.time()
@@ -253,11 +250,10 @@ def cmd_predict(args) -> None:
     from tt.video import use_headless_rendering
 
     use_headless_rendering()  # frames.png: before MuJoCo is imported
-    from tt.prediction import PredictConfig, format_table, predict
+    from tt.predict.experiment import format_table, predict
 
-    fields = ("episodes", "horizon", "samples", "context", "start", "seed", "window", "temperature", "k_obs",
-              "cdf_obs", "k_rew", "cdf_rew")
-    config = PredictConfig(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    config = PredictConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)
+                              if hasattr(args, f.name)})
     out = args.out or os.path.join(args.run, "predict")
     with destination(out, "prediction", args.overwrite) as where:
         results = predict(args.run, args.dynamics, config, out=where, device=args.device, frames=args.frames)
@@ -266,7 +262,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_train_dynamics(args) -> None:
-    from tt.dynamics import DynamicsConfig, train_dynamics
+    from tt.predict.ensemble import DynamicsConfig, train_dynamics
 
     fields = ("dataset", "members", "hidden", "layers", "batch_size", "max_steps", "eval_every", "patience",
               "holdout_episodes", "hidden_obs_fraction", "seed", "device")
@@ -276,17 +272,23 @@ def cmd_train_dynamics(args) -> None:
     print(f"ensemble written to {args.out}")
 
 
-def add_plan_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, (kind, text) in PLAN_FLAGS.items():
-        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=argparse.SUPPRESS,
-                            choices=PLAN_CHOICES.get(flag),
-                            help=f"PlanConfig.{flag}: {text}")
-    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=argparse.SUPPRESS,
-                        help="plan eagerly on CUDA (PlanConfig.cuda_graphs=False)")
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that ends with the option's default, where it has one worth saying (not None, not a switch's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.default in (None, True, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class Parser(argparse.ArgumentParser):
-    """Argument errors as every other error of tt: one line `tt: error: ...` on stderr, exit status 2."""
+    """Argument errors as every other error of tt: one line `tt: error: ...` on stderr, exit status 2; `--help`
+    shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsShown)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"tt: error: {self.prog.removeprefix('tt ')}: {message}\n" if self.prog != "tt"
@@ -304,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("name")
     make.add_argument("--episodes", type=positive_int, help="pendulums: episodes per policy")
     make.add_argument("--steps", type=positive_int, help="locomotion: environment steps (default 1M, as D4RL)")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=int, default=0, help="the data set's seed")
     make.add_argument("--overwrite", action="store_true",
                       help="make a data set that exists again (the old one stays until the new one is complete)")
     data.set_defaults(func=cmd_data)
@@ -313,36 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", required=True, help="Minari id or built-in name")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--preset", default="published", help="published | cpu | small")
-    train.add_argument("--steps", type=positive_int, help="stop after this many optimizer steps")
-    train.add_argument("--epochs", type=positive_float)
-    train.add_argument("--budget-steps", type=positive_int,
-                       help="size the learning-rate schedule by steps instead of epochs: warmup over 5%%, then "
-                            "cosine to 10%% at this step (the cpu preset's 10,000); give it with --steps below the "
-                            "preset's schedule, or the rate never decays")
-    train.add_argument("--batch-size", type=positive_int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--save-every", type=positive_int, help="optimizer steps between checkpoints")
-    train.add_argument("--discretizer", choices=("quantile", "uniform"),
-                       help="bins: quantile (the authors', default) or uniform (for data piled on bounds, such "
-                            "as saturated actions, which quantile bins merge with their neighbours)")
-    train.add_argument("--action-discretizer", choices=("quantile", "uniform"),
-                       help="the actions' bins, when not --discretizer's (uniform for saturated actions, "
-                            "quantile for the rest)")
-    train.add_argument("--n-transitions", type=positive_int,
-                       help="transitions per training window (K, default 10; 2: the Markovian model of "
-                            "tt predict --context 1)")
-    train.add_argument("--holdout-episodes", type=int,
-                       help="leave the data set's last episodes out of training (tt predict measures on them)")
-    train.add_argument("--hidden-obs-fraction", type=fraction,
-                       help="partial observability: hide each observation dimension with this probability "
-                            "(a fixed seeded mask, recorded in the run)")
-    train.add_argument("--goal-conditioned", action="store_true",
-                       help="a goal observation before every window (the authors' ConditionalGPT), trained with "
-                            "hindsight goals; plan towards goals with the likelihood objective")
-    train.add_argument("--goal", choices=("final", "future"),
-                       help="the hindsight goal: the episode's final observation (the authors', default) or an "
-                            "observation drawn uniformly from the episode's future")
-    train.add_argument("--device", help="auto | cpu | cuda")
+    add_settings_flags(train, TrainConfig, default="the preset's")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run in --out (the old one stays until the new one is complete)")
@@ -351,66 +324,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import-reference", help="import the authors' GPT state_dict into a run directory")
     imp.add_argument("--state-dict", required=True, help="their state_<epoch>.pt")
-    imp.add_argument("--out", required=True)
+    imp.add_argument("--out", required=True, help="run directory")
     imp.add_argument("--dataset", help="fit the discretizer on this data set, as the authors do")
     imp.add_argument("--thresholds", help="or take thresholds [N+1, T] from this .npy")
-    imp.add_argument("--n-bins", type=positive_int, default=100)
-    imp.add_argument("--observation-dim", type=positive_int)
-    imp.add_argument("--action-dim", type=positive_int)
-    imp.add_argument("--n-head", type=positive_int, default=4)
+    imp.add_argument("--n-bins", type=positive_int, default=100, help="bins per dimension, as their model's")
+    imp.add_argument("--observation-dim", type=positive_int, help="without --dataset: the observation size")
+    imp.add_argument("--action-dim", type=positive_int, help="without --dataset: the action size")
+    imp.add_argument("--n-head", type=positive_int, default=4, help="attention heads, as their model's")
     imp.add_argument("--overwrite", action="store_true", help="replace the run in --out, once the new one is written")
     imp.set_defaults(func=cmd_import_reference)
 
     ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
     ev.add_argument("--run", required=True, help="run directory")
-    ev.add_argument("--episodes", type=int, default=10)  # evaluate() refuses < 1 before anything runs
+    ev.add_argument("--episodes", type=int, default=10, help="episodes played")  # evaluate() refuses < 1
     ev.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")
+    ev.add_argument("--device", help="auto | cpu | cuda (default: auto)")
     ev.add_argument("--out", help="results directory (default RUN/eval)")
     ev.add_argument("--overwrite", action="store_true", help="replace the evaluation in --out once this one is done")
     ev.add_argument("--video", help="render the first episode to this .mp4 or .gif file")
-    add_plan_flags(ev)
+    add_settings_flags(ev, PlanConfig)
     ev.set_defaults(func=cmd_eval)
 
     sc = sub.add_parser("score", help="the paper's protocol: evaluate runs, normalized score x100, mean and s.e.")
     sc.add_argument("runs", nargs="+", help="run directories (several seeds and data sets)")
     sc.add_argument("--episodes", type=int, default=10, help="episodes per run")  # score_runs() refuses < 1
     sc.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--device")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")
+    sc.add_argument("--device", help="auto | cpu | cuda (default: auto)")
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
     sc.add_argument("--overwrite", action="store_true", help="replace the score in --out once this one is done")
     sc.add_argument("--from-evals", action="store_true",
                     help="the paths are evaluations made before (folders with eval.json, e.g. OUT/RUN of separate "
                     "`tt score` calls): combine them, evaluating nothing (their episodes, seed and plan settings "
                     "hold; they must agree)")
-    add_plan_flags(sc)
+    add_settings_flags(sc, PlanConfig)
     sc.set_defaults(func=cmd_score)
 
     pr = sub.add_parser("predict", help="open-loop prediction on held-out episodes, the model's against an "
                         "ensemble's (the paper's Figures 2 and 3)")
     pr.add_argument("--run", required=True, help="run directory (trained with held-out episodes)")
     pr.add_argument("--dynamics", help="a Gaussian ensemble's directory (tt train-dynamics) to compare with")
-    pr.add_argument("--episodes", type=positive_int, default=10, help="held-out episodes to predict")
-    pr.add_argument("--horizon", type=positive_int, default=100, help="steps predicted")
-    pr.add_argument("--samples", type=positive_int, default=32, help="futures sampled per episode")
-    pr.add_argument("--context", type=positive_int, default=argparse.SUPPRESS,
-                    help="previous transitions a prediction conditions on (default: all the model holds; "
-                         "1: Markovian)")
-    pr.add_argument("--start", type=int, default=argparse.SUPPRESS,
-                    help="the step predictions start from (default: --context)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--device")
+    pr.add_argument("--device", help="auto | cpu | cuda (default: auto)")
     pr.add_argument("--out", help="results directory (default RUN/predict)")
     pr.add_argument("--overwrite", action="store_true", help="replace the prediction in --out once this one is done")
     pr.add_argument("--no-frames", dest="frames", action="store_false",
                     help="skip frames.png (MuJoCo tasks: true and predicted states rendered)")
-    for flag in ("window", "temperature", "k_obs", "cdf_obs", "k_rew", "cdf_rew"):
-        kind, text = PLAN_FLAGS[flag]
-        pr.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=argparse.SUPPRESS,
-                        choices=PLAN_CHOICES.get(flag),
-                        help=text if flag in ("window", "temperature") else f"{text}; default: off")
+    add_settings_flags(pr, PredictConfig)
     pr.set_defaults(func=cmd_predict)
 
     dyn = sub.add_parser("train-dynamics", help="train a single-step Gaussian ensemble (PETS), the baseline of "
@@ -421,23 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     dyn.add_argument("--hidden-obs-fraction", type=fraction,
                      help="partial observability, as the run's: each observation dimension hidden with this "
                           "probability (a fixed seeded mask)")
-    dyn.add_argument("--members", type=positive_int)
+    dyn.add_argument("--members", type=positive_int, help="networks in the ensemble")
     dyn.add_argument("--hidden", type=positive_int, help="units per hidden layer")
     dyn.add_argument("--layers", type=positive_int, help="hidden layers")
-    dyn.add_argument("--batch-size", type=positive_int)
+    dyn.add_argument("--batch-size", type=positive_int, help="transitions per optimizer step")
     dyn.add_argument("--steps", dest="max_steps", type=positive_int, help="at most this many optimizer steps")
     dyn.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
     dyn.add_argument("--patience", type=positive_int, help="evaluations without improvement before stopping")
-    dyn.add_argument("--seed", type=int)
+    dyn.add_argument("--seed", type=int, help="the ensemble's seed")
     dyn.add_argument("--device", help="auto | cpu | cuda")
     dyn.add_argument("--overwrite", action="store_true",
                      help="replace the ensemble in --out (the old one stays until the new one is complete)")
     dyn.set_defaults(func=cmd_train_dynamics)
 
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", default="runs/demo", help="the demo's run directory")
     demo.add_argument("--overwrite", action="store_true", help="replace the demo's run in --out once it is done")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data, training and planning")
     demo.add_argument("--train-steps", type=positive_int, help="cut training short (a quick check, not the result)")
     demo.add_argument("--episodes", type=positive_int, help=f"evaluation episodes (default {DEMO['episodes']})")
     demo.set_defaults(func=cmd_demo)

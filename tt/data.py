@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tt.config import GOAL_MODES
 from tt.discretize import Discretizer
 
 
@@ -51,7 +52,7 @@ def load_dataset(dataset_id: str, download: bool = False):
     """
     import minari
 
-    from tt.envs import resolve_dataset_id
+    from tt.tasks import resolve_dataset_id
 
     dataset_id = resolve_dataset_id(dataset_id)
     local = minari.list_local_datasets()
@@ -197,7 +198,6 @@ class HindsightGoals:
         return cls(obs[np.cumsum(trajectories.lengths) - 1], obs)
 
 
-GOAL_MODES = ("final", "future")
 
 
 class TokenWindows:

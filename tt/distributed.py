@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from tt.ops import resolve_device
+from tt.device import resolve_device
 
 Result = TypeVar("Result")
 
@@ -50,7 +50,7 @@ def launched() -> bool:
 
 
 def local_device(device: str | torch.device | None = "auto") -> torch.device:
-    """`ops.resolve_device(device)`, with a CUDA device of no index ("auto", "cuda") taken to mean
+    """`tt.device.resolve_device(device)`, with a CUDA device of no index ("auto", "cuda") taken to mean
     this process's GPU under torchrun: cuda:LOCAL_RANK, one GPU per process."""
     resolved = resolve_device(device or "auto")
     if resolved.type != "cuda" or resolved.index is not None or "LOCAL_RANK" not in os.environ:

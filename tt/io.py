@@ -115,6 +115,13 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+    """Write a matplotlib figure as a PNG atomically (a reader never sees half an image); returns `path`."""
+    with atomic_write(os.fspath(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return os.fspath(path)
+
+
 def write_jsonl(path: str, records: list[dict]) -> None:
     """Replace a JSON-lines file atomically."""
     with atomic_write(path) as tmp, open(tmp, "w") as f:

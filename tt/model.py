@@ -69,11 +69,6 @@ class GPTConfig:
         """Tokens before every sequence: the goal's O observation tokens, or none."""
         return self.observation_dim if self.goal_conditioned else 0
 
-    @property
-    def sequence_size(self) -> int:
-        """Tokens the model attends over at most: the goal's and a window's (the authors' block size)."""
-        return self.goal_tokens + self.block_size
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -17,15 +17,14 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from tt import distributed
 from tt.checkpoint import load_run, load_trainer_state, save_run
+from tt.config import PRESETS, TrainConfig, make_config  # noqa: F401 (train's settings, as its callers name them)
 from tt.data import (
-    GOAL_MODES,
     HindsightGoals,
     TokenWindows,
     Trajectories,
@@ -35,87 +34,9 @@ from tt.data import (
     trajectories_from_minari,
 )
 from tt.discretize import Discretizer
-from tt.io import append_line, atomic_write, read_jsonl, write_jsonl
+from tt.io import append_line, read_jsonl, save_figure, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.progress import progress as progress_bar
-
-
-@dataclass
-class TrainConfig:
-    """Defaults as published; `epochs=None` scales them as 50 * 1e6 / number of windows."""
-
-    dataset: str = "pendulum-medium"
-    n_bins: int = 100
-    discretizer: str = "quantile"
-    action_discretizer: str | None = None  # the actions' bins, when not `discretizer`'s (e.g. saturated actions)
-    discount: float = 0.99
-    termination_penalty: float | None = -100.0
-    n_transitions: int = 10
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.1
-    action_weight: float = 5.0
-    batch_size: int = 256
-    learning_rate: float = 6e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    epochs: float | None = None
-    decay_epochs: float = 20.0  # cosine reaches 10% after this many epochs of tokens
-    budget_steps: int | None = None  # instead of epochs: this many steps, warmup then cosine to 10% at the end
-    warmup_fraction: float = 0.05  # of budget_steps (the published schedule warms up over one epoch)
-    max_steps: int | None = None  # train this many steps whatever the schedule says
-    save_every: int = 1000
-    log_every: int = 20
-    seed: int = 42
-    device: str = "auto"
-    holdout_episodes: int = 0  # the data set's last episodes, left out of training (for `tt predict`)
-    hidden_obs_fraction: float = 0.0  # partial observability: each observation dimension hidden with this probability
-    goal_conditioned: bool = False  # a goal before every window (ConditionalGPT), trained with hindsight goals
-    goal: str = "final"  # the hindsight goal: the episode's final observation, or a uniformly drawn future one
-
-    def __post_init__(self):
-        for name in ("n_bins", "n_transitions", "n_layer", "n_head", "n_embd", "batch_size", "budget_steps",
-                     "max_steps", "save_every", "log_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name in ("epochs", "decay_epochs", "learning_rate"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.holdout_episodes < 0:
-            raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
-        if not 0.0 <= self.hidden_obs_fraction < 1.0:
-            raise ValueError(f"hidden_obs_fraction must be in [0, 1), got {self.hidden_obs_fraction}")
-        if self.goal not in GOAL_MODES:
-            raise ValueError(f"goal must be one of {', '.join(GOAL_MODES)}, got {self.goal!r}")
-        if self.goal_conditioned and (self.holdout_episodes or self.hidden_obs_fraction):
-            raise ValueError("goal-conditioned training takes every episode with every observation dimension: "
-                             "no --holdout-episodes or --hidden-obs-fraction")
-
-
-PRESETS: dict[str, dict] = {
-    "published": {},
-    # A few minutes on 2 CPU cores for the built-in data sets.
-    "small": dict(n_layer=3, n_head=4, n_embd=96, batch_size=64, epochs=8, decay_epochs=8, save_every=500),
-    # About an hour on 2 CPU cores for the locomotion tasks: the published model and context, batch
-    # 32 and a fixed number of steps (one step took 353 ms at Hopper's shapes, benchmarks/RESULTS.md).
-    "cpu": dict(batch_size=32, budget_steps=10_000, save_every=500),
-}
-
-
-def make_config(preset: str = "published", **overrides) -> TrainConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-    return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def configure_optimizer(model: TrajectoryTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -218,7 +139,7 @@ FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
     """The stored discretizer of the run in `out`, after checking that `cfg` is the configuration it
     was trained with (but for RESUMABLE_CHANGES): a mismatch is a ValueError naming the option."""
-    from tt.envs import resolve_dataset_id
+    from tt.tasks import resolve_dataset_id
 
     _, discretizer, stored, _ = load_run(out)
     given = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -413,5 +334,4 @@ def plot_losses(metrics_path: str, png_path: str) -> None:
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_write(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, png_path)

@@ -40,8 +40,8 @@ namespace tt {
 namespace {
 
 constexpr int64_t kMinChunkRows = 8;  // rows below which splitting a step over threads costs more than it saves
-// Rows from which a chunk's GEMMs run on packed weights (decode_pack): MKL's packed GEMM is faster
-// there (about 1.35x at 32 rows of the published width); below, a micro-test saw it go wrong (1 row).
+// Rows from which a chunk's GEMMs run on packed weights (decode_pack): where MKL's packed GEMM pays
+// (measured in benchmarks/RESULTS.md); fewer rows run the plain GEMM (packed GEMM misbehaved at 1 row).
 constexpr int64_t kMinPackedRows = 16;
 enum Cblas : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
 constexpr int64_t kLinearWeights[] = {2, 4, 8, 10};  // the GEMM weights of a block (ops.h order)

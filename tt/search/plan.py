@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tt import ops
 from tt.cache import KVCache
 from tt.config import PlanConfig
+from tt.device import available_memory
 from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
 from tt.rng import Philox
@@ -95,7 +95,7 @@ def check_memory(model: TrajectoryTransformer, config: PlanConfig, n_plans: int,
     figure, what it is made of, and the limit."""
     device = model.tok_emb.weight.device
     memory = search_memory(model, config, n_plans, objective)
-    need, limit = sum(memory.values()), ops.available_memory(device)
+    need, limit = sum(memory.values()), available_memory(device)
     if need > limit:
         parts = ", ".join(f"{name} {size / 2**30:.1f}" for name, size in memory.items() if size >= 2**20)
         raise ValueError(f"planning {n_plans} environment(s) with beam_width={config.beam_width}, "

@@ -11,8 +11,9 @@ import torch
 
 from tt import ops
 from tt.cache import KVCache
-from tt.checkpoint import load_run
+from tt.checkpoint import Run, open_run
 from tt.config import PlanConfig
+from tt.device import resolve_device
 from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
 from tt.rng import Philox
@@ -58,7 +59,7 @@ class Planner:
         if discretizer.transition_dim != model.transition_dim or discretizer.n_bins != model.config.n_bins:
             raise ValueError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                              f"match the model ({model.config.n_bins} bins, {model.transition_dim} dims)")
-        self.device = ops.resolve_device(device) if device is not None else model.tok_emb.weight.device
+        self.device = resolve_device(device) if device is not None else model.tok_emb.weight.device
         self.model = model.to(self.device).eval()
         self.discretizer = discretizer
         self.config = config
@@ -90,9 +91,15 @@ class Planner:
         """A planner for a trained run directory; keyword arguments override `PlanConfig` fields.
         `device` as in training: "auto" (the default) is CUDA where there is one, else the CPU.
         `goal` as in the constructor (a goal-conditioned run)."""
-        device = ops.resolve_device(device or "auto")
-        model, discretizer, _, _ = load_run(run_dir, device)
-        return cls(model, discretizer, replace(PlanConfig(), **overrides), device, seed, goal)
+        device = resolve_device(device or "auto")
+        return cls.from_run(open_run(run_dir, device), device, seed, goal, **overrides)
+
+    @classmethod
+    def from_run(cls, run: Run, device: str | torch.device | None = None, seed: int | None = None,
+                 goal: np.ndarray | None = None, **overrides) -> Planner:
+        """`load` for a run already loaded (`tt.checkpoint.open_run`); the model moves to `device`."""
+        device = resolve_device(device or "auto")
+        return cls(run.model, run.discretizer, replace(PlanConfig(), **overrides), device, seed, goal)
 
     def check_env(self, env) -> None:
         """Refuse a Gymnasium environment (single or vector) whose observation or action size is not the

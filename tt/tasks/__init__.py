@@ -1,10 +1,10 @@
 """Built-in data sets, generated locally as real Minari data sets, deterministic by seed.
 
-    pendulum-*, invertedpendulum-*     scripted experts (tt.envs.pendulum), in seconds
+    pendulum-*, invertedpendulum-*     scripted experts (tt.tasks.pendulum), in seconds
     hopper-*, halfcheetah-*, walker2d-*  the paper's locomotion tasks from SAC policies that tt
-                                        ships (tt.envs.locomotion), D4RL's variants and sizes
+                                        ships (tt.tasks.locomotion), D4RL's variants and sizes
     pointmaze-fourrooms                 a goal task: PointMaze on a four-rooms map, a scripted
-                                        waypoint controller driving to random goals (tt.envs.pointmaze)
+                                        waypoint controller driving to random goals (tt.tasks.pointmaze)
 
 Each stores reference scores (random and expert returns; the maze's 0 and 1 make its normalized score
 the success rate), so `minari.get_normalized_score` works.
@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-from tt.envs import locomotion, pendulum, pointmaze
 from tt.io import atomic_write, swap_directory
+from tt.tasks import locomotion, pendulum, pointmaze
 
 BUILTIN: dict[str, tuple[str, str]] = {  # short name -> (task, variant)
     **{f"{task}-{v}": (task, v) for task in pendulum.TASKS for v in pendulum.VARIANTS},
@@ -76,13 +76,13 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
     task, variant = BUILTIN[name]
     if task in pendulum.TASKS:
         buffers, meta = pendulum.generate(task, variant, episodes, seed, progress)
-        source = "tt/envs/pendulum.py"
+        source = "tt/tasks/pendulum.py"
     elif task == "pointmaze":
         buffers, meta = pointmaze.generate(variant, episodes, seed, progress)
-        source = "tt/envs/pointmaze.py"
+        source = "tt/tasks/pointmaze.py"
     else:
         buffers, meta = locomotion.generate(task, variant, steps, seed, progress)
-        source = "tt/envs/locomotion.py"
+        source = "tt/tasks/locomotion.py"
     dataset_id = dataset_id_of(name)
     env = pointmaze.env_spec(variant) if task == "pointmaze" else env_id_of(task)  # a spec: PointMaze, tt's map
     env_id = env if isinstance(env, str) else env.id

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from tt import distributed
-from tt.checkpoint import load_run
+from tt.checkpoint import Run, open_run
 from tt.data import check_environment, load_dataset, trajectories_from_minari
-from tt.io import atomic_write, write_json
+from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import Planner
 from tt.video import EpisodeVideo, check_video_path, rendering_env
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 ROUND_DRAWS = 2**40  # Philox offsets a round may use: round j draws from offset j * ROUND_DRAWS on
 
 
-def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
+def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
              device: str | None = None, progress: bool = True, video: str | None = None, **plan_overrides) -> dict:
     """Roll out `episodes` episodes with `tt.Planner`, `n_envs` environments at a time; returns the results.
 
@@ -48,16 +48,16 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         check_video_path(video)  # a wrong suffix or a missing writer fails now, not after the episode
     wall_started = time.perf_counter()
 
-    _, _, run_config, _ = load_run(run_dir)
-    dataset_id = (run_config.get("data") or {}).get("dataset_id")
+    run = open_run(run)
+    dataset_id = run.data.get("dataset_id")
     if dataset_id is None:
-        raise ValueError(f"run {run_dir} names no data set (imported with --thresholds): evaluation needs the data "
+        raise ValueError(f"run {run.path} names no data set (imported with --thresholds): evaluation needs the data "
                          "set for its environment and returns; import it again with --dataset ID")
-    planner = Planner.load(run_dir, device=distributed.local_device(device), seed=seed, **plan_overrides)
+    planner = Planner.from_run(run, device=distributed.local_device(device), seed=seed, **plan_overrides)
     n_envs = min(n_envs, episodes)
     planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
     dataset = load_dataset(dataset_id)
-    check_environment(dataset, run_config, run_dir)
+    check_environment(dataset, run.config, run.path)
     data_returns = trajectories_from_minari(dataset).returns
 
     rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]
@@ -81,7 +81,7 @@ def evaluate(run_dir: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, o
         scores = np.full_like(episode_returns, np.nan)
     meta = dataset.storage.metadata
     results = {
-        "run": run_dir, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
+        "run": run.path, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
         "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(),
         "returns": episode_returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
         "normalized_scores": [float(s) for s in scores],
@@ -172,8 +172,7 @@ def _figure(**kwargs):
 
 def _save(fig, path: str) -> None:
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)
 
 
 def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:

@@ -3,7 +3,7 @@ in this process or split over worker processes.
 
 Episode k starts from `env.reset(seed=seed + k)` and draws its action noise from its own
 generator seeded by (seed, k), and the policy's action for a row depends on that row alone
-(`tt.envs.actor.Actor.act` evaluates fixed-size blocks). So an episode's content is a function of
+(`tt.tasks.actor.Actor.act` evaluates fixed-size blocks). So an episode's content is a function of
 (seed, k): the data are the same, bit for bit, whatever the number of environments, the number of
 workers, and whichever environment or worker ran an episode.
 

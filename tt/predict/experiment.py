@@ -4,7 +4,7 @@ From each held-out episode's state at step `start` (and the `context` transition
 futures of H steps are sampled on the episode's real actions: by the Trajectory Transformer
 (`sample_continuations`: observation, reward and value tokens drawn, action tokens forced; the
 planner's KV cache and window rule) and, when given, by a single-step Gaussian ensemble
-(`tt.dynamics`, trajectory sampling). Per step h, `step_metrics` compares the S predicted states
+(`tt.predict.ensemble`, trajectory sampling). Per step h, `step_metrics` compares the S predicted states
 with the true one. `predict` writes predict.json, predict.png (the paper's Figure 3) and, for
 MuJoCo tasks, frames.png (its Figure 2: true and predicted states rendered in the simulator).
 
@@ -24,55 +24,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from tt import ops
 from tt.checkpoint import load_run
-from tt.config import PlanConfig
+from tt.config import PlanConfig, PredictConfig
 from tt.data import Trajectories, episode_starts, load_dataset, training_split, trajectories_from_minari
+from tt.device import resolve_device
 from tt.discretize import Discretizer
 from tt.io import write_json
 from tt.model import TrajectoryTransformer
-from tt.prediction_figures import PANELS, plot_metrics, render_frames
+from tt.predict.figures import PANELS, plot_metrics, render_frames
 from tt.progress import progress as progress_bar
 from tt.rng import Philox
 from tt.search import ForcedActions, Search, check_prefix
 
 MIN_STD = 0.01  # the fitted Gaussian's standard deviation is at least this fraction of the data's, per dimension
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """What `predict` samples. Filters (top-k, cdf) are off by default: predictions are the model's own
-    distribution; the planner's filters are options."""
-
-    episodes: int = 10
-    horizon: int = 100
-    samples: int = 32
-    context: int | None = None  # previous transitions a prediction conditions on (None: all the model holds, K-1)
-    start: int | None = None  # the step a prediction starts from (None: `context`, the episode's first transitions)
-    seed: int = 0
-    window: str = "exact"
-    temperature: float = 1.0
-    k_obs: int | None = None
-    cdf_obs: float | None = None
-    k_rew: int | None = None
-    cdf_rew: float | None = None
-
-    def __post_init__(self):
-        for name in ("episodes", "horizon", "samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.context is not None and self.context < 1:
-            raise ValueError(f"context must be >= 1 transition (the Markovian model conditions on one), got "
-                             f"{self.context}")
-        if self.start is not None and self.start < 0:
-            raise ValueError(f"start must be >= 0, got {self.start}")
-        self.plan_config(2)  # the filters, window and temperature as the planner checks them
-
-    def plan_config(self, context: int) -> PlanConfig:
-        """The planner's settings for sampling with `context` previous transitions (its window C = context + 1)."""
-        return PlanConfig(horizon=1, beam_width=self.samples, n_expand=1, max_context_transitions=context + 1,
-                          k_obs=self.k_obs, cdf_obs=self.cdf_obs, k_act=None, cdf_act=None, k_rew=self.k_rew,
-                          cdf_rew=self.cdf_rew, temperature=self.temperature, window=self.window, cuda_graphs=False)
 
 
 # ----------------------------------------------------------------------------- sampling with forced tokens
@@ -284,9 +248,9 @@ def predict(run_dir: str, dynamics_dir: str | None = None, config: PredictConfig
     Trajectory Transformer and (`dynamics_dir`) a Gaussian ensemble, on the real actions; score them
     per step. Writes predict.json and predict.png, and frames.png for a fully observed MuJoCo task
     (`frames`), to `out` (default RUN/predict); returns what predict.json holds."""
-    from tt.dynamics import load_dynamics, rollout
+    from tt.predict.ensemble import load_dynamics, rollout
 
-    device = ops.resolve_device(device or "auto")
+    device = resolve_device(device or "auto")
     out = out or os.path.join(run_dir, "predict")
     model, discretizer, run_config, _ = load_run(run_dir, device)
     settings = data_settings(run_config, f"run {run_dir}")

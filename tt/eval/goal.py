@@ -1,12 +1,12 @@
 """Goal reaching on a PointMaze: success over (start, goal) pairs in different rooms, and maps of
 the driven paths.
 
-    python -m tt.envs.pointmaze_eval --goals 50 --seed 0 --out DIR
+    python -m tt.eval.goal --goals 50 --seed 0 --out DIR
 
 measures the data's controller (noiseless, and with the data's action noise) and a random policy
 on the same pairs and reset seeds, and writes DIR/controller.json and DIR/controller_paths.png.
 A goal-conditioned model is measured with `evaluate` on the same pairs (same `seed`), its paths
-drawn with `draw_paths`: `evaluate_goals(run_dir, n_goals, seed)` (`tt eval` on a goal-conditioned run),
+drawn with `draw_paths`: `evaluate_goals(run, n_goals, seed)` (`tt eval` on a goal-conditioned run),
 several goals at a time in one batch of plans (`evaluate_planner`).
 """
 
@@ -19,7 +19,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tt.envs.pointmaze import (
+from tt.checkpoint import Run, open_run
+from tt.goal_data import SUCCESS_DISTANCE
+from tt.io import save_figure, write_json
+from tt.progress import progress as progress_bar
+from tt.tasks.pointmaze import (
     MAX_EPISODE_STEPS,
     Cell,
     EpisodeRecorder,
@@ -31,9 +35,6 @@ from tt.envs.pointmaze import (
     policies,
     rollout,
 )
-from tt.goal_data import SUCCESS_DISTANCE
-from tt.io import atomic_write, write_json
-from tt.progress import progress as progress_bar
 
 BASELINES = ("controller", "data", "random")
 
@@ -157,8 +158,7 @@ def draw_paths(target, maze: Maze, paths: Sequence[np.ndarray], goals: Sequence 
         fig = Figure(figsize=(5.5, 5.5))
         draw_paths(fig.subplots(), maze, paths, goals, starts, planned, reached, title)
         fig.tight_layout()
-        with atomic_write(os.fspath(target)) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        save_figure(fig, target)
         return target
     from matplotlib.patches import Circle
 
@@ -213,8 +213,7 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
                        title=f"{name}: success {100 * r['success_rate']:.0f} % of {r['n']} goals in another room")
         fig.tight_layout()
         os.makedirs(out_dir, exist_ok=True)
-        with atomic_write(os.path.join(out_dir, "controller_paths.png")) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        save_figure(fig, os.path.join(out_dir, "controller_paths.png"))
         strip = {name: {**r, "episodes": [{k: v for k, v in e.items() if k != "path"} for e in r["episodes"]]}
                  for name, r in results.items()}
         write_json(os.path.join(out_dir, "controller.json"),
@@ -222,27 +221,26 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
     return results
 
 
-def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | None = None,
+def evaluate_goals(run: str | Run, n_goals: int = 50, seed: int = 0, out: str | None = None,
                    device: str | None = None, n_envs: int = 10, progress: bool = True, **plan_overrides) -> dict:
     """A goal-conditioned run on `n_goals` (start, goal) pairs in different rooms of its maze (the
     pairs and reset seeds of `evaluate_controller` for the same `seed`), `n_envs` at a time,
     planning with the likelihood objective unless `plan_overrides` say otherwise: success rate, its
     standard error, mean steps to the goal; with `out`, goals.json (no paths) and goal_paths.png
     (driven paths solid, each episode's first plan dashed)."""
-    from tt.checkpoint import load_run
-    from tt.envs.pointmaze import TASKS
     from tt.search import Planner
+    from tt.tasks.pointmaze import TASKS
 
-    _, _, run_config, _ = load_run(run_dir)
-    data = run_config.get("data") or {}
-    if not (run_config.get("train") or {}).get("goal_conditioned"):
-        raise ValueError(f"run {run_dir} is not goal-conditioned (train it with --goal-conditioned)")
+    run = open_run(run)
+    data = run.data
+    if not run.goal_conditioned:
+        raise ValueError(f"run {run.path} is not goal-conditioned (train it with --goal-conditioned)")
     mazes = [name for name in TASKS if name in str(data.get("dataset_id", ""))]
     if not mazes or data.get("goal_columns") is None:
-        raise ValueError(f"run {run_dir} was trained on {data.get('dataset_id')!r}, not a tt pointmaze task "
+        raise ValueError(f"run {run.path} was trained on {data.get('dataset_id')!r}, not a tt pointmaze task "
                          f"({', '.join(TASKS)})")
     maze_name = mazes[0]
-    planner = Planner.load(run_dir, device=device, seed=seed, **{"objective": "likelihood", **plan_overrides})
+    planner = Planner.from_run(run, device=device, seed=seed, **{"objective": "likelihood", **plan_overrides})
     planner.check_memory(min(n_envs, n_goals))
     env = make_env(maze_name)
     maze = maze_of(env)
@@ -259,7 +257,7 @@ def evaluate_goals(run_dir: str, n_goals: int = 50, seed: int = 0, out: str | No
                    planned=[e["planned"] for e in eps], reached=[e["success"] for e in eps],
                    title=f"TT: success {100 * result['success_rate']:.0f} % of {result['n']} goals in another room")
         write_json(os.path.join(out, "goals.json"),
-                   {"run": run_dir, "maze": maze_name, "seed": seed, "n_goals": n_goals,
+                   {"run": run.path, "maze": maze_name, "seed": seed, "n_goals": n_goals,
                     **{k: v for k, v in result.items() if k != "episodes"},
                     "episodes": [{k: v for k, v in e.items() if k not in ("path", "planned")} for e in eps]})
     return result

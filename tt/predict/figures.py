@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from tt.io import atomic_write
+from tt.io import save_figure
 
 LABELS = {"tt": "Trajectory Transformer", "ensemble": "Gaussian ensemble (single step)"}
 PANELS = (("log_likelihood", "log-likelihood of the true state"), ("nrmse", "normalized RMSE"),
@@ -17,8 +17,7 @@ PANELS = (("log_likelihood", "log-likelihood of the true state"), ("nrmse", "nor
 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)
     return path
 
 

@@ -1,7 +1,7 @@
 """The paper's locomotion tasks: Hopper, HalfCheetah and Walker2d (Gymnasium v5), D4RL's recipe.
 
 The behaviour policies are Soft Actor-Critic agents trained by `scripts/train_policies.py` and
-shipped in `tt/envs/policies/` (actor weights in safetensors, a JSON card each). Variants, each
+shipped in `tt/tasks/policies/` (actor weights in safetensors, a JSON card each). Variants, each
 acting with SAC's own exploration (actions drawn from the policy's Gaussian):
 
     random         uniformly random actions
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from tt.envs.actor import Actor, load_actor, load_card
-from tt.envs.rollouts import BatchPolicy, RolloutWorkers, as_buffers, default_workers
+from tt.tasks.actor import Actor, load_actor, load_card
+from tt.tasks.rollouts import BatchPolicy, RolloutWorkers, as_buffers, default_workers
 
 ENV_IDS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 VARIANTS = ("random", "medium", "expert", "medium-replay", "medium-expert")

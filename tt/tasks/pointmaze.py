@@ -131,14 +131,6 @@ class Maze:
             return cell
         return next(n for n in self.neighbours(cell) if dist[n] == dist[cell] - 1)
 
-    def shortest_path(self, start: Sequence[int], goal: Sequence[int]) -> list[Cell]:
-        """The cells of a shortest path from `start` to `goal`, both included."""
-        start, goal = self.check_cell(start, "start cell"), self.check_cell(goal, "goal cell")
-        path = [start]
-        while path[-1] != goal:
-            path.append(self.next_cell(path[-1], goal))
-        return path
-
     def doorways(self) -> list[Cell]:
         """Free cells between two walls on one axis: the openings between rooms."""
         wall = self.is_wall
@@ -162,10 +154,6 @@ class Maze:
                         room[n] = index
                         queue.append(n)
         return room
-
-    def room_of(self, cell: Sequence[int]) -> int | None:
-        """The room of a free cell; None for a doorway."""
-        return self.rooms.get(self.check_cell(cell))
 
     def evaluation_pairs(self, n: int, seed: int) -> list[tuple[Cell, Cell]]:
         """`n` (start, goal) cells drawn from `seed`: a uniform room cell, then a uniform cell of

@@ -83,7 +83,7 @@ class Actor:
         return (self.low + (squashed[:n] + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
 
     def batch_policy(self, deterministic: bool = False) -> ActorPolicy:
-        """A `tt.envs.rollouts.BatchPolicy` (picklable, for worker processes): each row's noise from
+        """A `tt.tasks.rollouts.BatchPolicy` (picklable, for worker processes): each row's noise from
         its episode's own generator."""
         return ActorPolicy(self, deterministic)
 

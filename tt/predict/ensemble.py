@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tt.data import Trajectories, episode_starts, load_dataset, training_split, trajectories_from_minari
+from tt.device import resolve_device
 from tt.io import read_json, swap_directory, write_json, write_jsonl
-from tt.ops import resolve_device
 from tt.progress import progress as progress_bar
 
 FORMAT = "tt.GaussianEnsemble/1"

@@ -1,6 +1,6 @@
 """The paper's evaluation protocol (Janner et al. 2021, Table 1): score runs, a row per data set.
 
-Every run is evaluated with the same seeds (`tt.evaluate.evaluate`), its episodes normalized as
+Every run is evaluated with the same seeds (`tt.eval.episodes.evaluate`), its episodes normalized as
 D4RL does, x100 (`minari.get_normalized_score`: 0 = random, 100 = expert). Runs of one data set
 are its training seeds; a data set's row keeps their spread: the standard error over runs (of
 the per-run means) and over all its episodes pooled. `score_runs` writes `score.json` and
@@ -17,10 +17,10 @@ import shlex
 import numpy as np
 
 from tt import distributed
-from tt.checkpoint import load_run
+from tt.checkpoint import open_run
 from tt.config import PlanConfig
 from tt.data import load_dataset, trajectories_from_minari
-from tt.io import atomic_write, write_json
+from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import check_config
 
@@ -129,12 +129,7 @@ def command_line(runs: list[str], episodes: int, n_envs: int, seed: int, device:
     args = ["tt", "score", *runs, "--episodes", str(episodes), "--envs", str(n_envs), "--seed", str(seed)]
     if device:
         args += ["--device", device]
-    for key, value in plan_overrides.items():
-        if key == "cuda_graphs":
-            args += [] if value else ["--no-cuda-graphs"]
-        else:
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return shlex.join(args)
+    return shlex.join(args + PlanConfig.command_flags(plan_overrides))
 
 
 def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
@@ -147,7 +142,7 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
     run's episodes are shared out over the ranks (see `evaluate`); rank 0 writes, every rank returns
     the summary.
     """
-    from tt.evaluate import evaluate
+    from tt.eval.episodes import evaluate
 
     if not runs:
         raise ValueError("no runs to score: pass one or more run directories")
@@ -156,25 +151,26 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
     if len({os.path.realpath(r) for r in runs}) < len(runs):
         raise ValueError("a run directory is given twice: each run would count as another training seed")
     plan_config = PlanConfig(**plan_overrides).to_dict()
-    configured = {}
-    for run in runs:  # before any episode: every run can be scored with these settings
-        model, _, config, _ = load_run(run)
-        if model.config.goal_conditioned:
-            raise ValueError(f"{run} is a goal-conditioned run: tt score averages returns over runs; measure its "
-                             f"success rate with `tt eval --run {run}`")
-        check_config(model, PlanConfig(**plan_overrides))
-        configured[config["data"]["dataset_id"]] = None
+    configured, loaded = {}, []
+    for path in runs:  # before any episode: every run can be scored with these settings
+        run = open_run(path)
+        if run.goal_conditioned:
+            raise ValueError(f"{path} is a goal-conditioned run: tt score averages returns over runs; measure its "
+                             f"success rate with `tt eval --run {path}`")
+        check_config(run.model, PlanConfig(**plan_overrides))
+        configured[run.data["dataset_id"]] = None
+        loaded.append(run)
     datasets = {b["dataset_id"]: b for b in map(dataset_baseline, configured)}
     names = run_names(runs)
 
     evaluated = []
     bar = progress_bar(len(runs), "scoring runs", progress and distributed.is_main())
-    for run, name in zip(runs, names):
+    for path, run, name in zip(runs, loaded, names):
         bar.set_postfix_str(name)
         results = evaluate(run, episodes=episodes, n_envs=n_envs, seed=seed,
                            out=os.path.join(out, name) if out else None, device=device, progress=progress,
                            **plan_overrides)
-        evaluated.append(_scored_run(name, run, results))
+        evaluated.append(_scored_run(name, path, results))
         bar.update()
     bar.close()
     options = {"runs": list(runs), "episodes": episodes, "n_envs": n_envs, "seed": seed, "device": device,
@@ -337,5 +333,4 @@ def plot_scores(summary: dict, path: str) -> None:
     if labelled:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_figure(fig, path)
