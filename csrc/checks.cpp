@@ -265,7 +265,7 @@ void check_decode_layers(const at::Tensor& x, at::TensorList weights, const at::
   }
   for (int64_t l = 0; l < n_layer; ++l) {
     const at::Tensor* w = weights.data() + l * kWeightsPerLayer;
-    const int64_t hidden = w[8].size(0);
+    const int64_t hidden = w[kFcWeight].size(0);
     const std::vector<std::vector<int64_t>> shapes = {{C}, {C}, {3 * C, C}, {3 * C}, {C, C}, {C}, {C}, {C},
                                                       {hidden, C}, {hidden}, {C, hidden}, {C}};
     for (int64_t i = 0; i < kWeightsPerLayer; ++i)

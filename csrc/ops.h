@@ -8,9 +8,12 @@
 
 namespace tt {
 
-// Parameters of one transformer block, in the order tt::decode_layers takes them: ln1 weight, bias;
-// qkv weight, bias; attention proj weight, bias; ln2 weight, bias; fc weight, bias; MLP proj weight, bias.
-constexpr int64_t kWeightsPerLayer = 12;
+// Parameters of one transformer block, in the order tt::decode_layers takes them: tt/block_weights.py's
+// BlockWeights, the same names (tests/test_model.py checks that they agree); kWeightsPerLayer counts them.
+enum BlockWeight : int64_t {
+  kLn1Weight, kLn1Bias, kQkvWeight, kQkvBias, kAttnProjWeight, kAttnProjBias,
+  kLn2Weight, kLn2Bias, kFcWeight, kFcBias, kMlpProjWeight, kMlpProjBias, kWeightsPerLayer
+};
 
 // Argument checks shared by the CPU and CUDA implementations (host code).
 void check_sample_next(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,

@@ -24,10 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
+from tt.block_weights import PER_BLOCK, BlockWeights
+
 from .attention import _attend, _dot, _goal_args, _goal_of, _key_start, _on_device, _precision, _softmax_step
 
 MAX_WIDTH = 256  # the residual tile [rows, width] and one head's weights stay in registers
-WEIGHTS_PER_LAYER = 12  # ln1 w, b; qkv w, b; proj w, b; ln2 w, b; fc w, b; mlp proj w, b (csrc/ops.h)
 
 
 def supports(n_embd: int, hidden: int) -> bool:
@@ -35,12 +36,12 @@ def supports(n_embd: int, hidden: int) -> bool:
     return n_embd <= MAX_WIDTH and hidden <= 4 * MAX_WIDTH
 
 
-def stack_weights(weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The blocks' parameters (12 per block, in `tt::decode_layers` order) as 12 contiguous
-    tensors `[n_layer, ...]`, the form the kernel reads; built once per search, not per step."""
-    if len(weights) % WEIGHTS_PER_LAYER:
-        raise ValueError(f"expected {WEIGHTS_PER_LAYER} weights per block, got {len(weights)} in all")
-    return tuple(torch.stack(weights[i::WEIGHTS_PER_LAYER]).contiguous() for i in range(WEIGHTS_PER_LAYER))
+def stack_weights(weights: list[torch.Tensor]) -> BlockWeights:
+    """The blocks' parameters (`BlockWeights` of each, flat) as one contiguous tensor
+    `[n_layer, ...]` per field, the form the kernel reads; built once per search, not per step."""
+    if len(weights) % PER_BLOCK:
+        raise ValueError(f"expected {PER_BLOCK} weights per block, got {len(weights)} in all")
+    return BlockWeights(*(torch.stack(weights[i::PER_BLOCK]).contiguous() for i in range(PER_BLOCK)))
 
 
 @triton.jit
@@ -149,7 +150,7 @@ def _decode_layers_kernel(X, OUT, KV, KS, PR, GK, GV, GR,
     tl.store(OUT + rows[:, None] * C + offs_c[None, :], h.to(OUT.dtype.element_ty), mask=rc_ok)
 
 
-def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: int, kv: torch.Tensor, slot: int,
+def decode_layers(x: torch.Tensor, weights: BlockWeights, n_head: int, kv: torch.Tensor, slot: int,
                   shared: int, groups: int, group_rows: int, transition_dim: int, key_start=None,
                   prefix_rows: torch.Tensor | None = None, eps: float = 1e-5,
                   out: torch.Tensor | None = None, goal_kv: torch.Tensor | None = None, goal_group_rows: int = 1,
@@ -164,7 +165,8 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
     `goal_kv`) row r also attends, in every layer, the O keys of goal `goal_rows[r]` (a table as
     prefix_rows), or `(r // goal_group_rows) % G`, in the same softmax."""
     R, C = x.shape
-    n_layer, hidden = weights[0].shape[0], weights[8].shape[1]
+    weights = BlockWeights(*weights)
+    n_layer, hidden = weights.ln1_weight.shape[0], weights.fc_weight.shape[1]
     D = C // n_head
     for name, t in (("cache", kv), ("goal segment", goal_kv)):
         if t is not None and (t.dim() != 6 or t.shape[:2] != (2, n_layer) or t.shape[3] != n_head or t.shape[5] != D):
@@ -202,6 +204,6 @@ def decode_layers(x: torch.Tensor, weights: tuple[torch.Tensor, ...], n_head: in
             *goal[6:], 1.0 / math.sqrt(D), eps,
             N_LAYER=n_layer, C=C, H=n_head, D=D, HIDDEN=hidden, T=transition_dim, HAS_KS=key_start is not None,
             HAS_PR=has_pr, **has_goal,
-            **_precision(weights[2].dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
+            **_precision(weights.qkv_weight.dtype), BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H,
             BLOCK_N=8, num_warps=8)
     return out

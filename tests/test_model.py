@@ -1,5 +1,6 @@
 import contextlib
 import math
+import re
 
 import pytest
 import torch
@@ -453,3 +454,19 @@ def test_fused_decode_checks_its_arguments():
     with pytest.raises(RuntimeError, match="dtype of x"):
         torch.ops.tt.decode_layers(x.double(), weights, cache.k.double(), cache.v.double(), 2, 3, 0, 1, 1, None, 5,
                                    None)
+
+
+def test_the_block_weights_are_named_alike_in_python_and_cpp():
+    """`BlockWeights` (Python blocks, Triton) and csrc/ops.h's `BlockWeight` (the C++ decode step) name
+    the same parameters in the same order."""
+    from pathlib import Path
+
+    from tt.block_weights import FIELDS, BlockWeights
+
+    header = (Path(__file__).parents[1] / "csrc" / "ops.h").read_text()
+    names = re.search(r"enum BlockWeight : int64_t \{(.*?)\};", header, re.S).group(1).replace("\n", " ")
+    cpp = [n.strip() for n in names.split(",") if n.strip()]
+    assert cpp == ["k" + "".join(part.capitalize() for part in f.split("_")) for f in FIELDS] + ["kWeightsPerLayer"]
+    block = TrajectoryTransformer(GPTConfig(2, 1, n_bins=5, n_transitions=2, n_layer=1, n_head=1, n_embd=8)).blocks[0]
+    weights = BlockWeights.of(block)
+    assert weights.fc_weight is block.mlp.fc.weight and weights.attn_proj_bias is block.attn.proj.bias

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from tt.config import PlanConfig, PredictConfig, TrainConfig, flag
+from tt.config import DynamicsConfig, PlanConfig, PredictConfig, TrainConfig, flag
 from tt.destination import check_destination, destination, staging_beside
 from tt.io import read_state_dict, swap_directory
 from tt.memory import retain_freed_memory
@@ -47,8 +47,7 @@ def cmd_train(args) -> None:
     from tt import distributed
     from tt.train import make_config, train
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    overrides["dataset"] = args.dataset
+    overrides = {**given(args, TrainConfig), "dataset": args.dataset}
     if "goal" in overrides and not overrides.get("goal_conditioned"):
         raise ValueError(f"--goal {overrides['goal']} chooses a goal-conditioned model's hindsight goals: add "
                          "--goal-conditioned (or leave --goal out)")
@@ -159,9 +158,16 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type, default:
                             choices=choices, default=argparse.SUPPRESS, help=f"{text} (default: {shown})")
 
 
-def plan_overrides(args) -> dict:
-    """The PlanConfig fields given on the command line (absent flags are not in `args`)."""
-    return {k: getattr(args, k) for k in PLAN_FLAGS if hasattr(args, k)}
+def given(args: argparse.Namespace, settings: type) -> dict:
+    """The fields of a settings dataclass given by their flags (`add_settings_flags`; absent flags are not in
+    `args`)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(settings)
+            if "kind" in f.metadata and hasattr(args, f.name)}
+
+
+def plan_overrides(args: argparse.Namespace) -> dict:
+    """The PlanConfig fields given on the command line."""
+    return given(args, PlanConfig)
 
 
 def cmd_eval(args) -> None:
@@ -252,8 +258,7 @@ def cmd_predict(args) -> None:
     use_headless_rendering()  # frames.png: before MuJoCo is imported
     from tt.predict.experiment import format_table, predict
 
-    config = PredictConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)
-                              if hasattr(args, f.name)})
+    config = PredictConfig(**given(args, PredictConfig))
     out = args.out or os.path.join(args.run, "predict")
     with destination(out, "prediction", args.overwrite) as where:
         results = predict(args.run, args.dynamics, config, out=where, device=args.device, frames=args.frames)
@@ -262,11 +267,9 @@ def cmd_predict(args) -> None:
 
 
 def cmd_train_dynamics(args) -> None:
-    from tt.predict.ensemble import DynamicsConfig, train_dynamics
+    from tt.predict.ensemble import train_dynamics
 
-    fields = ("dataset", "members", "hidden", "layers", "batch_size", "max_steps", "eval_every", "patience",
-              "holdout_episodes", "hidden_obs_fraction", "seed", "device")
-    config = DynamicsConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
+    config = DynamicsConfig(dataset=args.dataset, **given(args, DynamicsConfig))
     check_destination(args.out, "ensemble", args.overwrite)  # train_dynamics swaps the new one in whole
     train_dynamics(config, args.out)
     print(f"ensemble written to {args.out}")
@@ -295,10 +298,7 @@ class Parser(argparse.ArgumentParser):
                   else f"tt: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tt", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-
+def add_data_command(sub) -> None:
     data = sub.add_parser("data", help="built-in data sets")
     data_sub = data.add_subparsers(dest="data_cmd", required=True)
     data_sub.add_parser("list", help="built-in and local data sets")
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make a data set that exists again (the old one stays until the new one is complete)")
     data.set_defaults(func=cmd_data)
 
+
+def add_train_command(sub) -> None:
     train = sub.add_parser("train", help="train a Trajectory Transformer")
     train.add_argument("--dataset", required=True, help="Minari id or built-in name")
     train.add_argument("--out", required=True, help="run directory")
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--download", action="store_true", help="fetch a remote Minari data set first")
     train.set_defaults(func=cmd_train)
 
+
+def add_import_reference_command(sub) -> None:
     imp = sub.add_parser("import-reference", help="import the authors' GPT state_dict into a run directory")
     imp.add_argument("--state-dict", required=True, help="their state_<epoch>.pt")
     imp.add_argument("--out", required=True, help="run directory")
@@ -334,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true", help="replace the run in --out, once the new one is written")
     imp.set_defaults(func=cmd_import_reference)
 
+
+def add_eval_command(sub) -> None:
     ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
     ev.add_argument("--run", required=True, help="run directory")
     ev.add_argument("--episodes", type=int, default=10, help="episodes played")  # evaluate() refuses < 1
@@ -346,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(ev, PlanConfig)
     ev.set_defaults(func=cmd_eval)
 
+
+def add_score_command(sub) -> None:
     sc = sub.add_parser("score", help="the paper's protocol: evaluate runs, normalized score x100, mean and s.e.")
     sc.add_argument("runs", nargs="+", help="run directories (several seeds and data sets)")
     sc.add_argument("--episodes", type=int, default=10, help="episodes per run")  # score_runs() refuses < 1
@@ -361,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(sc, PlanConfig)
     sc.set_defaults(func=cmd_score)
 
+
+def add_predict_command(sub) -> None:
     pr = sub.add_parser("predict", help="open-loop prediction on held-out episodes, the model's against an "
                         "ensemble's (the paper's Figures 2 and 3)")
     pr.add_argument("--run", required=True, help="run directory (trained with held-out episodes)")
@@ -373,27 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(pr, PredictConfig)
     pr.set_defaults(func=cmd_predict)
 
+
+def add_train_dynamics_command(sub) -> None:
     dyn = sub.add_parser("train-dynamics", help="train a single-step Gaussian ensemble (PETS), the baseline of "
                          "tt predict")
     dyn.add_argument("--dataset", required=True, help="Minari id or built-in name")
     dyn.add_argument("--out", required=True, help="ensemble directory")
-    dyn.add_argument("--holdout-episodes", type=int, help="the data set's last episodes left out, as the run's")
-    dyn.add_argument("--hidden-obs-fraction", type=fraction,
-                     help="partial observability, as the run's: each observation dimension hidden with this "
-                          "probability (a fixed seeded mask)")
-    dyn.add_argument("--members", type=positive_int, help="networks in the ensemble")
-    dyn.add_argument("--hidden", type=positive_int, help="units per hidden layer")
-    dyn.add_argument("--layers", type=positive_int, help="hidden layers")
-    dyn.add_argument("--batch-size", type=positive_int, help="transitions per optimizer step")
-    dyn.add_argument("--steps", dest="max_steps", type=positive_int, help="at most this many optimizer steps")
-    dyn.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations")
-    dyn.add_argument("--patience", type=positive_int, help="evaluations without improvement before stopping")
-    dyn.add_argument("--seed", type=int, help="the ensemble's seed")
-    dyn.add_argument("--device", help="auto | cpu | cuda")
+    add_settings_flags(dyn, DynamicsConfig)
     dyn.add_argument("--overwrite", action="store_true",
                      help="replace the ensemble in --out (the old one stays until the new one is complete)")
     dyn.set_defaults(func=cmd_train_dynamics)
 
+
+def add_demo_command(sub) -> None:
     demo = sub.add_parser("demo", help="the main job: data, training and planning on the built-in default")
     demo.add_argument("--out", default="runs/demo", help="the demo's run directory")
     demo.add_argument("--overwrite", action="store_true", help="replace the demo's run in --out once it is done")
@@ -401,6 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=positive_int, help="cut training short (a quick check, not the result)")
     demo.add_argument("--episodes", type=positive_int, help=f"evaluation episodes (default {DEMO['episodes']})")
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tt", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_data_command(sub)
+    add_train_command(sub)
+    add_import_reference_command(sub)
+    add_eval_command(sub)
+    add_score_command(sub)
+    add_predict_command(sub)
+    add_train_dynamics_command(sub)
+    add_demo_command(sub)
     return parser
 
 

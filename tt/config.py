@@ -225,3 +225,39 @@ def make_config(preset: str = "published", **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
     return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class DynamicsConfig:
+    """The ensemble and its training; defaults after PETS and MBPO, with a step budget for the CPU."""
+
+    dataset: str = "pendulum-medium"
+    members: int = setting(5, "count", "networks in the ensemble")
+    hidden: int = setting(200, "count", "units per hidden layer")
+    layers: int = setting(4, "count", "hidden layers")
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-5  # L2 on the weight matrices (PETS: 2.5e-5 to 1e-4 by layer)
+    batch_size: int = setting(256, "count", "transitions per optimizer step")
+    validation_fraction: float = 0.1  # of the training transitions, held out for early stopping ...
+    max_validation: int = 5000  # ... at most this many
+    max_steps: int = setting(20_000, "count", "at most this many optimizer steps", flag="--steps")
+    eval_every: int = setting(1000, "count", "steps between held-out evaluations")
+    patience: int = setting(5, "count", "evaluations without a member improving by min_delta before training stops")
+    min_delta: float = 0.01  # nats per dimension
+    holdout_episodes: int = setting(0, "step", "the data set's last episodes left out, as the run's")
+    hidden_obs_fraction: float = setting(0.0, "fraction", "partial observability, as the run's: each observation "
+                                         "dimension hidden with this probability (a fixed seeded mask)")
+    seed: int = setting(0, "integer", "the ensemble's seed")
+    device: str = setting("auto", "text", "auto | cpu | cuda | cuda:N")
+
+    def __post_init__(self):
+        for name in ("members", "hidden", "layers", "batch_size", "max_validation", "max_steps", "eval_every",
+                     "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.holdout_episodes < 0:
+            raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
+        if not 0.0 <= self.hidden_obs_fraction < 1.0:
+            raise ValueError(f"hidden_obs_fraction must be in [0, 1), got {self.hidden_obs_fraction}")

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tt import ops
+from tt.block_weights import BlockWeights
 from tt.cache import KVCache, SharedPrefix
 
 
@@ -349,13 +350,11 @@ class TrajectoryTransformer(nn.Module):
         return self._logits(_layer_norm(x, self.ln_f), start)
 
     def block_weights(self, rows: int | None = None) -> ops.DecodeWeights:
-        """The blocks' parameters (12 per block, csrc/ops.h order) as `ops.decode_layers` reads
+        """The blocks' parameters (`BlockWeights` of each, flat) as `ops.decode_layers` reads
         them (`ops.decode_weights`; given the `rows` of the decode steps to come, packed for them
         where that pays). Building them costs tens of microseconds (a copy for Triton; packing,
         a millisecond), so a decode loop fetches them once, not per token."""
-        return ops.decode_weights([p for b in self.blocks for p in (
-            b.ln1.weight, b.ln1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
-            b.ln2.weight, b.ln2.bias, b.mlp.fc.weight, b.mlp.fc.bias, b.mlp.proj.weight, b.mlp.proj.bias)], rows)
+        return ops.decode_weights([w for b in self.blocks for w in BlockWeights.of(b)], rows)
 
     def prefill(self, tokens: torch.Tensor, cache: KVCache, key_start: torch.Tensor | None = None) -> torch.Tensor:
         """Encode windows tokens [R, L] from slot 0; logits of the last token [R, N+1]."""

@@ -44,7 +44,7 @@ constexpr int64_t kMinChunkRows = 8;  // rows below which splitting a step over 
 // (measured in benchmarks/RESULTS.md); fewer rows run the plain GEMM (packed GEMM misbehaved at 1 row).
 constexpr int64_t kMinPackedRows = 16;
 enum Cblas : int { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
-constexpr int64_t kLinearWeights[] = {2, 4, 8, 10};  // the GEMM weights of a block (ops.h order)
+constexpr int64_t kLinearWeights[] = {kQkvWeight, kAttnProjWeight, kFcWeight, kMlpProjWeight};  // a block's GEMMs
 
 // Threads a step of `rows` rows of `tokens` tokens runs on, each through every layer for its chunk of rows.
 int64_t chunks_of(int64_t rows, int64_t tokens = 1) {
@@ -198,7 +198,7 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
   w.reserve(weights.size());
   for (const at::Tensor& t : weights) w.push_back(t.contiguous());
   int64_t hidden = 0;  // the widest MLP (checks allow blocks of different widths)
-  for (int64_t l = 0; l < n_layer; ++l) hidden = std::max(hidden, w[l * kWeightsPerLayer + 8].size(0));
+  for (int64_t l = 0; l < n_layer; ++l) hidden = std::max(hidden, w[l * kWeightsPerLayer + kFcWeight].size(0));
 
   auto run = [&](int64_t begin, int64_t n) {
     const std::optional<at::Tensor> rows_table = rows_of(table, begin, n), rows_goal = rows_of(goal_table, begin, n);
@@ -222,7 +222,7 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
       const at::Tensor* pw = use_packed ? packed.data() + l * std::size(kLinearWeights) : nullptr;
       const auto packed_weight = [&](int64_t i) { return pw ? pw + i : nullptr; };
       // attention: ln1, qkv, K/V into the cache at slot.., decode attention, proj, residual
-      linear(layer_norm(lw[0], lw[1]), lw[2], lw[3], qkv, packed_weight(0));
+      linear(layer_norm(lw[kLn1Weight], lw[kLn1Bias]), lw[kQkvWeight], lw[kQkvBias], qkv, packed_weight(0));
       write_kv(qkv, cache_k, cache_v, l, begin, n, L, slot);
       const at::Tensor k_layer = cache_k.select(0, l).narrow(0, begin, n);
       const at::Tensor v_layer = cache_v.select(0, l).narrow(0, begin, n);
@@ -250,13 +250,13 @@ at::Tensor decode_layers_cpu(const at::Tensor& x, at::TensorList weights, const 
       if (last && L > 1) h = h.view({n, L, C}).select(1, L - 1).contiguous();  // from here on the last tokens
       const int64_t rows = last ? n : M;
       at::Tensor att_rows = att.narrow(0, 0, rows), y_rows = y.narrow(0, 0, rows);
-      at::Tensor m_rows = m.narrow(0, 0, rows * lw[8].size(0)).view({rows, lw[8].size(0)});
-      linear(att_rows, lw[4], lw[5], y_rows, packed_weight(1));
+      at::Tensor m_rows = m.narrow(0, 0, rows * lw[kFcWeight].size(0)).view({rows, lw[kFcWeight].size(0)});
+      linear(att_rows, lw[kAttnProjWeight], lw[kAttnProjBias], y_rows, packed_weight(1));
       add_into(h, y_rows);
       // MLP: ln2, fc, GELU, proj, residual
-      linear(layer_norm(lw[6], lw[7]), lw[8], lw[9], m_rows, packed_weight(2));
+      linear(layer_norm(lw[kLn2Weight], lw[kLn2Bias]), lw[kFcWeight], lw[kFcBias], m_rows, packed_weight(2));
       gelu_in_place(m_rows.data_ptr<float>(), m_rows.numel());
-      linear(m_rows, lw[10], lw[11], y_rows, packed_weight(3));
+      linear(m_rows, lw[kMlpProjWeight], lw[kMlpProjBias], y_rows, packed_weight(3));
       add_into(h, y_rows);
     }
     return h;

@@ -26,7 +26,7 @@ DecodeWeights = list[torch.Tensor] | tuple[torch.Tensor, ...] | PackedWeights
 
 
 def decode_weights(weights: list[torch.Tensor], rows: int | None = None) -> DecodeWeights:
-    """The blocks' parameters (12 per block, csrc/ops.h order) in the form `decode_layers` reads on
+    """The blocks' parameters (`tt.block_weights.BlockWeights` of each, flat) in the form `decode_layers` reads on
     their device: stacked per kind `[n_layer, ...]` for Triton; for the C++ op the list itself, or
     given the `rows` of the steps to come, `PackedWeights` (where packing is available and pays)."""
     if not weights:

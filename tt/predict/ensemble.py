@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,47 +31,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from tt.config import DynamicsConfig
 from tt.data import Trajectories, episode_starts, load_dataset, training_split, trajectories_from_minari
 from tt.device import resolve_device
 from tt.io import read_json, swap_directory, write_json, write_jsonl
 from tt.progress import progress as progress_bar
 
 FORMAT = "tt.GaussianEnsemble/1"
-
-
-@dataclass
-class DynamicsConfig:
-    """The ensemble and its training; defaults after PETS and MBPO, with a step budget for the CPU."""
-
-    dataset: str = "pendulum-medium"
-    members: int = 5
-    hidden: int = 200
-    layers: int = 4
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-5  # L2 on the weight matrices (PETS: 2.5e-5 to 1e-4 by layer)
-    batch_size: int = 256
-    validation_fraction: float = 0.1  # of the training transitions, held out for early stopping ...
-    max_validation: int = 5000  # ... at most this many
-    max_steps: int = 20_000
-    eval_every: int = 1000  # steps between held-out evaluations
-    patience: int = 5  # evaluations without a member improving by `min_delta` before training stops
-    min_delta: float = 0.01  # nats per dimension
-    holdout_episodes: int = 0  # the data set's last episodes, left out (as the Trajectory Transformer's run)
-    hidden_obs_fraction: float = 0.0  # partial observability, as the run's
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        for name in ("members", "hidden", "layers", "batch_size", "max_validation", "max_steps", "eval_every",
-                     "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.holdout_episodes < 0:
-            raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
-        if not 0.0 <= self.hidden_obs_fraction < 1.0:
-            raise ValueError(f"hidden_obs_fraction must be in [0, 1), got {self.hidden_obs_fraction}")
 
 
 class GaussianEnsemble(nn.Module):
