@@ -350,7 +350,7 @@ def check_script(key: str, args: list[str], line: str, monkeypatch) -> None:
     pytest.fail(f"{key}'s main() returned without parsing arguments")
 
 
-SCRIPTS = {"tt.eval.goal", "scripts/train_policies.py"}  # checked by check_script
+SCRIPTS = {"tt.eval.goal", "scripts/train_policies.py", "benchmarks/profile_train.py"}  # checked by check_script
 
 
 def torchrun_args(argv: list[str], line: str) -> list[str]:

@@ -11,6 +11,7 @@ OBJECTIVES = ("return", "likelihood")  # the built-in objectives a PlanConfig na
 WINDOWS = ("exact", "cached")  # how a search conditions each token (DESIGN, "The window rule")
 GOAL_MODES = ("final", "future")  # a goal-conditioned model's hindsight goals
 DISCRETIZERS = ("quantile", "uniform")
+PRECISIONS = ("auto", "fp32", "bf16")  # a training step's arithmetic (tt.train.precision_context)
 
 Filter = tuple[int | None, float | None]  # (top_k, cdf) of one token kind; None: that filter is off
 
@@ -26,6 +27,14 @@ def setting(default, kind: str | tuple[str, ...], help: str, flag: str | None = 
 def flag(name: str) -> str:
     """The command-line flag of a settings field's name: `--beam-width` for `beam_width`."""
     return "--" + name.replace("_", "-")
+
+
+def flag_of(settings: type, name: str) -> str | None:
+    """The flag that sets field `name` of a settings dataclass (None: no flag sets it)."""
+    found = next((f for f in fields(settings) if f.name == name), None)
+    if found is None or "kind" not in found.metadata:
+        return None
+    return found.metadata["flag"] or flag(name)
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,8 @@ class TrainConfig:
     log_every: int = 20
     seed: int = setting(42, "integer", "the run's seed")
     device: str = setting("auto", "text", "auto | cpu | cuda | cuda:N")
+    precision: str = setting("auto", PRECISIONS, "a step's arithmetic: fp32, bf16 (autocast), or auto (bf16 on "
+                             "CUDA, fp32 on the CPU)")
     holdout_episodes: int = setting(0, "step", "leave the data set's last episodes out of training (tt predict "
                                     "measures on them)")
     hidden_obs_fraction: float = setting(0.0, "fraction", "partial observability: hide each observation dimension "

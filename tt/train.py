@@ -23,7 +23,7 @@ import torch
 
 from tt import distributed
 from tt.checkpoint import load_run, load_trainer_state, save_run
-from tt.config import PRESETS, TrainConfig, make_config  # noqa: F401 (train's settings, as its callers name them)
+from tt.config import PRESETS, TrainConfig, flag_of, make_config  # noqa: F401 (train's settings, as its callers name them)
 from tt.data import (
     HindsightGoals,
     TokenWindows,
@@ -128,12 +128,7 @@ def prepare_goal_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
 
 # Options a resumed run may change: they decide where training stops, where it runs and how often
 # it reports, not what a step computes.
-RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every"}
-FLAGS = {"dataset": "--dataset", "max_steps": "--steps", "epochs": "--epochs", "budget_steps": "--budget-steps",
-         "batch_size": "--batch-size", "seed": "--seed", "device": "--device", "discretizer": "--discretizer",
-         "action_discretizer": "--action-discretizer", "n_transitions": "--n-transitions",
-         "holdout_episodes": "--holdout-episodes", "hidden_obs_fraction": "--hidden-obs-fraction",
-         "goal_conditioned": "--goal-conditioned", "goal": "--goal"}
+RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every", "precision"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
@@ -150,7 +145,8 @@ def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
         if name == "dataset":
             was, now = resolve_dataset_id(was), resolve_dataset_id(now)
         if was != now:
-            flag = f"{FLAGS[name]} or --preset" if name in FLAGS else "--preset"
+            given_by = "--dataset" if name == "dataset" else flag_of(TrainConfig, name)
+            flag = f"{given_by} or --preset" if given_by else "--preset"
             raise ValueError(f"--resume: the run in {out} was trained with {name}={was!r}, the options give "
                              f"{name}={now!r} (set by {flag}): give the options it was trained with, or a new --out")
     return discretizer
@@ -208,6 +204,30 @@ def _restore_rng(state: dict, seed: int, step: int, device: torch.device) -> Non
     torch.set_rng_state(saved[rank].clone())  # a copy: set_rng_state misreads a row of a stacked tensor
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state.get("cuda_rng_ranks", state["cuda_rng"][None])[rank].clone(), device)
+
+
+def precision_context(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast a training step runs under: "bf16" (bfloat16 matrix products, float32 weights and
+    optimizer), "fp32" (none), "auto" (bf16 on CUDA, fp32 on the CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def training_step(trained: torch.nn.Module, model: TrajectoryTransformer, optimizer: torch.optim.Optimizer,
+                  x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, goal: torch.Tensor | None, grad_clip: float,
+                  precision: torch.autocast, scale: float = 1.0) -> torch.Tensor:
+    """One optimizer step on a batch: the weighted cross-entropy (`trained`: the model, or its DDP
+    wrapper), its gradient times `scale` (DDP's average over ranks made the whole batch's mean),
+    clipped to `grad_clip`, and AdamW. Returns the loss, detached and not read back (reading it
+    waits for the device)."""
+    with precision:
+        _, loss = trained(x, y, mask, goal=goal)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * scale if scale != 1.0 else loss).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,
@@ -276,7 +296,7 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
 
     model.train()
     trained = distributed.wrap(model, device)  # DDP over several ranks; the raw model is what is saved
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    precision = precision_context(cfg.precision, device)
     bar = progress_bar(total_steps, "training", progress and main, initial=step)
     started = time.time() - elapsed_before
     order, order_epoch, draws = None, -1, None
@@ -289,14 +309,11 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         part, share = local_part(index)
         x, y, mask = (t.to(device, non_blocking=True) for t in windows.batch(part))
         goal = windows.goals_of(part, draws)
-        with autocast:  # the mean over this rank's part
-            _, loss = trained(x, y, mask, goal=None if goal is None else goal.to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
-        # DDP averages the ranks' gradients: scaled by world * share, the average is the gradient of the
-        # mean over the whole batch (one process: the loss as it is)
-        (loss * (share * world) if world > 1 else loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        # the mean over this rank's part; DDP averages the ranks' gradients: scaled by world * share, the
+        # average is the gradient of the mean over the whole batch (one process: the loss as it is)
+        loss = training_step(trained, model, optimizer, x, y, mask,
+                             None if goal is None else goal.to(device, non_blocking=True), cfg.grad_clip, precision,
+                             share * world if world > 1 else 1.0)
         tokens_seen += len(index) * windows.block_size
         lr = cfg.learning_rate * lr_multiplier(tokens_seen, warmup_tokens, final_tokens)
         for group in optimizer.param_groups:
