@@ -148,6 +148,22 @@ void check_philox_uniform(const at::Tensor& out) {
               "tt::philox_uniform: out must be a contiguous float64 vector");
 }
 
+void check_dropout_mask(double p, const at::Tensor& mask) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.is_cpu(),
+              "tt::dropout_mask: mask must be a contiguous bool tensor on the CPU");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "tt::dropout_mask: the drop rate p must be in [0, 1), got ", p);
+}
+
+void check_dropout_apply(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& out) {
+  TORCH_CHECK(x.is_cpu() && x.is_contiguous() && x.is_floating_point(),
+              "tt::dropout_apply: x must be a contiguous floating-point tensor on the CPU");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.sizes() == x.sizes(),
+              "tt::dropout_apply: mask must be a contiguous bool tensor of x's shape ", x.sizes(), ", got ",
+              mask.sizes());
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.is_contiguous() && out.sizes() == x.sizes() && out.is_cpu(),
+              "tt::dropout_apply: out must be a contiguous tensor of x's dtype and shape");
+}
+
 void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                             int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,

@@ -27,6 +27,8 @@ void check_beam_expand(const at::Tensor& scores, const at::Tensor& logp, int64_t
 
 void check_log_probs(const at::Tensor& logits, double temperature, int64_t top_k, double cdf, const at::Tensor& out);
 void check_philox_uniform(const at::Tensor& out);
+void check_dropout_mask(double p, const at::Tensor& mask);
+void check_dropout_apply(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& out);
 void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& prefix_k, const std::optional<at::Tensor>& prefix_v,
                             int64_t group_rows, const std::optional<at::Tensor>& prefix_rows, int64_t q_slot,
@@ -36,6 +38,8 @@ void check_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                             int64_t goal_group_rows, const std::optional<at::Tensor>& goal_rows);
 
 void philox_uniform_cpu(int64_t seed, int64_t offset, at::Tensor& out);
+void dropout_mask_cpu(int64_t seed, int64_t offset, double p, at::Tensor& mask);
+void dropout_apply_cpu(const at::Tensor& x, const at::Tensor& mask, double scale, at::Tensor& out);
 void sample_next_cpu(const at::Tensor& logits, double temperature, int64_t top_k, double cdf,
                      const std::optional<at::Tensor>& midpoints, const at::Tensor& rng_state, at::Tensor& tokens,
                      at::Tensor& expectation);

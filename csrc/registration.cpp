@@ -32,6 +32,10 @@ TORCH_LIBRARY(tt, m) {
   // The uniforms [n] (float64) that sample_next draws for rows 0..n-1 at (seed, offset): the shared
   // generator, exposed so tests can hold the CPU and CUDA paths against each other and Python.
   m.def("philox_uniform(int seed, int offset, Tensor(a!) out) -> ()");
+  // Training's dropout on the CPU: mask (bool, any shape) keeps element i unless Philox's word i at
+  // (seed, offset) falls below p * 2^32 (0 <= p < 1); out = x * scale where mask, else x * 0 (as torch).
+  m.def("dropout_mask(int seed, int offset, float p, Tensor(a!) mask) -> ()");
+  m.def("dropout_apply(Tensor x, Tensor mask, float scale, Tensor(a!) out) -> ()");
   // One query per row q [R, h, D] at window slot q_slot against the row's keys k, v [R, h, n, D]
   // (slots S..S+n-1) after its group's shared prefix prefix_k, prefix_v [G, h, S, D] (row r reads
   // group (r / group_rows) % G, or prefix_rows[r] when that int64 [R] table is given: its values,
@@ -69,6 +73,8 @@ TORCH_LIBRARY_IMPL(tt, CPU, m) {
   m.impl("beam_expand", &tt::beam_expand_cpu);
   m.impl("log_probs", &tt::log_probs_cpu);
   m.impl("philox_uniform", &tt::philox_uniform_cpu);
+  m.impl("dropout_mask", &tt::dropout_mask_cpu);
+  m.impl("dropout_apply", &tt::dropout_apply_cpu);
   m.impl("decode_attention", &tt::decode_attention_cpu);
   m.impl("decode_layers", &tt::decode_layers_cpu);
   m.impl("decode_pack", &tt::decode_pack_cpu);

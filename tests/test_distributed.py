@@ -25,7 +25,8 @@ from tt.train import _restore_rng, local_part, make_config, rank_seed, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread, as each rank has
 
-OPTIONS = {**TINY, "dropout": 0.0, "batch_size": 64, "log_every": 1, "save_every": 1000}
+OPTIONS = {**TINY, "dropout": 0.0, "batch_size": 64, "log_every": 1, "save_every": 1000,
+           "precision": "fp32"}  # exact to float32 rounding: bf16 rounds each process's products otherwise
 STEPS = 50  # 38 steps an epoch: the short last batch and a new epoch's order are crossed
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)  # float32; the ranks' sums are added in another order
 

@@ -184,7 +184,7 @@ class TrainConfig:
     seed: int = setting(42, "integer", "the run's seed")
     device: str = setting("auto", "text", "auto | cpu | cuda | cuda:N")
     precision: str = setting("auto", PRECISIONS, "a step's arithmetic: fp32, bf16 (autocast), or auto (bf16 on "
-                             "CUDA, fp32 on the CPU)")
+                             "CUDA and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere)")
     holdout_episodes: int = setting(0, "step", "leave the data set's last episodes out of training (tt predict "
                                     "measures on them)")
     hidden_obs_fraction: float = setting(0.0, "fraction", "partial observability: hide each observation dimension "

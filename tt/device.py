@@ -24,6 +24,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def cpu_has_bf16_math() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX): where bf16 training pays."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def available_memory(device: torch.device | str) -> int:
     """Bytes a new allocation can take on `device`: on CUDA the device's free memory plus what torch's
     caching allocator holds unused; on the CPU the least of the system's available memory, this

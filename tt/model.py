@@ -85,7 +85,7 @@ def _layer_norm(x: torch.Tensor, layer: nn.LayerNorm) -> torch.Tensor:
 
 
 def _dropout(x: torch.Tensor, layer: nn.Dropout) -> torch.Tensor:
-    return F.dropout(x, layer.p, True) if layer.training and layer.p > 0 else x
+    return ops.dropout(x, layer.p) if layer.training and layer.p > 0 else x
 
 
 class SelfAttention(nn.Module):

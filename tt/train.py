@@ -33,6 +33,7 @@ from tt.data import (
     training_split,
     trajectories_from_minari,
 )
+from tt.device import cpu_has_bf16_math
 from tt.discretize import Discretizer
 from tt.io import append_line, read_jsonl, save_figure, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
@@ -208,9 +209,10 @@ def _restore_rng(state: dict, seed: int, step: int, device: torch.device) -> Non
 
 def precision_context(precision: str, device: torch.device) -> torch.autocast:
     """The autocast a training step runs under: "bf16" (bfloat16 matrix products, float32 weights and
-    optimizer), "fp32" (none), "auto" (bf16 on CUDA, fp32 on the CPU)."""
+    optimizer), "fp32" (none), "auto" (bf16 on CUDA and on CPUs with bfloat16 math, AVX512-BF16 or AMX;
+    fp32 on other CPUs, where bf16 is emulated and slower)."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if device.type == "cuda" or cpu_has_bf16_math() else "fp32"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

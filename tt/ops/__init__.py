@@ -15,15 +15,16 @@ import torch
 
 from tt import reference
 from tt.cache import KVCache, SharedPrefix
-from tt.ops import cascade, dispatch
+from tt.ops import cascade, dispatch, training
 from tt.ops.dispatch import Choices, backends, choices, compiled_library, stale_ops, use, using
 from tt.ops.packing import DecodeWeights, PackedWeights, decode_weights
+from tt.ops.training import dropout
 from tt.rng import Philox
 
 __all__ = ["BEAM_EXPAND_MAX_CANDIDATES", "CUDA_BEAM_EXPAND_MAX_K", "CUDA_MAX_TOKENS", "Choices", "DecodeWeights",
            "LOOPED_QUERIES", "PackedWeights", "attention", "backends", "beam_expand", "beam_select",
-           "check_tokens_per_row", "choices", "compiled_library", "decode_layers", "decode_weights", "fused_decode",
-           "log_probs", "philox_uniform", "sample_next", "stale_ops", "use", "using"]
+           "check_tokens_per_row", "choices", "compiled_library", "decode_layers", "decode_weights", "dropout",
+           "fused_decode", "log_probs", "philox_uniform", "sample_next", "stale_ops", "use", "using"]
 
 CUDA_MAX_TOKENS = 1024  # tokens per row (N+1) the CUDA sample_next kernel takes (kSampleNextMaxVocab)
 BEAM_EXPAND_MAX_CANDIDATES = 2**30  # W*V per plan on every backend (kBeamExpandMaxCandidates)
@@ -98,12 +99,15 @@ def attention(
                                                 v[:, :, : q_offset + i + 1 - S], prefix, transition_dim, q_offset + i,
                                                 key_start, goal) for i in range(q.shape[2])], 2)
     if goal is not None:
-        training = dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, goal.k, goal.v)))
-        if backend != "triton" or training:  # the goal keys in front, one masked attention (SDPA's autograd)
+        trains = dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, goal.k, goal.v)))
+        if backend != "triton" or trains:  # the goal keys in front, one masked attention (SDPA's autograd)
             return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                        key_start=key_start, dropout_p=dropout_p, prefix=prefix, goal=goal)
     if prefix is not None and backend != "reference":
         return cascade.attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
+    if backend == "native" and prefix is None and q.device.type == "cpu" and (
+            dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
+        return training.attention(q, k, v, transition_dim, q_offset, key_start, dropout_p)  # CPU training
     if backend == "triton":
         return dispatch.triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                              key_start=key_start, dropout_p=dropout_p, **cascade.goal_kwargs(goal))

@@ -99,6 +99,14 @@ def _fake_philox_uniform(seed, offset, out):
     return None
 
 
+def _fake_dropout_mask(seed, offset, p, mask):
+    return None
+
+
+def _fake_dropout_apply(x, mask, scale, out):
+    return None
+
+
 def _fake_decode_attention(q, k, v, prefix_k, prefix_v, group_rows, prefix_rows, q_slot, transition_dim, key_start,
                            out, goal_k=None, goal_v=None, goal_group_rows=1, goal_rows=None):
     return None
@@ -117,6 +125,7 @@ def _fake_decode_pack(weights, rows):
 # Each op's fake (meta) implementation; its parameters are the op's schema as this Python code calls it.
 FAKES = {"sample_next": _fake_sample_next, "beam_select": _fake_beam_select, "beam_expand": _fake_beam_expand,
          "log_probs": _fake_log_probs, "philox_uniform": _fake_philox_uniform,
+         "dropout_mask": _fake_dropout_mask, "dropout_apply": _fake_dropout_apply,
          "decode_attention": _fake_decode_attention, "decode_layers": _fake_decode_layers,
          "decode_pack": _fake_decode_pack}
 
