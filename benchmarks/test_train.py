@@ -7,8 +7,9 @@ import torch
 from common import DEVICES, SMALL, record
 
 from tt import ops
+from tt.config import TrainConfig
 from tt.model import GPTConfig, TrajectoryTransformer
-from tt.train import TrainConfig, configure_optimizer
+from tt.train import configure_optimizer
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -24,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import SMALL, commit, machine  # noqa: E402
 
 from tt import distributed  # noqa: E402
+from tt.config import make_config  # noqa: E402
 from tt.data import Trajectories, make_trajectories  # noqa: E402
 from tt.io import read_jsonl  # noqa: E402
-from tt.train import make_config, train  # noqa: E402
+from tt.train import train  # noqa: E402
 
 
 def synthetic_hopper(episodes: int = 20, length: int = 500, seed: int = 0) -> Trajectories:

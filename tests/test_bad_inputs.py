@@ -287,9 +287,9 @@ def test_planner_checks_the_bins_before_planning(monkeypatch):
     (lambda: PlanConfig(cdf_rew=1.2), r"cdf_rew must be in \[0, 1\] or None"),
     (lambda: PlanConfig(temperature=float("inf")), "temperature must be > 0 and finite"),
     (lambda: PlanConfig(discount=float("nan")), "discount must be finite"),
-    (lambda: __import__("tt.train").train.make_config(batch_size=0), "batch_size must be >= 1"),
-    (lambda: __import__("tt.train").train.make_config(epochs=-1.0), "epochs must be > 0"),
-    (lambda: __import__("tt.train").train.make_config(n_transitions=0), "n_transitions must be >= 1"),
+    (lambda: __import__("tt.config").config.make_config(batch_size=0), "batch_size must be >= 1"),
+    (lambda: __import__("tt.config").config.make_config(epochs=-1.0), "epochs must be > 0"),
+    (lambda: __import__("tt.config").config.make_config(n_transitions=0), "n_transitions must be >= 1"),
 ], ids=["observation-dim", "action-dim", "model-bins", "transitions", "layers", "heads", "dropout", "fit-bins",
         "horizon", "k-act", "cdf-rew", "temperature", "discount", "batch-size", "epochs", "train-transitions"])
 def test_library_configs_refuse_zero_and_negative_sizes(make, error):

@@ -108,7 +108,8 @@ def test_actions_can_take_their_own_bins():
     other dimensions keep their quantile bins."""
     from types import SimpleNamespace
 
-    from tt.train import TrainConfig, fit_discretizer
+    from tt.config import TrainConfig
+    from tt.train import fit_discretizer
 
     rng = np.random.default_rng(0)
     n = 5000

@@ -20,8 +20,9 @@ from test_train import TINY
 from tt import distributed
 from tt.checkpoint import load_run
 from tt.cli import main
+from tt.config import make_config
 from tt.io import read_jsonl
-from tt.train import _restore_rng, local_part, make_config, rank_seed, train
+from tt.train import _restore_rng, local_part, rank_seed, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread, as each rank has
 

@@ -428,7 +428,8 @@ def pointmaze_tiny():
 @pytest.mark.parametrize("goal", ["final", "future"])
 def test_goal_conditioned_training_on_pointmaze_runs_and_plans(tmp_path, pointmaze_tiny, goal):
     from tt.checkpoint import load_run
-    from tt.train import make_config, train
+    from tt.config import make_config
+    from tt.train import train
 
     cfg = make_config("small", dataset="pointmaze-fourrooms", goal_conditioned=True, goal=goal, max_steps=3,
                       batch_size=8, n_bins=20, n_layer=1, n_embd=16, n_head=2, n_transitions=3, save_every=3,
@@ -452,7 +453,7 @@ def test_goal_conditioned_training_on_pointmaze_runs_and_plans(tmp_path, pointma
 
 
 def test_goal_options_are_checked():
-    from tt.train import make_config
+    from tt.config import make_config
 
     with pytest.raises(ValueError, match="goal must be one of"):
         make_config(goal="random")

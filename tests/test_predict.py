@@ -166,8 +166,9 @@ def test_a_step_where_every_sample_ended_is_not_a_number():
 def runs(pendulum_medium, tmp_path_factory):
     """A tiny run and ensemble holding out pendulum-medium's last 3 episodes, a run that holds none out,
     and an ensemble that holds out another number."""
+    from tt.config import make_config
     from tt.predict.ensemble import DynamicsConfig, train_dynamics
-    from tt.train import make_config, train
+    from tt.train import train
 
     root = tmp_path_factory.mktemp("predict")
     paths = {name: str(root / name) for name in ("run", "all", "ensemble", "other")}
@@ -206,9 +207,10 @@ def test_predictions_are_reproducible_by_seed(runs, tmp_path):
 
 def test_partially_observed_runs_see_their_visible_dimensions(pendulum_medium, tmp_path):
     from tt.checkpoint import load_run
+    from tt.config import make_config
     from tt.data import visible_observations
     from tt.predict.ensemble import DynamicsConfig, train_dynamics
-    from tt.train import make_config, train
+    from tt.train import train
 
     assert [len(visible_observations(O, 0.5)) for O in (1, 3, 11, 17)] == [1, 1, 5, 8]  # half hidden, one kept
     visible = visible_observations(3, 0.5).tolist()
@@ -255,7 +257,8 @@ def test_predict_config_refuses_bad_settings():
 
 def test_mujoco_frames_show_true_and_predicted_states(inverted_pendulum_medium, tmp_path):
     """InvertedPendulum's observation is its whole simulator state: frames.png renders it."""
-    from tt.train import make_config, train
+    from tt.config import make_config
+    from tt.train import train
     from tt.video import use_headless_rendering
 
     use_headless_rendering()

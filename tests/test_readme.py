@@ -76,7 +76,8 @@ def free_names(source: str) -> set[str]:
 
 
 def tiny_run(out: Path, dataset: str, **overrides) -> str:
-    from tt.train import make_config, train
+    from tt.config import make_config
+    from tt.train import train
 
     train(make_config("small", dataset=dataset, **TINY, **overrides), str(out), progress=False)
     return str(out)

@@ -9,8 +9,9 @@ import torch
 from tt import train as train_module
 from tt.checkpoint import load_run, load_trainer_state, save_run
 from tt.cli import main
+from tt.config import make_config
 from tt.discretize import Discretizer
-from tt.train import make_config, train
+from tt.train import train
 
 TINY = dict(dataset="pendulum-medium", n_layer=1, n_head=2, n_embd=16, batch_size=32, n_bins=20,
             save_every=2, log_every=2, device="cpu")

@@ -36,7 +36,8 @@ def test_a_planner_without_a_seed_leaves_torchs_global_generator_alone():
 
 
 def test_training_leaves_torchs_global_generator_alone(pendulum_medium, tmp_path):
-    from tt.train import make_config, train
+    from tt.config import make_config
+    from tt.train import train
 
     torch.manual_seed(99)
     state = torch.get_rng_state()

@@ -7,8 +7,9 @@ import torch
 
 from tt.checkpoint import CheckpointError, checkpoint_folder, load_run, save_run
 from tt.cli import main
+from tt.config import make_config
 from tt.discretize import Discretizer
-from tt.train import lr_multiplier, make_config, train
+from tt.train import lr_multiplier, train
 
 TINY = dict(dataset="pendulum-medium", n_layer=1, n_head=2, n_embd=16, batch_size=32, n_bins=20,
             save_every=10, log_every=5, device="cpu")

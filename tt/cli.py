@@ -45,7 +45,8 @@ def cmd_data(args) -> None:
 def cmd_train(args) -> None:
     """Train; under torchrun with DistributedDataParallel, the batch shared out over the processes."""
     from tt import distributed
-    from tt.train import make_config, train
+    from tt.config import make_config
+    from tt.train import train
 
     overrides = {**given(args, TrainConfig), "dataset": args.dataset}
     if "goal" in overrides and not overrides.get("goal_conditioned"):
@@ -88,7 +89,8 @@ def cmd_import_reference(args) -> None:
         discretizer = Discretizer(np.load(args.thresholds, allow_pickle=False))
         info = {}
     else:
-        from tt.train import make_config, prepare_data
+        from tt.config import make_config
+        from tt.train import prepare_data
 
         _, discretizer, info = prepare_data(make_config(dataset=args.dataset, n_bins=args.n_bins))
     obs_dim = args.observation_dim or info.get("observation_dim")
@@ -228,9 +230,10 @@ def cmd_demo(args) -> None:
     """Generate the built-in default data set, train the small preset, plan in the environment."""
     import time
 
+    from tt.config import make_config
     from tt.eval.episodes import evaluate
     from tt.tasks import make_dataset
-    from tt.train import make_config, train
+    from tt.train import train
 
     started = time.time()
     with destination(args.out, "run", args.overwrite) as out:

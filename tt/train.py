@@ -23,7 +23,7 @@ import torch
 
 from tt import distributed
 from tt.checkpoint import load_run, load_trainer_state, save_run
-from tt.config import PRESETS, TrainConfig, flag_of, make_config  # noqa: F401 (train's settings, as its callers name them)
+from tt.config import TrainConfig, flag_of
 from tt.data import (
     HindsightGoals,
     TokenWindows,

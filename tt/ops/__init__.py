@@ -85,12 +85,13 @@ def attention(
     if goal is not None:
         cascade.check_goal(q, goal)
     backend = dispatch.resolved(q.device).attention
+    trains = bool(dropout_p) or (torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *(() if goal is None else (goal.k, goal.v)))))
     if backend == "native" and q.dtype == torch.float32 and not dropout_p \
             and dispatch.has_kernel("decode_attention", q.device.type):
         if q.shape[2] == 1:
             return cascade.one_query(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
-        if prefix is not None and prefix.rows is not None and q.shape[2] <= LOOPED_QUERIES \
-                and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        if prefix is not None and prefix.rows is not None and q.shape[2] <= LOOPED_QUERIES and not trains:
             # a few queries per row after prefixes read through a table: the kernel reads the table in
             # place, a query at a time (each seeing its row's keys up to its own slot), where the
             # alternative gathers every row's whole window first
@@ -99,14 +100,12 @@ def attention(
                                                 v[:, :, : q_offset + i + 1 - S], prefix, transition_dim, q_offset + i,
                                                 key_start, goal) for i in range(q.shape[2])], 2)
     if goal is not None:
-        trains = dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, goal.k, goal.v)))
         if backend != "triton" or trains:  # the goal keys in front, one masked attention (SDPA's autograd)
             return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,
                                        key_start=key_start, dropout_p=dropout_p, prefix=prefix, goal=goal)
     if prefix is not None and backend != "reference":
         return cascade.attention_after_prefix(q, k, v, prefix, transition_dim, q_offset, key_start, goal)
-    if backend == "native" and prefix is None and q.device.type == "cpu" and (
-            dropout_p or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
+    if backend == "native" and prefix is None and q.device.type == "cpu" and trains:
         return training.attention(q, k, v, transition_dim, q_offset, key_start, dropout_p)  # CPU training
     if backend == "triton":
         return dispatch.triton_attention().attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset,

@@ -41,6 +41,17 @@ def in_place(rows: torch.Tensor) -> bool:
     return rows.device.type == "cpu" and torch.equal(rows, torch.arange(len(rows)))
 
 
+def window_transitions(model: TrajectoryTransformer, config: PlanConfig) -> int:
+    """Transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)."""
+    return min(config.max_context_transitions or model.config.n_transitions, model.config.n_transitions)
+
+
+def cache_length(model: TrajectoryTransformer, config: PlanConfig) -> int:
+    """Cache slots a row needs: the block (`cached`), or one window (`exact`)."""
+    return model.config.block_size if config.window == "cached" else window_transitions(model, config) * \
+        model.transition_dim
+
+
 class Beams:
     """The beams of B plans searched together: their tokens (`tokens [B*W, L + n]`, the prefix then
     what is planned) and the cache rows that encode them. `copies` rows per beam (a transition's
@@ -59,8 +70,7 @@ class Beams:
         self.goal = goal  # [B, O] each plan's goal (observation tokens) for a goal-conditioned model
         self.pad = torch.tensor(pad_transitions, device=prefix.device)  # padding transitions per plan
         self.padded = any(pad_transitions)  # fixed for this search: rows pass key_start or never do
-        # transitions a window keeps: the authors crop to C*T-1 tokens (and to the block size)
-        self.keep = min(config.max_context_transitions or c.n_transitions, c.n_transitions)
+        self.keep = window_transitions(model, config)
         # fetched once (the model does not change during a search), packed for the search's rows
         self.block_weights = model.block_weights(copies * self.B * self.W)
         self._key_start: dict[tuple[int, int], torch.Tensor] = {}

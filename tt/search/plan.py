@@ -13,7 +13,7 @@ from tt.device import available_memory
 from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
 from tt.rng import Philox
-from tt.search.beams import Beams
+from tt.search.beams import Beams, cache_length
 from tt.search.objectives import Objective, named
 
 
@@ -120,8 +120,7 @@ class Search:
         self.objective = objective or named(config.objective)
         T = model.transition_dim
         rows = search_rows(config, len(prefix), self.objective)
-        keep = min(config.max_context_transitions or model.config.n_transitions, model.config.n_transitions)
-        max_len = model.config.block_size if config.window == "cached" else keep * T
+        max_len = cache_length(model, config)
         if cache is None or cache.max_rows < rows or cache.max_len < max_len:
             check_memory(model, config, len(prefix), self.objective)
             cache = model.setup_cache(rows, max_len)
