@@ -104,6 +104,19 @@ def test_score_is_reproducible_run_by_run(scored, two_runs):
     assert alone["runs"][0]["returns"] == summary["runs"][1]["returns"]
 
 
+def test_runs_scored_in_processes_of_their_own_play_the_same_episodes(two_runs, tmp_path):
+    """`--jobs 2`: each run evaluated in a spawned process with its share of the threads gives the episodes
+    of one process evaluating the runs in turn, and writes each run's folder as that one does."""
+    settings = dict(episodes=2, n_envs=2, progress=False, horizon=2, beam_width=2, n_expand=1, cuda_graphs=False)
+    together = score_runs(two_runs, **settings)
+    apart = score_runs(two_runs, jobs=2, out=str(tmp_path / "apart"), **settings)
+    assert [r["returns"] for r in apart["runs"]] == [r["returns"] for r in together["runs"]]
+    assert sorted(os.listdir(tmp_path / "apart")) == ["score.json", "score.png", "seed0", "seed1"]
+    assert os.path.isfile(tmp_path / "apart" / "seed1" / "eval.json")
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        score_runs(two_runs, jobs=0, **settings)
+
+
 def test_runs_scored_separately_combine_into_one_score(scored, tmp_path):
     """`tt score --from-evals` over the per-run folders of a score gives that score's numbers; it
     refuses evaluations made with other settings, a folder without eval.json and plan flags."""

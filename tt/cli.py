@@ -64,7 +64,7 @@ def cmd_train(args) -> None:
             distributed.barrier()
         staging = distributed.from_main(lambda: staging_beside(args.out, "run")) if replace else None
         try:
-            train(cfg, staging or args.out, resume=args.resume)
+            train(cfg, staging or args.out, resume=args.resume, between_steps=args.cores.refresh)
             if staging and distributed.is_main():
                 swap_directory(staging, args.out)
         finally:
@@ -148,10 +148,13 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings: type, default:
             continue
         kind, text, name = f.metadata["kind"], f.metadata["help"].replace("%", "%%"), f.metadata["flag"]
         name = name or flag(f.name)
-        if kind in ("switch", "flag"):
-            switch = "--no-" + name[2:] if kind == "switch" else name
-            parser.add_argument(switch, dest=f.name, action="store_false" if kind == "switch" else "store_true",
-                                default=argparse.SUPPRESS, help=text + (": turn it off" if kind == "switch" else ""))
+        if kind == "switch":
+            parser.add_argument("--no-" + name[2:], dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                help=text + ": turn it off")
+            continue
+        if kind == "flag":  # --name and --no-name (off by default)
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=text)
             continue
         choices = kind if isinstance(kind, tuple) else None
         parse = str if choices or kind == "text" else KINDS[kind.removesuffix(" or none")]
@@ -215,8 +218,9 @@ def cmd_score(args) -> None:
     else:
         with destination(args.out, "score", args.overwrite, writes=is_first_rank()) as where, \
                 distributed.process_group(args.device):
+            jobs = args.jobs or (min(len(args.runs), args.cores.threads) if distributed.world_size() == 1 else 1)
             summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
-                                 device=args.device, **plan_overrides(args))
+                                 device=args.device, jobs=jobs, **plan_overrides(args))
             is_main = distributed.is_main()
     if is_main:
         print(format_table(summary))
@@ -363,6 +367,8 @@ def add_score_command(sub) -> None:
     sc.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
     sc.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")
     sc.add_argument("--device", help="auto | cpu | cuda (default: auto)")
+    sc.add_argument("--jobs", type=positive_int, help="runs evaluated at once, each in a process of its own sharing "
+                    "the threads out (default: as many as runs and threads allow; 1 under torchrun)")
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
     sc.add_argument("--overwrite", action="store_true", help="replace the score in --out once this one is done")
     sc.add_argument("--from-evals", action="store_true",
@@ -432,8 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         from tt.video import use_headless_rendering
 
         use_headless_rendering()
+    from tt.threads import CoreShare
+
     try:
-        args.func(args)
+        with CoreShare() as args.cores:  # this process's threads: its share of the cores among tt's processes
+            args.func(args)
     except (ValueError, LookupError, FileNotFoundError) as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank fails alike: say it once
             print(f"tt: error: {e}", file=sys.stderr)

@@ -17,8 +17,9 @@ import json
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from tt import distributed
@@ -129,7 +130,7 @@ def prepare_goal_data(cfg: TrainConfig, discretizer: Discretizer | None = None,
 
 # Options a resumed run may change: they decide where training stops, where it runs and how often
 # it reports, not what a step computes.
-RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every", "precision"}
+RESUMABLE_CHANGES = {"max_steps", "device", "save_every", "log_every", "precision", "compile"}
 
 
 def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
@@ -154,11 +155,13 @@ def check_resume(out: str, cfg: TrainConfig) -> Discretizer:
 
 
 def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = True,
-          trajectories: Trajectories | None = None) -> TrajectoryTransformer:
+          trajectories: Trajectories | None = None, between_steps: Callable[[], None] | None = None
+          ) -> TrajectoryTransformer:
     """Train on `cfg.dataset` into run directory `out`; returns the trained model (eval mode).
 
     `resume`: continue the run in `out` (same options, see `check_resume`; its stored discretizer).
     `trajectories`: train on these instead of loading `cfg.dataset` (see `prepare_data`).
+    `between_steps`: called after every optimizer step (the CLI's `tt.threads.CoreShare.refresh`).
     Torch's global random state is the caller's: training draws from it (initialization, dropout)
     inside `torch.random.fork_rng`, so the caller's generator is as it was when this returns.
     In a process group (`tt.distributed.process_group`: torchrun) every rank calls this alike and
@@ -170,7 +173,8 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, progress: bool = Tru
                          f"({world}): each takes an equal part of every batch")
     stored_discretizer = distributed.from_main(lambda: check_resume(out, cfg)) if resume else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _train(cfg, out, resume, progress, device, stored_discretizer, trajectories)
+        return _train(cfg, out, resume, progress, device, stored_discretizer, trajectories,
+                      between_steps or (lambda: None))
 
 
 def rank_seed(seed: int, rank: int, step: int) -> int:
@@ -232,8 +236,42 @@ def training_step(trained: torch.nn.Module, model: TrajectoryTransformer, optimi
     return loss.detach()
 
 
+class Step:
+    """`training_step` as the loop takes it: on the model wrapped for the ranks (DDP), under `cfg.precision`,
+    and with `cfg.compile` through `torch.compile` (Inductor: fused C++ on the CPU, Triton on CUDA; the
+    model's ops run as plain torch while compiled). Where compiling fails (no compiler, an unsupported
+    op), the first step says so in a warning and it and every later step run eagerly, from the same
+    random state."""
+
+    def __init__(self, model: TrajectoryTransformer, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                 device: torch.device):
+        self.model, self.optimizer, self.grad_clip = model, optimizer, cfg.grad_clip
+        self.eager = distributed.wrap(model, device)  # DDP over several ranks; the raw model is what is saved
+        self.trained = torch.compile(self.eager) if cfg.compile else self.eager
+        self.precision = precision_context(cfg.precision, device)
+        self.untried = cfg.compile
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, goal: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+        if not self.untried:
+            return training_step(self.trained, self.model, self.optimizer, x, y, mask, goal, self.grad_clip,
+                                 self.precision, scale)
+        self.untried, rng = False, torch.get_rng_state()
+        try:
+            return training_step(self.trained, self.model, self.optimizer, x, y, mask, goal, self.grad_clip,
+                                 self.precision, scale)
+        except Exception as e:  # torch.compile's errors have no common base class
+            reason = (str(e).strip().splitlines() or [""])[0][:300]
+            warnings.warn(f"--compile: torch.compile failed ({type(e).__name__}: {reason}); training without it",
+                          stacklevel=2)
+            torch.set_rng_state(rng)
+            self.trained = self.eager
+            return self(x, y, mask, goal, scale)
+
+
 def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,
-           stored_discretizer: Discretizer | None, trajectories: Trajectories | None) -> TrajectoryTransformer:
+           stored_discretizer: Discretizer | None, trajectories: Trajectories | None,
+           between_steps: Callable[[], None]) -> TrajectoryTransformer:
     trajectories, discretizer, data_info, goals = prepare_goal_data(cfg, stored_discretizer, trajectories)
     windows = TokenWindows(trajectories, discretizer, cfg.n_transitions, goals if cfg.goal_conditioned else None,
                            cfg.goal)
@@ -265,7 +303,8 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
 
     run_config = {"train": dataclasses.asdict(cfg), "data": data_info, "total_steps": total_steps}
     step, tokens_seen = 0, 0
-    window_losses: list[float] = []  # losses since the last metrics record (checkpointed with the rest)
+    window_losses: list[torch.Tensor] = []  # losses since the last metrics record, on the device (read back
+    # when they are logged or checkpointed, not every step: reading waits for the device)
     elapsed_before = 0.0  # training seconds before a resume
     metrics_path = os.path.join(out, "metrics.jsonl")
     if resume:
@@ -274,7 +313,7 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         step, state = loaded["step"], loaded["trainer"]
         optimizer.load_state_dict(state["optimizer"])
         tokens_seen = int(state["tokens_seen"])
-        window_losses = state.get("window_losses", torch.zeros(0, dtype=torch.float64)).tolist()
+        window_losses = list(state.get("window_losses", torch.zeros(0, dtype=torch.float64)).to(device))
         elapsed_before = float(state.get("elapsed_s", 0.0))
         _restore_rng(state, cfg.seed, step, device)
         if main:
@@ -284,7 +323,8 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
 
     def checkpoint():  # every rank calls it; rank 0 writes
         state = {"optimizer": optimizer.state_dict(), "tokens_seen": torch.tensor(tokens_seen),
-                 "window_losses": torch.tensor(window_losses, dtype=torch.float64),
+                 "window_losses": (torch.stack(window_losses).cpu() if window_losses
+                                   else torch.zeros(0, dtype=torch.float64)),
                  "elapsed_s": torch.tensor(time.time() - started, dtype=torch.float64),
                  "rng": torch.get_rng_state()}
         if device.type == "cuda":
@@ -297,8 +337,7 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
             plot_losses(metrics_path, os.path.join(out, "loss.png"))
 
     model.train()
-    trained = distributed.wrap(model, device)  # DDP over several ranks; the raw model is what is saved
-    precision = precision_context(cfg.precision, device)
+    step_on = Step(model, optimizer, cfg, device)
     bar = progress_bar(total_steps, "training", progress and main, initial=step)
     started = time.time() - elapsed_before
     order, order_epoch, draws = None, -1, None
@@ -313,18 +352,18 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
         goal = windows.goals_of(part, draws)
         # the mean over this rank's part; DDP averages the ranks' gradients: scaled by world * share, the
         # average is the gradient of the mean over the whole batch (one process: the loss as it is)
-        loss = training_step(trained, model, optimizer, x, y, mask,
-                             None if goal is None else goal.to(device, non_blocking=True), cfg.grad_clip, precision,
-                             share * world if world > 1 else 1.0)
+        loss = step_on(x, y, mask, None if goal is None else goal.to(device, non_blocking=True),
+                       share * world if world > 1 else 1.0)
         tokens_seen += len(index) * windows.block_size
         lr = cfg.learning_rate * lr_multiplier(tokens_seen, warmup_tokens, final_tokens)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step += 1
-        window_losses.append((distributed.all_reduce_sum(loss.detach() * share) if world > 1 else loss).item())
+        window_losses.append((distributed.all_reduce_sum(loss * share) if world > 1 else loss).double())
         bar.update()
+        between_steps()
         if step % cfg.log_every == 0 or step == total_steps:
-            record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(np.mean(window_losses)),
+            record = {"step": step, "epoch": step / steps_per_epoch, "loss": torch.stack(window_losses).mean().item(),
                       "lr": lr, "tokens": tokens_seen, "elapsed_s": time.time() - started}
             if main:
                 append_line(metrics_path, json.dumps(record))

@@ -15,6 +15,7 @@ import os
 import shlex
 
 import numpy as np
+import torch
 
 from tt import distributed
 from tt.checkpoint import open_run
@@ -133,21 +134,25 @@ def command_line(runs: list[str], episodes: int, n_envs: int, seed: int, device:
 
 
 def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
-               device: str | None = None, progress: bool = True, **plan_overrides) -> dict:
+               device: str | None = None, progress: bool = True, jobs: int = 1, **plan_overrides) -> dict:
     """Evaluate every run with the same seeds and summarize them by data set (see `summarize`).
 
     Every run directory, data set and the plan settings are checked before the first episode, so
     a typo fails at once rather than after hours of evaluation. With `out`, each run's results go
     to `out/<run name>/` and the summary to `out/score.json` and `out/score.png`. Under torchrun every
     run's episodes are shared out over the ranks (see `evaluate`); rank 0 writes, every rank returns
-    the summary.
+    the summary. `jobs` > 1: that many runs are evaluated at once, each in a process of its own with its
+    share of this process's threads (see `evaluate_runs`).
     """
-    from tt.eval.episodes import evaluate
-
     if not runs:
         raise ValueError("no runs to score: pass one or more run directories")
     if episodes < 1 or n_envs < 1:
         raise ValueError(f"need at least one episode and one environment, got episodes={episodes}, envs={n_envs}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs > 1 and distributed.world_size() > 1:
+        raise ValueError("--jobs evaluates runs in processes of its own: under torchrun the ranks share every run's "
+                         "episodes already; leave --jobs out")
     if len({os.path.realpath(r) for r in runs}) < len(runs):
         raise ValueError("a run directory is given twice: each run would count as another training seed")
     plan_config = PlanConfig(**plan_overrides).to_dict()
@@ -163,20 +168,53 @@ def score_runs(runs: list[str], episodes: int = 10, n_envs: int = 2, seed: int =
     datasets = {b["dataset_id"]: b for b in map(dataset_baseline, configured)}
     names = run_names(runs)
 
-    evaluated = []
-    bar = progress_bar(len(runs), "scoring runs", progress and distributed.is_main())
-    for path, run, name in zip(runs, loaded, names):
-        bar.set_postfix_str(name)
-        results = evaluate(run, episodes=episodes, n_envs=n_envs, seed=seed,
-                           out=os.path.join(out, name) if out else None, device=device, progress=progress,
-                           **plan_overrides)
-        evaluated.append(_scored_run(name, path, results))
-        bar.update()
-    bar.close()
+    settings = dict(episodes=episodes, n_envs=n_envs, seed=seed, device=device, **plan_overrides)
+    outs = [os.path.join(out, name) if out else None for name in names]
+    results = evaluate_runs(loaded if jobs == 1 else list(runs), outs, names, settings, jobs, progress)
+    evaluated = [_scored_run(name, path, r) for name, path, r in zip(names, runs, results)]
     options = {"runs": list(runs), "episodes": episodes, "n_envs": n_envs, "seed": seed, "device": device,
                "plan_overrides": dict(plan_overrides),
                "command": command_line(runs, episodes, n_envs, seed, device, plan_overrides)}
     return _finish(evaluated, datasets, options, plan_config, out)
+
+
+def evaluate_runs(runs: list, outs: list[str | None], names: list[str], settings: dict, jobs: int,
+                  progress: bool) -> list[dict]:
+    """`evaluate` each run (a directory or an opened run) with `settings`, its results to its `outs`
+    entry; in order. With `jobs` > 1, that many at once in processes of their own (spawned), each with
+    its share of this process's threads: the environments step in one thread, and a process per run
+    keeps every core busy where one process would leave all but one waiting for the environments.
+    An evaluation does not depend on the process it runs in: the same seeds give the same episodes."""
+    from tt.eval.episodes import evaluate
+
+    bar = progress_bar(len(runs), "scoring runs", progress and distributed.is_main())
+    if jobs == 1:
+        results = []
+        for run, where, name in zip(runs, outs, names):
+            bar.set_postfix_str(name)
+            results.append(evaluate(run, out=where, progress=progress, **settings))
+            bar.update()
+        bar.close()
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_with_threads, threads, run, where, settings) for run, where in zip(runs, outs)]
+        for future in futures:
+            future.add_done_callback(lambda _: bar.update())
+        results = [f.result() for f in futures]
+    bar.close()
+    return results
+
+
+def _evaluate_with_threads(threads: int, run: str, out: str | None, settings: dict) -> dict:
+    """`evaluate` in a worker process of `evaluate_runs`, with torch on `threads` threads."""
+    from tt.eval.episodes import evaluate
+
+    torch.set_num_threads(threads)
+    return evaluate(run, out=out, progress=False, **settings)
 
 
 def combine_evaluations(folders: list[str], out: str | None = None) -> dict:

@@ -84,6 +84,11 @@ def attention(
         cascade.check_prefix(q, prefix, transition_dim, q_offset, dropout_p)
     if goal is not None:
         cascade.check_goal(q, goal)
+    if torch.compiler.is_compiling():  # under torch.compile (training's --compile): plain torch, fused by Inductor
+        if prefix is None and goal is None:
+            return training.attention(q, k, v, transition_dim, q_offset, key_start, dropout_p)
+        return reference.attention(q, k, v, transition_dim=transition_dim, q_offset=q_offset, key_start=key_start,
+                                   dropout_p=dropout_p, prefix=prefix, goal=goal)
     backend = dispatch.resolved(q.device).attention
     trains = bool(dropout_p) or (torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, *(() if goal is None else (goal.k, goal.v)))))

@@ -43,11 +43,12 @@ class _MaskedScale(torch.autograd.Function):
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)`: each element zeroed with probability p, the rest scaled by 1/(1-p);
-    on the CPU with tt._C from a Philox mask (`tt::dropout_mask`), elsewhere torch's."""
+    on the CPU with tt._C from a Philox mask (`tt::dropout_mask`), elsewhere (and under torch.compile,
+    whose Inductor draws its own) torch's."""
     if not training or p == 0.0:
         return x
-    if not (0.0 < p < 1.0) or not dispatch.compiled("dropout_mask", x.device) or x.dtype not in (
-            torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    if torch.compiler.is_compiling() or not (0.0 < p < 1.0) or not dispatch.compiled("dropout_mask", x.device) \
+            or x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         return F.dropout(x, p, training)
     x = x.contiguous()
     seed = int(torch.randint(0, 2**62, (1,)))  # torch's generator: seeded and checkpointed with the run
@@ -70,7 +71,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, transition_dim:
     scores = q @ k.transpose(-1, -2)
     bias_dtype = torch.float32 if scores.dtype in (torch.bfloat16, torch.float16) else scores.dtype
     if key_start is None:
-        bias = _mask_bias(q.shape[2], k.shape[2], transition_dim, q_offset, bias_dtype)
+        build = _mask_bias.__wrapped__ if torch.compiler.is_compiling() else _mask_bias  # compiled: a constant
+        bias = build(q.shape[2], k.shape[2], transition_dim, q_offset, bias_dtype)
     else:
         allowed = reference.attention_mask(q.shape[2], k.shape[2], transition_dim, q_offset, key_start)
         bias = torch.zeros(allowed.shape, dtype=bias_dtype).masked_fill_(~allowed, float("-inf"))
