@@ -7,6 +7,7 @@ each check compares token for token and score for score:
 
 - the return search against `reference.beam_plan` (greedy when several plans share a batch; with
   one plan any filters, drawn from the same Philox stream as the reference's),
+- TT+Q (the return search guided by a random critic) against `reference.beam_plan` with that critic,
 - the likelihood search (imitation) against `reference.likelihood_plan`,
 - goal plans, both objectives, against the reference conditioned on the goal,
 - prediction continuations against `reference.sample_continuations`, sample for sample,
@@ -41,10 +42,11 @@ from test_planner import random_discretizer  # noqa: E402
 from tt import ops, reference  # noqa: E402
 from tt.cache import SharedPrefix  # noqa: E402
 from tt.config import PlanConfig  # noqa: E402
+from tt.critic import Critic, CriticShape  # noqa: E402
 from tt.model import GPTConfig, TrajectoryTransformer  # noqa: E402
 from tt.predict import experiment as prediction  # noqa: E402
 from tt.rng import Philox  # noqa: E402
-from tt.search import Planner, beam_plan, pad_prefixes  # noqa: E402
+from tt.search import CriticReturn, Planner, beam_plan, pad_prefixes  # noqa: E402
 
 pytestmark = [pytest.mark.fuzz,
               pytest.mark.filterwarnings("ignore:the plan's action holds a stop token")]
@@ -73,6 +75,7 @@ class Case:
     temperature: float
     goal: bool = False
     objective: str = "return"
+    critic: bool = False  # TT+Q: a random critic in place of the value token (the return objective)
 
     @property
     def T(self) -> int:
@@ -103,6 +106,18 @@ class Case:
     def prefixes(self) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + 1)
         return [torch.randint(0, self.N, (c * self.T + self.O,), generator=g) for c in self.contexts]
+
+    def q_fn(self):
+        """A random float64 critic's `value` (`tt.critic.Critic`, sharpened so that it decides between
+        candidates), or None."""
+        if not self.critic:
+            return None
+        torch.manual_seed(self.seed + 3)
+        critic = Critic(CriticShape(self.O, self.A, hidden=16, layers=2)).double()
+        with torch.no_grad():
+            for w in critic.target_q.weights:
+                w.mul_(3.0)
+        return critic.value
 
     def goals(self) -> torch.Tensor | None:
         if not self.goal:
@@ -172,7 +187,10 @@ def check_search(case: Case) -> None:
     disc = random_discretizer(case.N, case.T, seed=case.seed)
     mids = torch.tensor(disc.midpoints)
     prefixes, goals = case.prefixes(), case.goals()
-    result = beam_plan(model, pad_prefixes(prefixes, case.T), disc, config, Philox(case.seed), goal=goals)
+    q_fn = case.q_fn()
+    objective = None if q_fn is None else CriticReturn(q_fn, mids.to(torch.float32))
+    result = beam_plan(model, pad_prefixes(prefixes, case.T), disc, config, Philox(case.seed), goal=goals,
+                       objective=objective)
     tol = score_tolerance(model, result.score)
     for b, prefix in enumerate(prefixes):
         crop = crop_of(model, config, case.contexts, b)
@@ -180,11 +198,12 @@ def check_search(case: Case) -> None:
         if config.objective == "likelihood":
             tokens, score = reference.likelihood_plan(model, prefix, config, goal=goal, crop=crop)
         else:
-            tokens, score = reference.beam_plan(model, prefix, mids, config, Philox(case.seed), goal=goal, crop=crop)
+            tokens, score = reference.beam_plan(model, prefix, mids, config, Philox(case.seed), goal=goal, crop=crop,
+                                                q_fn=q_fn)
         where = f"plan {b} of {len(prefixes)}; {reproduce('search', case)}"
         assert result.tokens[b].tolist() == tokens.tolist(), f"tokens differ from the reference: {where}"
         assert result.score[b].item() == pytest.approx(score.item(), **tol), f"score differs: {where}"
-        own = reference.plan_score(model, prefix, result.tokens[b], mids, config, goal=goal, crop=crop)
+        own = reference.plan_score(model, prefix, result.tokens[b], mids, config, goal=goal, crop=crop, q_fn=q_fn)
         assert result.score[b].item() == pytest.approx(own.item(), **tol), \
             f"the reported score {result.score[b].item()} is not its tokens' ({own.item()}): {where}"
 
@@ -273,6 +292,12 @@ def run(check: str, case: Case) -> None:
 
 @given(cases(objective="return", goal=False))
 def test_return_search(case):
+    run("search", case)
+
+
+@given(cases(objective="return", goal=False).map(lambda case: replace(case, critic=True)))
+def test_critic_search(case):
+    """TT+Q (`CriticReturn`) against `reference.beam_plan` with the same critic."""
     run("search", case)
 
 

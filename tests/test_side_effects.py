@@ -63,7 +63,7 @@ def test_plots_leave_matplotlibs_backend_and_pyplot_alone(other_backend, tmp_pat
 
     from tt.eval.episodes import plot_plan_vs_actual, plot_returns
     from tt.eval.score import plot_scores
-    from tt.train import plot_losses
+    from tt.io import plot_losses
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n"
                                                     for s in range(1, 5)))

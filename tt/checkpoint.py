@@ -7,6 +7,8 @@
     run/step-00001000/trainer.pt           optimizer and RNG state for --resume (tensors only)
     run/metrics.jsonl, run/loss.png        the training log (append-only) and its plot
 
+A critic directory (`tt train-critic`) is checkpointed alike, with critic.safetensors for the weights.
+
 A save writes a new step folder beside the current one, fsyncs it, and then switches
 `checkpoint.json` to it with one rename; only then is the previous folder removed. A crash at
 any moment leaves a loadable checkpoint: the previous one until the switch, the new one after.
@@ -20,11 +22,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from tt.critic import Critic, CriticShape
 from tt.discretize import Discretizer
 from tt.io import fsync_path, fsync_tree, read_json, write_json
 from tt.model import GPTConfig, TrajectoryTransformer
@@ -49,14 +53,30 @@ def step_folder(step: int) -> str:
 def save_run(run_dir: str, model: TrajectoryTransformer, discretizer: Discretizer, config: dict,
              step: int = 0, trainer_state: dict | None = None) -> None:
     """Write a complete checkpoint of a run; `config` holds everything but the model config."""
+
+    def write(staging: str) -> None:
+        write_json(os.path.join(staging, "config.json"), {**config, "model": model.config.to_dict()})
+        save_weights(model, os.path.join(staging, "model.safetensors"), "tt.TrajectoryTransformer/1")
+        discretizer.save(os.path.join(staging, "discretizer.safetensors"))
+
+    save_checkpoint(run_dir, write, step, trainer_state)
+
+
+def save_weights(module: torch.nn.Module, path: str, format: str) -> None:
+    """A module's state as float32 safetensors, its `format` in the metadata."""
+    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+    save_file(weights, path, metadata={"format": format})
+
+
+def save_checkpoint(run_dir: str, write: Callable[[str], None], step: int = 0,
+                    trainer_state: dict | None = None) -> None:
+    """The checkpoint of any tt directory (a run, a critic): `write(folder)` writes its files into a new
+    step folder beside the current one, `trainer_state` (tensors only) goes to trainer.pt, and the
+    record switches to the folder once it is complete (see the module's docstring)."""
     os.makedirs(run_dir, exist_ok=True)
     staging = tempfile.mkdtemp(dir=run_dir, prefix=f".{step_folder(step)}-")
     try:
-        write_json(os.path.join(staging, "config.json"), {**config, "model": model.config.to_dict()})
-        weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, os.path.join(staging, "model.safetensors"),
-                  metadata={"format": "tt.TrajectoryTransformer/1"})
-        discretizer.save(os.path.join(staging, "discretizer.safetensors"))
+        write(staging)
         if trainer_state is not None:
             torch.save(trainer_state, os.path.join(staging, "trainer.pt"))
         for name in os.listdir(staging):
@@ -122,10 +142,16 @@ def _verified_record(run_dir: str) -> tuple[dict, str]:
     return record, folder
 
 
+def load_checkpoint(run_dir: str) -> tuple[str, dict, int]:
+    """(the folder of the current checkpoint, its config.json, its step), its files checked against
+    their record."""
+    record, folder = _verified_record(run_dir)
+    return folder, read_json(os.path.join(folder, "config.json")), record["step"]
+
+
 def load_run(run_dir: str, device: torch.device | str = "cpu"):
     """(model in eval mode, discretizer, config dict, step) of a run directory."""
-    record, folder = _verified_record(run_dir)
-    config = read_json(os.path.join(folder, "config.json"))
+    folder, config, step = load_checkpoint(run_dir)
     try:
         model_config = GPTConfig(**config["model"])
     except (KeyError, TypeError) as e:
@@ -140,7 +166,35 @@ def load_run(run_dir: str, device: torch.device | str = "cpu"):
     if discretizer.transition_dim != model_config.transition_dim or discretizer.n_bins != model_config.n_bins:
         raise CheckpointError(f"discretizer ({discretizer.n_bins} bins, {discretizer.transition_dim} dims) does not "
                               f"match the model ({model_config.n_bins} bins, {model_config.transition_dim} dims)")
-    return model.to(device).eval(), discretizer, config, record["step"]
+    return model.to(device).eval(), discretizer, config, step
+
+
+def save_critic(critic_dir: str, critic: Critic, config: dict, step: int = 0,
+                trainer_state: dict | None = None) -> None:
+    """Write a complete checkpoint of a critic (`tt train-critic`): its networks, sizes and training config."""
+
+    def write(staging: str) -> None:
+        write_json(os.path.join(staging, "config.json"), {**config, "critic": critic.shape.to_dict()})
+        save_weights(critic, os.path.join(staging, "critic.safetensors"), "tt.Critic/1")
+
+    save_checkpoint(critic_dir, write, step, trainer_state)
+
+
+def load_critic(critic_dir: str, device: torch.device | str = "cpu") -> tuple[Critic, dict, int]:
+    """(critic in eval mode, its config dict, step) of a critic directory; a directory that is missing,
+    damaged or holds something else (a run) is a CheckpointError that says so."""
+    try:
+        folder, config, step = load_checkpoint(critic_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"critic {critic_dir}: {e}") from e
+    if "critic" not in config:
+        raise CheckpointError(f"{critic_dir} holds no critic (a tt run?): give a directory `tt train-critic` wrote")
+    try:
+        critic = Critic(CriticShape(**config["critic"]))
+        critic.load_state_dict(load_file(os.path.join(folder, "critic.safetensors")))
+    except Exception as e:
+        raise CheckpointError(f"critic {critic_dir}: its weights do not fit its config ({e})") from e
+    return critic.to(device).eval(), config, step
 
 
 @dataclass

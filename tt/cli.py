@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from tt.config import DynamicsConfig, PlanConfig, PredictConfig, TrainConfig, flag
+from tt.config import CriticConfig, DynamicsConfig, PlanConfig, PredictConfig, TrainConfig, flag
 from tt.destination import check_destination, destination, staging_beside
 from tt.io import read_state_dict, swap_directory
 from tt.memory import retain_freed_memory
@@ -186,6 +186,9 @@ def cmd_eval(args) -> None:
     if run.goal_conditioned:  # a goal task: success rate and steps to the goal over pairs of rooms
         from tt.eval.goal import evaluate_goals
 
+        if args.critic:
+            raise ValueError("--critic guides the return search; a goal-conditioned run plans with the likelihood "
+                             "objective towards its goals")
         with destination(out, "evaluation", args.overwrite) as where:
             r = evaluate_goals(run, n_goals=args.episodes, seed=args.seed, out=where, device=args.device,
                                n_envs=args.envs, **plan_overrides(args))
@@ -196,12 +199,30 @@ def cmd_eval(args) -> None:
     with destination(out, "evaluation", args.overwrite, writes=is_first_rank()) as where, \
             distributed.process_group(args.device):
         results = evaluate(run, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
-                           device=args.device, video=args.video, **plan_overrides(args))
+                           device=args.device, video=args.video, critic=args.critic, **plan_overrides(args))
         is_main = distributed.is_main()
     if is_main:
         print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
               f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
               f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
+
+
+def cmd_train_critic(args) -> None:
+    """Train IQL's critic (TT+Q's Q-function) on a data set's transitions."""
+    from tt.config import CriticConfig
+    from tt.iql import train_critic
+
+    cfg = CriticConfig(**{**given(args, CriticConfig), "dataset": args.dataset})
+    replace = check_destination(args.out, "critic", args.overwrite, args.resume)
+    staging = staging_beside(args.out, "critic") if replace else None
+    try:
+        train_critic(cfg, staging or args.out, resume=args.resume)
+        if staging:
+            swap_directory(staging, args.out)
+    finally:
+        if staging and os.path.exists(staging):
+            shutil.rmtree(staging)
+    print(f"critic written to {args.out}")
 
 
 def cmd_score(args) -> None:
@@ -356,8 +377,21 @@ def add_eval_command(sub) -> None:
     ev.add_argument("--out", help="results directory (default RUN/eval)")
     ev.add_argument("--overwrite", action="store_true", help="replace the evaluation in --out once this one is done")
     ev.add_argument("--video", help="render the first episode to this .mp4 or .gif file")
+    ev.add_argument("--critic", help="a critic directory (tt train-critic) that guides the return search in place "
+                    "of the value token (TT+Q)")
     add_settings_flags(ev, PlanConfig)
     ev.set_defaults(func=cmd_eval)
+
+
+def add_train_critic_command(sub) -> None:
+    tc = sub.add_parser("train-critic", help="train IQL's Q-function for TT+Q (tt eval --critic)")
+    tc.add_argument("--dataset", required=True, help="Minari id or built-in name")
+    tc.add_argument("--out", required=True, help="critic directory")
+    add_settings_flags(tc, CriticConfig)
+    tc.add_argument("--resume", action="store_true", help="continue the critic in --out")
+    tc.add_argument("--overwrite", action="store_true",
+                    help="replace the critic in --out (the old one stays until the new one is complete)")
+    tc.set_defaults(func=cmd_train_critic)
 
 
 def add_score_command(sub) -> None:
@@ -421,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_import_reference_command(sub)
     add_eval_command(sub)
+    add_train_critic_command(sub)
     add_score_command(sub)
     add_predict_command(sub)
     add_train_dynamics_command(sub)

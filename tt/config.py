@@ -242,6 +242,44 @@ def make_config(preset: str = "published", **overrides) -> TrainConfig:
 
 
 @dataclass
+class CriticConfig:
+    """Implicit Q-Learning (Kostrikov et al. 2021) as published: twin Q, expectile regression for V, a
+    Polyak-averaged target, advantage-weighted policy, 256 x 2 MLPs. `None` fields take the data set's
+    published values (`critic_defaults`): AntMaze expectile 0.9, temperature 10 and reward - 1;
+    elsewhere expectile 0.7, temperature 3 and rewards scaled by 1000 / (max - min episode return)."""
+
+    dataset: str = "pendulum-medium"
+    expectile: float | None = setting(None, "fraction or none", "V's expectile of Q (none: 0.9 on AntMaze, 0.7 "
+                                      "elsewhere)")
+    temperature: float | None = setting(None, "positive or none", "the policy's inverse temperature (beta; none: "
+                                        "10 on AntMaze, 3 elsewhere)")
+    reward_shift: float | None = setting(None, "finite or none", "added to every reward (none: -1 on AntMaze, 0 "
+                                         "elsewhere)")
+    reward_scale: float | None = setting(None, "positive or none", "rewards multiplied by it before the shift "
+                                         "(none: 1 on AntMaze, 1000 / (max - min episode return) elsewhere)")
+    discount: float = setting(0.99, "fraction", "discount of the Q targets")
+    tau: float = 0.005  # Polyak averaging of the target Q
+    hidden: int = setting(256, "count", "units per hidden layer")
+    layers: int = setting(2, "count", "hidden layers")
+    learning_rate: float = 3e-4
+    batch_size: int = setting(256, "count", "transitions per optimizer step")
+    max_steps: int = setting(1_000_000, "count", "optimizer steps (the published 1M)", flag="--steps")
+    save_every: int = setting(10_000, "count", "optimizer steps between checkpoints")
+    log_every: int = 1000
+    seed: int = setting(0, "integer", "the critic's seed")
+    device: str = setting("auto", "text", "auto | cpu | cuda | cuda:N")
+
+    def __post_init__(self):
+        for name in ("hidden", "layers", "batch_size", "max_steps", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.expectile is not None and not 0.0 < self.expectile < 1.0:
+            raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
+        if not 0.0 <= self.discount <= 1.0 or not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"discount must be in [0, 1] and tau in (0, 1], got {self.discount}, {self.tau}")
+
+
+@dataclass
 class DynamicsConfig:
     """The ensemble and its training; defaults after PETS and MBPO, with a step budget for the CPU."""
 

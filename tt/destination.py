@@ -9,6 +9,7 @@ then the old one is replaced whole once the new one is complete (`staging_beside
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from tt.io import swap_directory
 DESCRIPTIONS = {
     "run": "a tt run (tt train, tt import-reference)",
     "ensemble": "a dynamics ensemble (tt train-dynamics)",
+    "critic": "a critic (tt train-critic)",
     "evaluation": "an evaluation (tt eval)",
     "score": "a score (tt score)",
     "prediction": "a prediction (tt predict)",
@@ -29,7 +31,8 @@ RECORDS = {"eval.json": "evaluation", "goals.json": "evaluation", "score.json": 
 
 
 def kind_of(path: str) -> str | None:
-    """What lies at `path`: None (nothing, or an empty directory), "run", "ensemble", "file" or "directory"."""
+    """What lies at `path`: None (nothing, or an empty directory), "run", "critic", "ensemble", "file" or
+    "directory"."""
     if not os.path.lexists(path):
         return None
     if not os.path.isdir(path):
@@ -37,7 +40,13 @@ def kind_of(path: str) -> str | None:
     names = set(os.listdir(path))
     if not names:
         return None
-    if "checkpoint.json" in names or {"model.safetensors", "discretizer.safetensors"} <= names:
+    if "checkpoint.json" in names:
+        try:
+            with open(os.path.join(path, "checkpoint.json")) as f:
+                return "critic" if "critic.safetensors" in json.load(f).get("sha256", {}) else "run"
+        except (OSError, ValueError, AttributeError):
+            return "run"
+    if {"model.safetensors", "discretizer.safetensors"} <= names:
         return "run"
     if {"config.json", "model.safetensors"} <= names:
         return "ensemble"

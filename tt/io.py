@@ -163,3 +163,26 @@ def swap_directory(new: str, target: str) -> None:
         os.rename(new, target)
         shutil.rmtree(old)
     fsync_path(parent)
+
+
+def plot_losses(metrics_path: str, png_path: str, keys: tuple[str, ...] = ("loss",),
+                ylabel: str = "weighted cross-entropy") -> None:
+    """Losses (`keys` of the records) against step from metrics.jsonl, as a PNG (a bare Figure: pyplot and
+    the caller's matplotlib backend are left alone)."""
+    from matplotlib.figure import Figure
+
+    records = read_jsonl(metrics_path)
+    if not records:
+        return
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for key in keys:
+        ax.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+    if len(keys) > 1:
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png_path)

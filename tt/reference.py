@@ -328,7 +328,9 @@ def sample_tokens(model, x, n, crop, top_k, cdf, temperature, rng, midpoints=Non
 @torch.no_grad()
 def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
               rng: torch.Generator | Philox | None = None, goal: torch.Tensor | None = None,
-              crop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              crop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' `beam_plan` for one prefix `[L]` (context transitions, then an observation).
 
     `midpoints [N, T]` are the discretizer's bin midpoints. Returns the best beam's planned
@@ -337,6 +339,9 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
     authors) or a `Philox` (the compiled ops' draws, so fast and reference plans can match draw
     for draw). A goal-conditioned model conditions every forward on `goal [O]` (observation tokens).
     `crop` is the window every forward sees (default: the authors', `exact_crop`).
+    `q_fn(observations, actions) -> [rows]` (TT+Q): candidate transition t is worth the discounted
+    predicted rewards before it plus discount**t * Q(s_t, a_t), (s_t, a_t) its tokens' bin midpoints (a
+    stop token as the last bin), in place of its reward and the value after it.
     """
     O, A, T = model.config.observation_dim, model.config.action_dim, model.transition_dim
     H, W, E = config.horizon, config.beam_width, config.n_expand
@@ -352,7 +357,14 @@ def beam_plan(model, prefix: torch.Tensor, midpoints: torch.Tensor, config: Plan
         x, r_v = sample_tokens(model, x, 2, top_k=config.k_rew, cdf=config.cdf_rew, midpoints=rew_val_midpoints,
                                **sample)
         rewards[:, t], rewards[:, t + 1] = r_v[:, 0], r_v[:, 1]
-        values, index, *_ = beam_select(((rewards * discounts).sum(-1))[None], W)
+        if q_fn is None:
+            scores = (rewards * discounts).sum(-1)
+        else:
+            s_a = x[:, -(T) : -2].clamp(max=model.config.n_bins - 1)  # transition t's observation and action
+            values = torch.stack([midpoints[s_a[:, d], d] for d in range(O + A)], 1).to(torch.float32)
+            rewards[:, t + 1] = q_fn(values[:, :O], values[:, O:]).to(torch.float32)
+            scores = (rewards[:, :t] * discounts[:t]).sum(-1) + discounts[t] * rewards[:, t + 1]
+        values, index, *_ = beam_select(scores[None], W)
         x, rewards = x[index[0]], rewards[index[0]]
         if t < H - 1:
             x, _ = sample_tokens(model, x, O, top_k=config.k_obs, cdf=config.cdf_obs, **sample)
@@ -411,12 +423,13 @@ def likelihood_plan(model, prefix: torch.Tensor, config: PlanConfig, goal: torch
 
 @torch.no_grad()
 def plan_score(model, prefix: torch.Tensor, tokens: torch.Tensor, midpoints: torch.Tensor, config: PlanConfig,
-               goal: torch.Tensor | None = None, crop: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> torch.Tensor:
+               goal: torch.Tensor | None = None, crop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The score that the plan `tokens [H * T]` (from the current observation on, as the searches return
     them) has after `prefix [L]`, recomputed from its tokens alone with a full forward of the window
     (`crop`, default the authors') per scored token: for the return objective the discounted sum of
-    the predicted rewards' expectations plus the last value's, as `beam_plan` scores its beams; for
+    the predicted rewards' expectations plus the last value's, as `beam_plan` scores its beams (with
+    `q_fn`, TT+Q: the rewards before the last transition plus discount**(H-1) * its Q); for
     the likelihood objective the sum of the planned tokens' filtered log-probabilities, as
     `likelihood_plan`. The invariant every search keeps: the score it reports is its plan's score."""
     O, T, H = model.config.observation_dim, model.transition_dim, config.horizon
@@ -444,8 +457,14 @@ def plan_score(model, prefix: torch.Tensor, tokens: torch.Tensor, midpoints: tor
         probs = softmax(logits)
         return (probs[:, :-1] @ rew_val_midpoints[kind].to(probs))[0]
 
-    terms = [expectation(start + t * T + T - 2, 0) for t in range(H)] + [expectation(start + H * T - 1, 1)]
     discounts = config.discount ** torch.arange(H + 1, dtype=torch.float32)
+    if q_fn is not None:  # TT+Q: the rewards before the last transition, then Q of the last one
+        rewards = [expectation(start + t * T + T - 2, 0) for t in range(H - 1)]
+        s_a = x[0, start + (H - 1) * T : start + H * T - 2].clamp(max=model.config.n_bins - 1)
+        values = torch.stack([midpoints[s_a[d], d] for d in range(T - 2)]).to(torch.float32)[None]
+        q = q_fn(values[:, :O], values[:, O:]).to(torch.float32)[0]
+        return (torch.stack(rewards) * discounts[: H - 1]).sum() + discounts[H - 1] * q if rewards else discounts[0] * q
+    terms = [expectation(start + t * T + T - 2, 0) for t in range(H)] + [expectation(start + H * T - 1, 1)]
     return (torch.stack(terms) * discounts).sum()
 
 

@@ -36,7 +36,7 @@ from tt.data import (
 )
 from tt.device import cpu_has_bf16_math
 from tt.discretize import Discretizer
-from tt.io import append_line, read_jsonl, save_figure, write_jsonl
+from tt.io import append_line, plot_losses, read_jsonl, write_jsonl
 from tt.model import GPTConfig, TrajectoryTransformer
 from tt.progress import progress as progress_bar
 
@@ -374,22 +374,3 @@ def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: tor
     bar.close()
     distributed.barrier()  # the run directory is complete when any rank returns
     return model.eval()
-
-
-def plot_losses(metrics_path: str, png_path: str) -> None:
-    """Loss against step from metrics.jsonl, as a PNG (a bare Figure: pyplot and the caller's
-    matplotlib backend are left alone)."""
-    from matplotlib.figure import Figure
-
-    records = read_jsonl(metrics_path)
-    if not records:
-        return
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
-    ax.set_xlabel("step")
-    ax.set_ylabel("weighted cross-entropy")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, png_path)

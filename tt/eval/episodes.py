@@ -30,7 +30,8 @@ ROUND_DRAWS = 2**40  # Philox offsets a round may use: round j draws from offset
 
 
 def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
-             device: str | None = None, progress: bool = True, video: str | None = None, **plan_overrides) -> dict:
+             device: str | None = None, progress: bool = True, video: str | None = None, critic: str | None = None,
+             **plan_overrides) -> dict:
     """Roll out `episodes` episodes with `tt.Planner`, `n_envs` environments at a time; returns the results.
 
     The episodes run in rounds of `n_envs` (the last may be smaller): round j plays episodes
@@ -39,6 +40,7 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     a function of (seed, j) alone, so under torchrun (`tt.distributed`) the ranks share the rounds
     out, each on its own device, and gather results equal to one process's; rank 0 writes them.
     `video`: also render the first environment's first episode to this .mp4 or .gif file (`results["video"]`).
+    `critic`: a critic directory guiding the return search (TT+Q; `tt.Planner.load`'s `critic`).
     """
     import minari
 
@@ -53,7 +55,7 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     if dataset_id is None:
         raise ValueError(f"run {run.path} names no data set (imported with --thresholds): evaluation needs the data "
                          "set for its environment and returns; import it again with --dataset ID")
-    planner = Planner.from_run(run, device=distributed.local_device(device), seed=seed, **plan_overrides)
+    planner = Planner.from_run(run, device=distributed.local_device(device), seed=seed, critic=critic, **plan_overrides)
     n_envs = min(n_envs, episodes)
     planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
     dataset = load_dataset(dataset_id)
@@ -82,7 +84,7 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     meta = dataset.storage.metadata
     results = {
         "run": run.path, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
-        "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(),
+        "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(), "critic": critic,
         "returns": episode_returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
         "normalized_scores": [float(s) for s in scores],
         "mean_return": float(episode_returns.mean()), "std_return": float(episode_returns.std()),

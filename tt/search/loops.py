@@ -75,7 +75,7 @@ def transition_search(beams: Beams, objective: TransitionObjective, rng: Philox,
         step_tokens[:, A + 1], value = draw(logits, O + A + 1, mids[1])
         terms[:, t], terms[:, t + 1] = objective.estimate(Candidates(beams, t, reward, value, step_tokens[:, :A]))
         # top-k per plan over its candidates e*W + w
-        scores = objective.score(terms, discounts).view(-1, B, W).permute(1, 0, 2).reshape(B, -1)
+        scores = objective.score(terms, discounts, t).view(-1, B, W).permute(1, 0, 2).reshape(B, -1)
         values, _, src, kept_terms, kept_tokens = ops.beam_select(scores, W, W, terms, step_tokens)
         beams.select(src, u * T + O, kept_tokens)
         terms = kept_terms.repeat(beams.copies, 1)

@@ -53,8 +53,9 @@ class TransitionObjective(Objective):
         expectations of the predicted reward and value tokens."""
         return candidates.reward, candidates.value
 
-    def score(self, terms: torch.Tensor, discounts: torch.Tensor) -> torch.Tensor:
-        """Each candidate's score from its terms `[rows, H + 1]` (rewards so far, then the value)."""
+    def score(self, terms: torch.Tensor, discounts: torch.Tensor, t: int) -> torch.Tensor:
+        """Each candidate of transition `t` scored from its terms `[rows, H + 1]` (`estimate`'s pairs of
+        transitions 0..t: each transition's reward, then the value after t)."""
         return (terms * discounts).sum(-1)
 
 
@@ -93,6 +94,39 @@ class Return(TransitionObjective):
 
     def estimate(self, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
         return super().estimate(candidates) if self.value_fn is None else self.value_fn(candidates)
+
+
+QFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CriticReturn(TransitionObjective):
+    """TT+Q (the paper's AntMaze result): the return search with a learned critic in place of the value
+    token. Candidate transition t is worth its plan's discounted predicted rewards before t plus
+    discount**t * Q(s_t, a_t), (s_t, a_t) the bin midpoints of its tokens (a stop token read as the last
+    bin, as the planner acts), Q evaluated for every candidate of a transition in one call.
+
+    `q_fn(observations [rows, O], actions [rows, A]) -> [rows]`: the critic (`tt.critic.Critic.value`);
+    `midpoints [N, T]`: the run's bin midpoints, on the planner's device."""
+
+    q_fn: QFn
+    midpoints: torch.Tensor
+    meaning = "predicted return with a critic: discounted predicted rewards, then discount**t * Q(s_t, a_t)"
+
+    def estimate(self, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+        O = candidates.observations.shape[1]
+        tokens = torch.cat([candidates.observations, candidates.actions], 1)
+        values = bin_values(self.midpoints[:, : tokens.shape[1]], tokens)
+        return candidates.reward, self.q_fn(values[:, :O], values[:, O:]).to(candidates.reward.dtype)
+
+    def score(self, terms: torch.Tensor, discounts: torch.Tensor, t: int) -> torch.Tensor:
+        return (terms[:, :t] * discounts[:t]).sum(-1) + discounts[t] * terms[:, t + 1]
+
+
+def bin_values(midpoints: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The bin midpoints `[rows, D]` of `tokens [rows, D]` (column d from `midpoints[:, d]`); a stop
+    token is read as the last bin."""
+    return torch.gather(midpoints.T, 1, tokens.clamp(max=midpoints.shape[0] - 1).T).T
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
 from tt.rng import Philox
 from tt.search.graphs import PlanGraphs
-from tt.search.objectives import Objective, named
+from tt.search.objectives import CriticReturn, Objective, named
 from tt.search.plan import beam_plan, check_config, check_memory, pad_prefixes, search_rows
 
 
@@ -29,6 +29,28 @@ class Plan:
     tokens: np.ndarray  # [H, T]
     transitions: np.ndarray  # [H, T] bin midpoints; NaN where the model predicted the episode's end
     score: float  # what the planner's objective maximizes (`Planner.objective.meaning`)
+
+
+def critic_objective(critic_dir: str, run: Run, config: PlanConfig, device: torch.device) -> CriticReturn:
+    """TT+Q's objective for `run` from the critic in `critic_dir`, checked against the run: the return
+    objective, the same observation and action sizes, the same data set."""
+    from tt.checkpoint import load_critic
+    from tt.tasks import resolve_dataset_id
+
+    if config.objective != "return":
+        raise ValueError(f"--critic guides the return search (TT+Q); it cannot be used with the {config.objective} "
+                         "objective")
+    critic, _, _ = load_critic(critic_dir, device)
+    shape, O, A = critic.shape, run.model.config.observation_dim, run.model.config.action_dim
+    if (shape.observation_dim, shape.action_dim) != (O, A):
+        raise ValueError(f"critic {critic_dir} takes observations of {shape.observation_dim} and actions of "
+                         f"{shape.action_dim} numbers; run {run.path} has {O} and {A}: train a critic on its data set")
+    ours = run.data.get("dataset_id")
+    if shape.dataset_id and ours and resolve_dataset_id(shape.dataset_id) != resolve_dataset_id(ours):
+        raise ValueError(f"critic {critic_dir} was trained on {shape.dataset_id}, run {run.path} on {ours}: train a "
+                         f"critic on {ours} (tt train-critic --dataset {ours})")
+    midpoints = torch.as_tensor(run.discretizer.midpoints, dtype=torch.float32, device=device)
+    return CriticReturn(critic.value, midpoints)
 
 
 class Planner:
@@ -87,19 +109,22 @@ class Planner:
 
     @classmethod
     def load(cls, run_dir: str, device: str | torch.device | None = None, seed: int | None = None,
-             goal: np.ndarray | None = None, **overrides) -> Planner:
+             goal: np.ndarray | None = None, critic: str | None = None, **overrides) -> Planner:
         """A planner for a trained run directory; keyword arguments override `PlanConfig` fields.
         `device` as in training: "auto" (the default) is CUDA where there is one, else the CPU.
-        `goal` as in the constructor (a goal-conditioned run)."""
+        `goal` as in the constructor (a goal-conditioned run). `critic`: a critic directory (`tt
+        train-critic`) that guides the return search in place of the value token (TT+Q)."""
         device = resolve_device(device or "auto")
-        return cls.from_run(open_run(run_dir, device), device, seed, goal, **overrides)
+        return cls.from_run(open_run(run_dir, device), device, seed, goal, critic, **overrides)
 
     @classmethod
     def from_run(cls, run: Run, device: str | torch.device | None = None, seed: int | None = None,
-                 goal: np.ndarray | None = None, **overrides) -> Planner:
+                 goal: np.ndarray | None = None, critic: str | None = None, **overrides) -> Planner:
         """`load` for a run already loaded (`tt.checkpoint.open_run`); the model moves to `device`."""
         device = resolve_device(device or "auto")
-        return cls(run.model, run.discretizer, replace(PlanConfig(), **overrides), device, seed, goal)
+        config = replace(PlanConfig(), **overrides)
+        objective = None if critic is None else critic_objective(critic, run, config, device)
+        return cls(run.model, run.discretizer, config, device, seed, goal, objective)
 
     def check_env(self, env) -> None:
         """Refuse a Gymnasium environment (single or vector) whose observation or action size is not the
