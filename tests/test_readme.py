@@ -175,7 +175,8 @@ def test_python_block_runs(index, request):
 
 # ----------------------------------------------------------------------------- the shell commands
 
-PLACEHOLDERS = {"<id>": "pendulum-medium", "RUN": "runs/pm", "N": "10", "OUT_DIR": "gpu-out"}
+PLACEHOLDERS = {"<id>": "pendulum-medium", "RUN": "runs/pm", "N": "10", "OUT_DIR": "gpu-out",
+                "CRITIC": "runs/pm-critic"}
 # Commands no parser here can check, and why; the entry's callable says when the skip applies.
 SKIPPED = {
     "./scripts/setup.sh": ("builds the virtual environment: a shell script without options", lambda rest: True),
