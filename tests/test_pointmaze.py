@@ -347,3 +347,72 @@ def test_goals_played_in_lanes_are_the_episodes_played_one_at_a_time(maze):
     assert runs[3]["success_rate"] == runs[1]["success_rate"]
     with pytest.raises(ValueError, match="n_envs"):
         evaluate_planner(None, [0, 1], pairs, seed=1, n_envs=0)
+
+
+# ----------------------------------------------------------------------------- D4RL's maze2d recipe
+
+
+@pytest.fixture(scope="module")
+def umaze_data():
+    return make_dataset("pointmaze-umaze", episodes=6, seed=0, progress=False)
+
+
+def test_maze2d_data_wander_between_goals_with_d4rls_sparse_reward(umaze_data):
+    """pointmaze-umaze: episodes of 300 steps (truncated, never terminated) in Minari's D4RL/pointmaze
+    layout; reward 1 exactly where the ball ends a step within 0.5 of the goal it headed for; the
+    controller reaches several goals per episode (the goal moves on once reached); D4RL's reference
+    scores."""
+    assert umaze_data.total_episodes == 6 and umaze_data.total_steps == 6 * 300
+    meta = umaze_data.storage.metadata
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == (23.85, 161.86)
+    goals_reached = 0
+    for episode in umaze_data.iterate_episodes():
+        obs = episode.observations
+        assert not episode.terminations.any() and episode.truncations[-1]
+        distance = np.linalg.norm(obs["achieved_goal"][1:] - obs["desired_goal"][:-1], axis=1)
+        np.testing.assert_array_equal(episode.rewards, (distance <= 0.5).astype(float))
+        goals_reached += int((np.linalg.norm(np.diff(obs["desired_goal"], axis=0), axis=1) > 0).sum())
+    assert goals_reached >= 6
+
+
+def test_maze2d_evaluation_plays_towards_d4rls_fixed_goal(umaze_data):
+    """The evaluation environment: the goal fixed at D4RL's cell, random starts, 300 steps, no ending at
+    the goal; the controller collects reward there, random actions almost none."""
+    env = umaze_data.recover_environment(eval_env=True)
+    maze = maze_of(env)
+    controller, random_actions = policies(maze)["controller"], policies(maze)["random"]
+    rng = np.random.default_rng(0)
+    returns = {}
+    for name, policy in (("controller", controller), ("random", random_actions)):
+        obs, _ = env.reset(seed=1)
+        assert np.linalg.norm(obs["desired_goal"] - maze.cell_center((1, 1))) <= 0.25 + 1e-9
+        total, steps, done = 0.0, 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy(obs, rng))
+            total, steps, done = total + reward, steps + 1, terminated or truncated
+            assert not terminated
+        assert steps == 300
+        returns[name] = total
+    env.close()
+    assert returns["controller"] > 100 and returns["random"] < 20, returns
+
+
+def test_a_maze2d_run_and_critic_plan_in_the_evaluation_environment(umaze_data, tmp_path):
+    """TT and TT+Q on pointmaze-umaze end to end from the command line (tiny run and critic): evaluation in
+    the fixed-goal environment, the observation part of its dict observations, normalized by D4RL's scores."""
+    import json
+
+    from tt.cli import main
+
+    run, critic = str(tmp_path / "run"), str(tmp_path / "critic")
+    assert main(["train", "--dataset", "pointmaze-umaze", "--out", run, "--preset", "small", "--steps", "3",
+                 "--device", "cpu"]) == 0
+    assert main(["train-critic", "--dataset", "pointmaze-umaze", "--out", critic, "--steps", "20", "--hidden", "16",
+                 "--device", "cpu"]) == 0
+    out = str(tmp_path / "eval")
+    assert main(["eval", "--run", run, "--critic", critic, "--episodes", "1", "--envs", "1", "--horizon", "2",
+                 "--beam-width", "2", "--no-cuda-graphs", "--device", "cpu", "--out", out]) == 0
+    with open(f"{out}/eval.json") as f:
+        results = json.load(f)
+    assert results["lengths"] == [300] and results["critic"] == critic
+    assert results["normalized_scores"][0] == pytest.approx((results["returns"][0] - 23.85) / (161.86 - 23.85))

@@ -180,6 +180,15 @@ def trajectories_from_minari(dataset, discount: float = 0.99, termination_penalt
     return make_trajectories(obs, act, rew, term, discount, termination_penalty)
 
 
+def episode_returns(dataset) -> np.ndarray:
+    """Each episode's undiscounted return, for any observation space (a goal data set's dict ones too)."""
+    try:
+        return np.array([float(np.sum(episode.rewards)) for episode in dataset.iterate_episodes()])
+    except (OSError, RuntimeError, KeyError) as e:
+        raise DatasetDamagedError(f"data set {dataset.spec.dataset_id}: an episode cannot be read from "
+                                  f"{dataset.spec.data_path} ({e}): {REMAKE}") from e
+
+
 @dataclass
 class HindsightGoals:
     """The goals a goal-conditioned model trains on, as observations (what the planner is given).

@@ -17,7 +17,7 @@ import torch
 
 from tt import distributed
 from tt.checkpoint import Run, open_run
-from tt.data import check_environment, load_dataset, trajectories_from_minari
+from tt.data import check_environment, episode_returns, load_dataset
 from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import Planner
@@ -60,7 +60,7 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
     dataset = load_dataset(dataset_id)
     check_environment(dataset, run.config, run.path)
-    data_returns = trajectories_from_minari(dataset).returns
+    data_returns = episode_returns(dataset)
 
     rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]
     mine = distributed.shard(len(rounds))  # rank 0's include round 0: the trace and the video
@@ -75,19 +75,19 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     trace = local[0][1] if local and mine.start == 0 else None
     played = [r for part in distributed.all_gather([r for r, _ in local]) for r in part]  # in round order
 
-    episode_returns = np.array([x for r in played for x in r["returns"]])
+    returns = np.array([x for r in played for x in r["returns"]])
     plan_seconds = [x for r in played for x in r["plan_seconds"]]
     try:
-        scores = minari.get_normalized_score(dataset, episode_returns)
+        scores = minari.get_normalized_score(dataset, returns)
     except ValueError:
-        scores = np.full_like(episode_returns, np.nan)
+        scores = np.full_like(returns, np.nan)
     meta = dataset.storage.metadata
     results = {
-        "run": run.path, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(episode_returns)),
+        "run": run.path, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(returns)),
         "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(), "critic": critic,
-        "returns": episode_returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
+        "returns": returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
         "normalized_scores": [float(s) for s in scores],
-        "mean_return": float(episode_returns.mean()), "std_return": float(episode_returns.std()),
+        "mean_return": float(returns.mean()), "std_return": float(returns.std()),
         "mean_normalized_score": float(np.mean(scores)),
         "dataset_mean_return": float(data_returns.mean()),
         "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
@@ -105,16 +105,24 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     return results
 
 
+def observation_part(env: gym.Env) -> gym.Env:
+    """A goal environment's (PointMaze, AntMaze: dict observations) `observation` entry alone, as tt reads
+    their data sets (D4RL's maze2d and AntMaze observations hold no goal); any other environment as it is."""
+    if not isinstance(env.observation_space, gym.spaces.Dict):
+        return env
+    return gym.wrappers.TransformObservation(env, lambda obs: obs["observation"], env.observation_space["observation"])
+
+
 def _open_round(planner: Planner, dataset, episodes: range, seed: int,
                 video: str | None) -> tuple[gym.vector.SyncVectorEnv, np.ndarray, EpisodeVideo | None]:
     """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
     environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
     recorder of its first environment (`video`), if any."""
-    env_fns = [lambda: dataset.recover_environment(eval_env=True)] * len(episodes)
+    env_fns = [lambda: observation_part(dataset.recover_environment(eval_env=True))] * len(episodes)
     recorder = None
     if video:  # environment 0 draws its episode; no extra planning
         recorder = EpisodeVideo(rendering_env(dataset), video)
-        env_fns[0] = lambda: recorder
+        env_fns[0] = lambda: observation_part(recorder)
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
         planner.check_env(envs)

@@ -20,7 +20,7 @@ import torch
 from tt import distributed
 from tt.checkpoint import open_run
 from tt.config import PlanConfig
-from tt.data import load_dataset, trajectories_from_minari
+from tt.data import episode_returns, load_dataset
 from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import check_config
@@ -116,7 +116,7 @@ def dataset_baseline(dataset_id: str) -> dict:
     import minari
 
     dataset = load_dataset(dataset_id)  # a built-in short name resolves to its Minari id
-    mean_return = float(trajectories_from_minari(dataset).returns.mean())
+    mean_return = float(episode_returns(dataset).mean())
     try:
         score = 100 * float(np.asarray(minari.get_normalized_score(dataset, np.array([mean_return])))[0])
     except ValueError:

@@ -5,6 +5,7 @@
                                         ships (tt.tasks.locomotion), D4RL's variants and sizes
     pointmaze-fourrooms                 a goal task: PointMaze on a four-rooms map, a scripted
                                         waypoint controller driving to random goals (tt.tasks.pointmaze)
+    pointmaze-{umaze,medium,large}      D4RL's maze2d on PointMaze: sparse reward, a fixed evaluation goal
 
 Each stores reference scores (random and expert returns; the maze's 0 and 1 make its normalized score
 the success rate), so `minari.get_normalized_score` works.
@@ -85,10 +86,11 @@ def make_dataset(name: str, episodes: int | None = None, steps: int | None = Non
         source = "tt/tasks/locomotion.py"
     dataset_id = dataset_id_of(name)
     env = pointmaze.env_spec(variant) if task == "pointmaze" else env_id_of(task)  # a spec: PointMaze, tt's map
+    eval_env = pointmaze.env_spec(variant, evaluation=True) if task == "pointmaze" else env
     env_id = env if isinstance(env, str) else env.id
     with pointmaze.private_tempdir() if task == "pointmaze" else contextlib.nullcontext():  # Minari makes the env
         _build_beside(dataset_id, lambda: minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=buffers, env=env, eval_env=env,
+            dataset_id=dataset_id, buffer=buffers, env=env, eval_env=eval_env,
             algorithm_name=meta["algorithm_name"], author="tt", author_email="tt@localhost", code_permalink=source,
             ref_min_score=meta["ref_min_score"], ref_max_score=meta["ref_max_score"],
             description=f"tt built-in {variant} data for {env_id}, seed {seed}",

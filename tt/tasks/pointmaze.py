@@ -177,12 +177,37 @@ class Maze:
 
 @dataclass(frozen=True)
 class MazeTask:
+    """A built-in maze: `fourrooms` is a goal task (episodes from a start to a goal); the others follow
+    D4RL's maze2d (`eval_goal` set): one controller wandering between random goals, a sparse reward,
+    evaluated towards a fixed goal for `episode_steps` with D4RL's reference scores."""
+
     env_name: str  # the Gymnasium id's name, in tt's namespace: tt/<env_name>-v3 (PointMaze's version)
     maze_map: list[list[int]]
     episodes: int = DEFAULT_EPISODES  # default data set size
+    eval_goal: Cell | None = None  # maze2d: D4RL's evaluation goal cell
+    episode_steps: int = MAX_EPISODE_STEPS  # maze2d: the data's episodes and the evaluation's
+    ref_scores: tuple[float, float] = (0.0, 1.0)  # (random, expert) returns
 
 
-TASKS: dict[str, MazeTask] = {"fourrooms": MazeTask("PointMaze_FourRooms", FOUR_ROOMS)}
+# D4RL's maze2d maps are Gymnasium-Robotics' U_MAZE, MEDIUM_MAZE and LARGE_MAZE (the same layouts);
+# sizes as D4RL's (1M, 2M and 4M steps), evaluation goals and lengths and reference scores as its
+# maze2d-{umaze,medium,large}-v1.
+U_MAZE = [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]]
+MEDIUM_MAZE = [[1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1]]
+LARGE_MAZE = [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+              [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1],
+              [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]
+MAZE2D_RADIUS = 0.5  # D4RL's sparse reward: 1 within this distance of the goal
+
+TASKS: dict[str, MazeTask] = {
+    "fourrooms": MazeTask("PointMaze_FourRooms", FOUR_ROOMS),
+    "umaze": MazeTask("PointMaze_UMaze", U_MAZE, 3334, (1, 1), 300, (23.85, 161.86)),
+    "medium": MazeTask("PointMaze_Medium", MEDIUM_MAZE, 3334, (6, 6), 600, (13.13, 277.39)),
+    "large": MazeTask("PointMaze_Large", LARGE_MAZE, 5000, (7, 9), 800, (6.7, 273.99)),
+}
 
 
 def _import_point_maze() -> None:
@@ -195,11 +220,18 @@ def _import_point_maze() -> None:
                              if "AdroitHand" not in line))
 
 
-def env_spec(name: str, max_episode_steps: int = MAX_EPISODE_STEPS) -> gym.envs.registration.EnvSpec:
-    """PointMaze with the task's map, sparse reward, ending at the goal; Gymnasium's registry is left alone."""
+def env_spec(name: str, max_episode_steps: int = MAX_EPISODE_STEPS,
+             evaluation: bool = False) -> gym.envs.registration.EnvSpec:
+    """PointMaze with the task's map, sparse reward, ending at the goal; Gymnasium's registry is left alone.
+    A maze2d task's spec is `maze2d_env`'s: its data environment (random goals, new ones as they are
+    reached), or with `evaluation` its evaluation environment (D4RL's fixed goal)."""
     if name not in TASKS:
         raise ValueError(f"unknown maze {name!r}; choose from {', '.join(TASKS)}")
     task = TASKS[name]
+    if task.eval_goal is not None:
+        return gym.envs.registration.EnvSpec(
+            f"tt/{task.env_name}{'-eval' if evaluation else ''}-v3", entry_point="tt.tasks.pointmaze:maze2d_env",
+            max_episode_steps=task.episode_steps, kwargs={"name": name, "evaluation": evaluation})
     return gym.envs.registration.EnvSpec(
         f"tt/{task.env_name}-v3", entry_point=ENTRY_POINT, max_episode_steps=max_episode_steps,
         kwargs={"maze_map": task.maze_map, "continuing_task": False, "reset_target": False, "reward_type": "sparse"})
@@ -224,6 +256,40 @@ def make_env(env: str | gym.envs.registration.EnvSpec = "fourrooms", **kwargs) -
     _import_point_maze()
     with private_tempdir():
         return gym.make(env_spec(env) if isinstance(env, str) and env in TASKS else env, **kwargs)
+
+
+class Maze2dReward(gym.Wrapper):
+    """D4RL maze2d's reward: 1 where the ball ends a step within MAZE2D_RADIUS of the goal it was heading
+    for (the previous observation's `desired_goal`), else 0; never terminating (PointMaze's continuing
+    task)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._goal = np.array(obs["desired_goal"])
+        return obs, info
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        reward = float(np.linalg.norm(obs["achieved_goal"] - self._goal) <= MAZE2D_RADIUS)
+        self._goal = np.array(obs["desired_goal"])
+        return obs, reward, terminated, truncated, info
+
+
+def maze2d_env(name: str, evaluation: bool = False, **kwargs) -> gym.Env:
+    """A maze2d task's PointMaze: the data's (random goals, a new one as each is reached) or, with
+    `evaluation`, D4RL's evaluation (the goal fixed at the task's `eval_goal`, random start cells)."""
+    from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
+
+    _import_point_maze()
+    task = TASKS[name]
+    maze_map = [list(row) for row in task.maze_map]
+    if evaluation:
+        i, j = task.eval_goal
+        maze_map[i][j] = "g"
+    with private_tempdir():
+        env = PointMazeEnv(maze_map=maze_map, continuing_task=True, reset_target=not evaluation,
+                           reward_type="sparse", **kwargs)
+    return Maze2dReward(env)
 
 
 def maze_of(env: gym.Env) -> Maze:
@@ -311,13 +377,40 @@ def rollout(env: gym.Env, policy: Policy, start: Cell, goal: Cell, seed: int, rn
     return episode.episode()
 
 
+def generate_maze2d(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
+    """D4RL maze2d's data: episodes of `episode_steps` of the noisy controller from a random cell towards
+    a random goal, a new goal each time one is reached (PointMaze's continuing task), the sparse reward
+    of `Maze2dReward`; and D4RL's reference scores."""
+    from minari.data_collector import EpisodeBuffer
+
+    task = TASKS[name]
+    episodes = episodes or task.episodes
+    env = gym.wrappers.TimeLimit(maze2d_env(name), task.episode_steps)
+    maze = maze_of(env)
+    act = policies(maze)["data"]
+    rng = np.random.default_rng(seed)
+    buffers = []
+    bar = progress_bar(episodes, f"generating pointmaze-{name}", progress)
+    for _ in range(episodes):
+        start, goal = (maze.free_cells[i] for i in rng.choice(len(maze.free_cells), size=2, replace=False))
+        episode = rollout(env, act, start, goal, seed=int(rng.integers(2**31)), rng=rng)
+        buffers.append(EpisodeBuffer(id=len(buffers), **episode))
+        bar.update()
+    bar.close()
+    env.close()
+    return buffers, {"ref_min_score": task.ref_scores[0], "ref_max_score": task.ref_scores[1],
+                     "algorithm_name": "scripted-waypoint-pd-maze2d"}
+
+
 def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
     """Episodes (Minari buffer fields) of the noisy controller between random distinct free cells,
-    and the reference scores (returns are 0 or 1: success)."""
+    and the reference scores (returns are 0 or 1: success); a maze2d task's by `generate_maze2d`."""
     from minari.data_collector import EpisodeBuffer
 
     if episodes is not None and episodes < 1:
         raise ValueError(f"--episodes must be positive, got {episodes}")
+    if TASKS[name].eval_goal is not None:
+        return generate_maze2d(name, episodes, seed, progress)
     episodes = episodes or TASKS[name].episodes
     env = make_env(name)
     maze = maze_of(env)
