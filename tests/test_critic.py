@@ -235,3 +235,71 @@ def test_a_wrong_critic_is_a_clear_one_line_error(run_and_critic, tmp_path, caps
         capsys, [*base, "--critic", critic, "--objective", "likelihood"])
     with pytest.raises(CheckpointError, match="holds no critic"):
         load_critic(run)
+
+
+def antmaze_like_dataset(dataset_id: str = "D4RL/antmaze/umaze-v1", episodes: int = 3, steps: int = 40):
+    """A small data set written exactly as Minari's D4RL/antmaze/*-v1 (their environment, AntMaze_UMaze-v4:
+    dict observations of 27 numbers without the ant's x and y, 8 actions, sparse reward, a continuing task:
+    episodes truncated, never terminated), from random actions; its evaluation environment cut to 30 steps."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from tt.tasks.pointmaze import _import_point_maze, private_tempdir
+
+    _import_point_maze()
+    spec = gym.spec("AntMaze_UMaze-v4")
+    with private_tempdir():
+        env = gym.make(spec, continuing_task=True, reset_target=False)
+    rng = np.random.default_rng(0)
+    buffers = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=k)
+        observations, actions, rewards = [obs], [], []
+        for _ in range(steps):
+            action = rng.uniform(-1, 1, size=8).astype(np.float32)
+            obs, reward, *_ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+        buffers.append(EpisodeBuffer(
+            id=k, observations={key: np.stack([o[key] for o in observations]) for key in observations[0]},
+            actions=np.stack(actions), rewards=rewards, terminations=[False] * steps,
+            truncations=[False] * (steps - 1) + [True]))
+    eval_spec = gym.envs.registration.EnvSpec(spec.id, entry_point=spec.entry_point, max_episode_steps=30,
+                                              kwargs={**spec.kwargs, "continuing_task": True, "reset_target": False})
+    with private_tempdir():
+        minari.create_dataset_from_buffers(
+            dataset_id, buffers, env=env.spec, eval_env=eval_spec, algorithm_name="random", author="tt",
+            author_email="tt@localhost", code_permalink="tests/test_critic.py", ref_min_score=0.0, ref_max_score=1.0,
+            description="AntMaze in Minari's D4RL layout, random actions")
+    env.close()
+    return dataset_id
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_antmaze_path_end_to_end(tmp_path, capsys):
+    """On a data set written as Minari's D4RL/antmaze/umaze-v1: `tt data list` lists it, `tt train` reads D4RL's
+    observation (x, y, then the ant's 27 numbers), `tt train-critic` applies AntMaze's settings (reward - 1,
+    expectile 0.9, temperature 10) and `tt eval --critic` plays AntMaze with it."""
+    from tt.data import load_dataset
+    from tt.goal_data import goal_trajectories_from_minari
+
+    dataset_id = antmaze_like_dataset()
+    assert main(["data", "list"]) == 0
+    assert dataset_id in capsys.readouterr().out
+    read = goal_trajectories_from_minari(load_dataset(dataset_id))
+    assert read.trajectories.observation_dim == 29 and read.goal_columns.tolist() == [0, 1]
+    run, critic, out = str(tmp_path / "run"), str(tmp_path / "critic"), str(tmp_path / "eval")
+    assert main(["train", "--dataset", dataset_id, "--out", run, "--preset", "small", "--steps", "2",
+                 "--n-transitions", "3", "--device", "cpu"]) == 0
+    assert main(["train-critic", "--dataset", dataset_id, "--out", critic, "--steps", "10", "--hidden", "16",
+                 "--device", "cpu"]) == 0
+    settings = load_critic(critic)[1]["train_critic"]
+    assert (settings["reward_shift"], settings["expectile"], settings["temperature"]) == (-1.0, 0.9, 10.0)
+    assert load_critic(critic)[0].shape.observation_dim == 29
+    assert main(["eval", "--run", run, "--critic", critic, "--episodes", "1", "--envs", "1", "--horizon", "2",
+                 "--beam-width", "2", "--no-cuda-graphs", "--device", "cpu", "--out", out]) == 0
+    with open(os.path.join(out, "eval.json")) as f:
+        results = json.load(f)
+    assert results["dataset_id"] == dataset_id and results["lengths"] == [30] and results["critic"] == critic

@@ -2,7 +2,9 @@
 
 Minari stores a goal task's observations as a dict: `observation`, `achieved_goal` and
 `desired_goal` (Gymnasium-Robotics' GoalEnv; Minari's `D4RL/pointmaze/*`, tt's `pointmaze-*`).
-tt reads the `observation` part as the observation and each episode's `desired_goal` as its goal.
+tt reads the `observation` part as the observation (`flat_observations`: with `achieved_goal` in
+front where the part lacks it, as AntMaze's, whose D4RL observation begins with the ant's x and y)
+and each episode's `desired_goal` as its goal.
 A goal-conditioned model takes a goal as an observation: each goal dimension in the observation
 column that `achieved_goal` copies (PointMaze: x and y), every other column 0 (at rest).
 """
@@ -28,6 +30,18 @@ def is_goal_space(space: gym.Space) -> bool:
     a Dict with Box `observation`, `achieved_goal` and `desired_goal`."""
     return isinstance(space, gym.spaces.Dict) and all(
         isinstance(space.spaces.get(k), gym.spaces.Box) for k in GOAL_KEYS)
+
+
+def flat_observations(observations: dict) -> np.ndarray:
+    """The observations `[..., O]` tt reads from a goal task's dict: the `observation` part where it holds
+    the achieved goal in some columns (PointMaze: x, y, vx, vy), else `achieved_goal` followed by it
+    (AntMaze: x, y, then the ant's other 27 numbers: D4RL's 29)."""
+    observation = np.asarray(observations["observation"], dtype=np.float64)
+    achieved = np.asarray(observations["achieved_goal"], dtype=np.float64)
+    flat_o, flat_a = observation.reshape(-1, observation.shape[-1]), achieved.reshape(-1, achieved.shape[-1])
+    held = all(any(np.array_equal(flat_o[:, j], flat_a[:, k]) for j in range(flat_o.shape[1]))
+               for k in range(flat_a.shape[1]))
+    return observation if held else np.concatenate([achieved, observation], -1)
 
 
 def goal_columns(observation: np.ndarray, achieved_goal: np.ndarray) -> np.ndarray:
@@ -100,6 +114,7 @@ def goal_trajectories_from_minari(dataset, discount: float = 0.99, termination_p
     for episode in dataset.iterate_episodes():
         n = len(episode.rewards)
         o = {k: np.asarray(episode.observations[k], dtype=np.float64) for k in GOAL_KEYS}
+        o["observation"] = flat_observations(o)
         episode_columns = goal_columns(o["observation"], o["achieved_goal"])
         if columns is not None and not np.array_equal(columns, episode_columns):
             raise ValueError(f"episode {episode.id} places its goal in observation columns {episode_columns.tolist()}, "

@@ -25,6 +25,7 @@ from tt.config import CriticConfig
 from tt.critic import Critic, CriticShape, GaussianPolicy, mlp
 from tt.data import DatasetDamagedError, load_dataset
 from tt.device import resolve_device
+from tt.goal_data import flat_observations
 from tt.io import append_line, plot_losses, read_jsonl, write_jsonl
 from tt.progress import progress as progress_bar
 
@@ -47,9 +48,9 @@ class Transitions:
 
 
 def observation_part(observations) -> np.ndarray:
-    """The observations a critic reads: the array, or a goal data set's `observation` entry (as D4RL's
-    maze2d and AntMaze observations hold no goal)."""
-    return np.asarray(observations["observation"] if isinstance(observations, dict) else observations)
+    """The observations a critic reads: the array, or a goal data set's as tt reads them
+    (`tt.goal_data.flat_observations`: no goal, as D4RL's maze2d and AntMaze observations)."""
+    return flat_observations(observations) if isinstance(observations, dict) else np.asarray(observations)
 
 
 def read_transitions(dataset) -> Transitions:

@@ -18,6 +18,7 @@ import torch
 from tt import distributed
 from tt.checkpoint import Run, open_run
 from tt.data import check_environment, episode_returns, load_dataset
+from tt.goal_data import flat_observations
 from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import Planner
@@ -105,12 +106,14 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     return results
 
 
-def observation_part(env: gym.Env) -> gym.Env:
-    """A goal environment's (PointMaze, AntMaze: dict observations) `observation` entry alone, as tt reads
-    their data sets (D4RL's maze2d and AntMaze observations hold no goal); any other environment as it is."""
+def observation_part(env: gym.Env, dataset) -> gym.Env:
+    """A goal environment (PointMaze, AntMaze: dict observations) observed as tt reads its data set
+    (`tt.goal_data.flat_observations`: no goal, as D4RL's maze2d and AntMaze observations); any other
+    environment as it is."""
     if not isinstance(env.observation_space, gym.spaces.Dict):
         return env
-    return gym.wrappers.TransformObservation(env, lambda obs: obs["observation"], env.observation_space["observation"])
+    n = flat_observations(next(dataset.iterate_episodes()).observations).shape[-1]
+    return gym.wrappers.TransformObservation(env, flat_observations, gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
 
 
 def _open_round(planner: Planner, dataset, episodes: range, seed: int,
@@ -118,11 +121,11 @@ def _open_round(planner: Planner, dataset, episodes: range, seed: int,
     """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
     environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
     recorder of its first environment (`video`), if any."""
-    env_fns = [lambda: observation_part(dataset.recover_environment(eval_env=True))] * len(episodes)
+    env_fns = [lambda: observation_part(dataset.recover_environment(eval_env=True), dataset)] * len(episodes)
     recorder = None
     if video:  # environment 0 draws its episode; no extra planning
         recorder = EpisodeVideo(rendering_env(dataset), video)
-        env_fns[0] = lambda: observation_part(recorder)
+        env_fns[0] = lambda: observation_part(recorder, dataset)
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
         planner.check_env(envs)
