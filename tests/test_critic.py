@@ -130,7 +130,7 @@ def test_a_trained_critic_ranks_successful_transitions_above_failed_ones(tmp_pat
     train, _ = chain_episodes(300, seed=0)
     held_out, success = chain_episodes(100, seed=1)
     assert 0.1 < success.mean() < 0.9  # transitions of both kinds of episode
-    cfg = CriticConfig(hidden=32, layers=2, batch_size=128, max_steps=1500, save_every=1500, log_every=500,
+    cfg = CriticConfig(hidden=32, layers=2, batch_size=128, max_steps=600, save_every=600, log_every=200,
                        reward_scale=1.0, reward_shift=0.0, device="cpu")
     critic = train_critic(cfg, str(tmp_path / "critic"), progress=False, transitions=train, dataset_id="chain")
     q = critic.value(torch.from_numpy(held_out.observations), torch.from_numpy(held_out.actions)).numpy()
