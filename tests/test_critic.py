@@ -198,6 +198,23 @@ def test_train_critic_then_eval_with_it(run_and_critic, capsys):
     assert "holds a critic" in capsys.readouterr().err
 
 
+def test_the_critic_is_read_in_the_units_of_the_data_rewards(run_and_critic):
+    """IQL learned Q of rewards scaled (here by 1000 / (max - min return)) and shifted; the plan adds it to the
+    predicted rewards in the data's units: (Q - shift / (1 - discount)) / scale."""
+    from tt.checkpoint import open_run
+    from tt.search.planner import critic_objective, data_units
+
+    _, run, critic_dir = run_and_critic
+    critic, stored, _ = load_critic(critic_dir)
+    scale = stored["train_critic"]["reward_scale"]
+    assert scale != 1.0 and stored["train_critic"]["reward_shift"] == 0.0
+    objective = critic_objective(critic_dir, open_run(run), PlanConfig(), torch.device("cpu"))
+    s, a = torch.randn(5, 3), torch.rand(5, 1) * 4 - 2
+    torch.testing.assert_close(objective.q_fn(s, a), critic.value(s, a) / scale)
+    shifted = data_units(critic.value, 2.0, -1.0, 0.99)  # AntMaze's shift: -1 a step, 100 steps' worth
+    torch.testing.assert_close(shifted(s, a), (critic.value(s, a) + 100.0) / 2.0)
+
+
 def one_line_error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -233,6 +250,8 @@ def test_a_wrong_critic_is_a_clear_one_line_error(run_and_critic, tmp_path, caps
     assert "holds no critic" in one_line_error(capsys, [*base, "--critic", run])
     assert "cannot be used with the likelihood objective" in one_line_error(
         capsys, [*base, "--critic", critic, "--objective", "likelihood"])
+    assert "values returns discounted by 0.99, the plan discounts by 0.9" in one_line_error(
+        capsys, [*base, "--critic", critic, "--discount", "0.9"])
     with pytest.raises(CheckpointError, match="holds no critic"):
         load_critic(run)
 

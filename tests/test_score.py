@@ -36,7 +36,7 @@ def scored(two_runs, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("score") / "score")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["score", *two_runs, "--episodes", "2", "--envs", "2", *PLAN, "--out", out]) == 0
+        assert main(["score", *two_runs, "--episodes", "2", "--envs", "2", "--jobs", "1", *PLAN, "--out", out]) == 0
     with open(os.path.join(out, "score.json")) as f:
         return out, printed.getvalue(), json.load(f)
 
@@ -104,13 +104,13 @@ def test_score_is_reproducible_run_by_run(scored, two_runs):
     assert alone["runs"][0]["returns"] == summary["runs"][1]["returns"]
 
 
-def test_runs_scored_in_processes_of_their_own_play_the_same_episodes(two_runs, tmp_path):
+def test_runs_scored_in_processes_of_their_own_play_the_same_episodes(scored, two_runs, tmp_path):
     """`--jobs 2`: each run evaluated in a spawned process with its share of the threads gives the episodes
-    of one process evaluating the runs in turn, and writes each run's folder as that one does."""
+    of one process evaluating the runs in turn (`scored`: --jobs 1), and writes each run's folder as that
+    one does."""
     settings = dict(episodes=2, n_envs=2, progress=False, horizon=2, beam_width=2, n_expand=1, cuda_graphs=False)
-    together = score_runs(two_runs, **settings)
     apart = score_runs(two_runs, jobs=2, out=str(tmp_path / "apart"), **settings)
-    assert [r["returns"] for r in apart["runs"]] == [r["returns"] for r in together["runs"]]
+    assert [r["returns"] for r in apart["runs"]] == [r["returns"] for r in scored[2]["runs"]]
     assert sorted(os.listdir(tmp_path / "apart")) == ["score.json", "score.png", "seed0", "seed1"]
     assert os.path.isfile(tmp_path / "apart" / "seed1" / "eval.json")
     with pytest.raises(ValueError, match="jobs must be >= 1"):

@@ -26,6 +26,7 @@ def register(folder, pid: int, started: str) -> None:
 
 def test_a_process_alone_takes_every_core_and_shares_them_with_the_next(tmp_path, own_threads):
     folder = str(tmp_path)
+    torch.set_num_threads(4)  # torch's default here: the most a share takes
     with CoreShare(folder, cores=4) as share:
         assert torch.get_num_threads() == 4 and share.processes() == 1
         other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -69,8 +70,31 @@ def test_omp_num_threads_fixes_the_threads_but_still_counts(tmp_path, own_thread
         assert torch.get_num_threads() == 3
         monkeypatch.delenv("OMP_NUM_THREADS")
         with CoreShare(str(tmp_path), cores=8) as shared:  # one more registration (the same process id here)
-            assert shared.processes() == 1 and torch.get_num_threads() == 8
+            assert shared.processes() == 1 and torch.get_num_threads() == 3  # at most torch's threads
         assert torch.get_num_threads() == 3  # restored on leaving
+
+
+def test_a_share_takes_no_more_than_torchs_default_threads(tmp_path, own_threads):
+    """Logical CPUs (hyperthreads) count as cores; torch's default (physical cores) caps the share."""
+    torch.set_num_threads(2)
+    with CoreShare(str(tmp_path), cores=16):
+        assert torch.get_num_threads() == 2
+
+
+def test_a_folder_that_is_not_this_users_own_is_not_registered_in(tmp_path, own_threads):
+    """A symlink where the folder should be (or a folder that cannot be written): the process runs on
+    torch's default threads, unregistered, and writes nothing there."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.symlink(target, tmp_path / "link")
+    torch.set_num_threads(2)
+    with CoreShare(str(tmp_path / "link"), cores=8) as share:
+        assert not share.registered and torch.get_num_threads() == 2
+        share.refresh(force=True)
+        assert torch.get_num_threads() == 2
+    assert os.listdir(target) == []
+    with CoreShare("/proc/no-such-folder", cores=8) as share:
+        assert not share.registered
 
 
 def test_the_cli_trains_inside_a_share_that_it_refreshes_between_steps(tmp_path, own_threads, monkeypatch):

@@ -205,17 +205,21 @@ def test_compiled_training_step_gives_the_eager_losses():
 
 
 def test_compile_that_fails_warns_and_trains_as_without_it(pendulum_medium, tmp_path, monkeypatch):
-    """Where torch.compile fails (here: a compiled model that raises at its first call), `--compile` says so
-    once and the run is the run without it, step for step (the failed step retried from the same random
-    state); the option is recorded, and a resume may change it."""
+    """Where torch.compile fails (here: a "compiled" model that runs the model for 4 steps, then raises, as a
+    recompilation for a new batch shape may), `--compile` says so once and the run is the run without it,
+    step for step (the failed step retried from its random state); the option is recorded, and a resume
+    may change it."""
 
     class FailsToCompile(torch.nn.Module):
         def __init__(self, module):
             super().__init__()
-            self.module = module
+            self.module, self.calls = module, 0
 
         def forward(self, *args, **kwargs):
-            raise RuntimeError("backend compiler failed: no C++ compiler\nmore lines")
+            self.calls += 1
+            if self.calls > 4:
+                raise RuntimeError("backend compiler failed: no C++ compiler\nmore lines")
+            return self.module(*args, **kwargs)
 
     cfg = make_config("small", **{**TINY, "max_steps": 12})
     train(cfg, str(tmp_path / "eager"), progress=False)

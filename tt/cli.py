@@ -225,6 +225,18 @@ def cmd_train_critic(args) -> None:
     print(f"critic written to {args.out}")
 
 
+def default_jobs(args) -> int:
+    """`tt score`'s processes when --jobs is not given: one per run, as many as this process's threads, on
+    the CPU; one under torchrun (the ranks share the episodes) and on a GPU (each process would hold
+    its own CUDA context and cache on it)."""
+    from tt import distributed
+    from tt.device import resolve_device
+
+    if distributed.world_size() > 1 or resolve_device(args.device or "auto").type != "cpu":
+        return 1
+    return min(len(args.runs), args.cores.threads)
+
+
 def cmd_score(args) -> None:
     """Score runs; under torchrun every run's episodes are shared out over the processes."""
     from tt import distributed
@@ -239,7 +251,7 @@ def cmd_score(args) -> None:
     else:
         with destination(args.out, "score", args.overwrite, writes=is_first_rank()) as where, \
                 distributed.process_group(args.device):
-            jobs = args.jobs or (min(len(args.runs), args.cores.threads) if distributed.world_size() == 1 else 1)
+            jobs = args.jobs or default_jobs(args)
             summary = score_runs(args.runs, episodes=args.episodes, n_envs=args.envs, seed=args.seed, out=where,
                                  device=args.device, jobs=jobs, **plan_overrides(args))
             is_main = distributed.is_main()
@@ -402,7 +414,8 @@ def add_score_command(sub) -> None:
     sc.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")
     sc.add_argument("--device", help="auto | cpu | cuda (default: auto)")
     sc.add_argument("--jobs", type=positive_int, help="runs evaluated at once, each in a process of its own sharing "
-                    "the threads out (default: as many as runs and threads allow; 1 under torchrun)")
+                    "the threads out (default: as many as runs and threads allow on the CPU; 1 on a GPU and "
+                    "under torchrun)")
     sc.add_argument("--out", default="score", help="results directory (score.json, score.png, one folder a run)")
     sc.add_argument("--overwrite", action="store_true", help="replace the score in --out once this one is done")
     sc.add_argument("--from-evals", action="store_true",

@@ -32,16 +32,25 @@ def is_goal_space(space: gym.Space) -> bool:
         isinstance(space.spaces.get(k), gym.spaces.Box) for k in GOAL_KEYS)
 
 
-def flat_observations(observations: dict) -> np.ndarray:
-    """The observations `[..., O]` tt reads from a goal task's dict: the `observation` part where it holds
-    the achieved goal in some columns (PointMaze: x, y, vx, vy), else `achieved_goal` followed by it
-    (AntMaze: x, y, then the ant's other 27 numbers: D4RL's 29)."""
+def prepends_position(observations: dict) -> bool:
+    """Whether tt reads a goal task's `achieved_goal` in front of its `observation` part: where the part
+    holds no column equal to it (AntMaze's, not PointMaze's). Decided once per data set, from an episode."""
     observation = np.asarray(observations["observation"], dtype=np.float64)
     achieved = np.asarray(observations["achieved_goal"], dtype=np.float64)
     flat_o, flat_a = observation.reshape(-1, observation.shape[-1]), achieved.reshape(-1, achieved.shape[-1])
-    held = all(any(np.array_equal(flat_o[:, j], flat_a[:, k]) for j in range(flat_o.shape[1]))
-               for k in range(flat_a.shape[1]))
-    return observation if held else np.concatenate([achieved, observation], -1)
+    return not all(any(np.array_equal(flat_o[:, j], flat_a[:, k]) for j in range(flat_o.shape[1]))
+                   for k in range(flat_a.shape[1]))
+
+
+def flat_observations(observations: dict, prepend: bool | None = None) -> np.ndarray:
+    """The observations `[..., O]` tt reads from a goal task's dict: the `observation` part (PointMaze: x,
+    y, vx, vy), with `prepend` `achieved_goal` in front of it (AntMaze: x, y, then the ant's other 27
+    numbers: D4RL's 29); `prepend` None: as `prepends_position` finds in these observations."""
+    observation = np.asarray(observations["observation"], dtype=np.float64)
+    if prepend is None:
+        prepend = prepends_position(observations)
+    return np.concatenate([np.asarray(observations["achieved_goal"], np.float64), observation], -1) if prepend \
+        else observation
 
 
 def goal_columns(observation: np.ndarray, achieved_goal: np.ndarray) -> np.ndarray:
@@ -114,7 +123,9 @@ def goal_trajectories_from_minari(dataset, discount: float = 0.99, termination_p
     for episode in dataset.iterate_episodes():
         n = len(episode.rewards)
         o = {k: np.asarray(episode.observations[k], dtype=np.float64) for k in GOAL_KEYS}
-        o["observation"] = flat_observations(o)
+        if columns is None:  # the layout is decided by the first episode
+            prepend = prepends_position(o)
+        o["observation"] = flat_observations(o, prepend)
         episode_columns = goal_columns(o["observation"], o["achieved_goal"])
         if columns is not None and not np.array_equal(columns, episode_columns):
             raise ValueError(f"episode {episode.id} places its goal in observation columns {episode_columns.tolist()}, "

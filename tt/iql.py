@@ -25,7 +25,7 @@ from tt.config import CriticConfig
 from tt.critic import Critic, CriticShape, GaussianPolicy, mlp
 from tt.data import DatasetDamagedError, load_dataset
 from tt.device import resolve_device
-from tt.goal_data import flat_observations
+from tt.goal_data import flat_observations, prepends_position
 from tt.io import append_line, plot_losses, read_jsonl, write_jsonl
 from tt.progress import progress as progress_bar
 
@@ -47,19 +47,20 @@ class Transitions:
         return len(self.rewards)
 
 
-def observation_part(observations) -> np.ndarray:
-    """The observations a critic reads: the array, or a goal data set's as tt reads them
-    (`tt.goal_data.flat_observations`: no goal, as D4RL's maze2d and AntMaze observations)."""
-    return flat_observations(observations) if isinstance(observations, dict) else np.asarray(observations)
-
-
 def read_transitions(dataset) -> Transitions:
-    """Every step of a Minari data set as a transition, s' the observation after it."""
+    """Every step of a Minari data set as a transition, s' the observation after it; a goal data set's
+    observations as tt reads them (`tt.goal_data.flat_observations`: no goal, as D4RL's maze2d and
+    AntMaze observations)."""
     obs, act, rew, nxt, term, returns = [], [], [], [], [], []
+    prepend = None
     try:
         for episode in dataset.iterate_episodes():
             n = len(episode.rewards)
-            o = observation_part(episode.observations)
+            o = episode.observations
+            if isinstance(o, dict):
+                prepend = prepends_position(o) if prepend is None else prepend  # decided by the first episode
+                o = flat_observations(o, prepend)
+            o = np.asarray(o)
             obs.append(o[:n])
             nxt.append(o[1 : n + 1])
             act.append(np.asarray(episode.actions)[:n])
@@ -242,15 +243,21 @@ def _train(cfg: CriticConfig, out: str, resume: bool, progress: bool, device: to
     return load_critic(out, device)[0]
 
 
-# Options a resumed critic may change: where it stops, where it runs, how often it reports.
-CRITIC_RESUMABLE = {"max_steps", "device", "save_every", "log_every"}
+# Options a resumed critic may change: where it runs and how often it reports (not --steps: the policy's
+# learning-rate schedule is sized by it).
+CRITIC_RESUMABLE = {"device", "save_every", "log_every"}
 
 
 def check_critic_resume(out: str, cfg: CriticConfig) -> None:
     """The critic in `out` was trained with `cfg` but for CRITIC_RESUMABLE: a mismatch is a ValueError."""
+    from tt.tasks import resolve_dataset_id
+
     _, stored, _ = load_critic(out)
     given = json.loads(json.dumps(dataclasses.asdict(cfg)))
     for name, was in stored.get("train_critic", {}).items():
-        if name not in CRITIC_RESUMABLE and given.get(name) != was:
+        now = given.get(name)
+        if name == "dataset":
+            was, now = resolve_dataset_id(was), resolve_dataset_id(now)
+        if name not in CRITIC_RESUMABLE and now != was:
             raise ValueError(f"--resume: the critic in {out} was trained with {name}={was!r}, the options give "
-                             f"{given.get(name)!r}: give the options it was trained with, or a new --out")
+                             f"{now!r}: give the options it was trained with, or a new --out")

@@ -240,33 +240,35 @@ class Step:
     """`training_step` as the loop takes it: on the model wrapped for the ranks (DDP), under `cfg.precision`,
     and with `cfg.compile` through `torch.compile` (Inductor: fused C++ on the CPU, Triton on CUDA; the
     model's ops run as plain torch while compiled). Where compiling fails (no compiler, an unsupported
-    op), the first step says so in a warning and it and every later step run eagerly, from the same
-    random state."""
+    op, a recompilation for a new batch shape), that step says so in a warning and it and every later
+    step run eagerly, from the random state the failed step began with."""
 
     def __init__(self, model: TrajectoryTransformer, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                  device: torch.device):
-        self.model, self.optimizer, self.grad_clip = model, optimizer, cfg.grad_clip
+        self.model, self.optimizer, self.grad_clip, self.device = model, optimizer, cfg.grad_clip, device
         self.eager = distributed.wrap(model, device)  # DDP over several ranks; the raw model is what is saved
         self.trained = torch.compile(self.eager) if cfg.compile else self.eager
         self.precision = precision_context(cfg.precision, device)
-        self.untried = cfg.compile
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, goal: torch.Tensor | None,
                  scale: float) -> torch.Tensor:
-        if not self.untried:
-            return training_step(self.trained, self.model, self.optimizer, x, y, mask, goal, self.grad_clip,
-                                 self.precision, scale)
-        self.untried, rng = False, torch.get_rng_state()
+        step = lambda: training_step(self.trained, self.model, self.optimizer, x, y, mask, goal, self.grad_clip,
+                                     self.precision, scale)
+        if self.trained is self.eager:
+            return step()
+        cuda = self.device.type == "cuda"
+        rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
         try:
-            return training_step(self.trained, self.model, self.optimizer, x, y, mask, goal, self.grad_clip,
-                                 self.precision, scale)
+            return step()
         except Exception as e:  # torch.compile's errors have no common base class
             reason = (str(e).strip().splitlines() or [""])[0][:300]
             warnings.warn(f"--compile: torch.compile failed ({type(e).__name__}: {reason}); training without it",
                           stacklevel=2)
             torch.set_rng_state(rng)
+            if cuda:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
             self.trained = self.eager
-            return self(x, y, mask, goal, scale)
+            return step()
 
 
 def _train(cfg: TrainConfig, out: str, resume: bool, progress: bool, device: torch.device,

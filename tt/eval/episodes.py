@@ -18,7 +18,7 @@ import torch
 from tt import distributed
 from tt.checkpoint import Run, open_run
 from tt.data import check_environment, episode_returns, load_dataset
-from tt.goal_data import flat_observations
+from tt.goal_data import flat_observations, prepends_position
 from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
 from tt.search import Planner
@@ -106,14 +106,14 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     return results
 
 
-def observation_part(env: gym.Env, dataset) -> gym.Env:
+def observation_part(env: gym.Env, prepend: bool) -> gym.Env:
     """A goal environment (PointMaze, AntMaze: dict observations) observed as tt reads its data set
-    (`tt.goal_data.flat_observations`: no goal, as D4RL's maze2d and AntMaze observations); any other
-    environment as it is."""
-    if not isinstance(env.observation_space, gym.spaces.Dict):
-        return env
-    n = flat_observations(next(dataset.iterate_episodes()).observations).shape[-1]
-    return gym.wrappers.TransformObservation(env, flat_observations, gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
+    (`tt.goal_data.flat_observations`, `prepend` as found in the data set: no goal, as D4RL's maze2d and
+    AntMaze observations)."""
+    space = env.observation_space
+    n = space["observation"].shape[0] + (space["achieved_goal"].shape[0] if prepend else 0)
+    return gym.wrappers.TransformObservation(env, lambda obs: flat_observations(obs, prepend),
+                                             gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
 
 
 def _open_round(planner: Planner, dataset, episodes: range, seed: int,
@@ -121,11 +121,15 @@ def _open_round(planner: Planner, dataset, episodes: range, seed: int,
     """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
     environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
     recorder of its first environment (`video`), if any."""
-    env_fns = [lambda: observation_part(dataset.recover_environment(eval_env=True), dataset)] * len(episodes)
+    observed = lambda env: env  # noqa: E731
+    if isinstance(dataset.observation_space, gym.spaces.Dict):  # a goal task's: flat, as its data are read
+        prepend = prepends_position(next(dataset.iterate_episodes()).observations)
+        observed = lambda env: observation_part(env, prepend)  # noqa: E731
+    env_fns = [lambda: observed(dataset.recover_environment(eval_env=True))] * len(episodes)
     recorder = None
     if video:  # environment 0 draws its episode; no extra planning
         recorder = EpisodeVideo(rendering_env(dataset), video)
-        env_fns[0] = lambda: observation_part(recorder, dataset)
+        env_fns[0] = lambda: observed(recorder)
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
         planner.check_env(envs)

@@ -199,12 +199,17 @@ def evaluate_runs(runs: list, outs: list[str | None], names: list[str], settings
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    jobs = min(jobs, len(runs))
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_evaluate_with_threads, threads, run, where, settings) for run, where in zip(runs, outs)]
         for future in futures:
             future.add_done_callback(lambda _: bar.update())
-        results = [f.result() for f in futures]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:  # the first failure ends the score: the runs not started are not waited for
+            pool.shutdown(cancel_futures=True)
+            raise
     bar.close()
     return results
 

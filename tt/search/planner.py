@@ -11,14 +11,14 @@ import torch
 
 from tt import ops
 from tt.cache import KVCache
-from tt.checkpoint import Run, open_run
+from tt.checkpoint import Run, load_critic, open_run
 from tt.config import PlanConfig
 from tt.device import resolve_device
 from tt.discretize import Discretizer
 from tt.model import TrajectoryTransformer
 from tt.rng import Philox
 from tt.search.graphs import PlanGraphs
-from tt.search.objectives import CriticReturn, Objective, named
+from tt.search.objectives import CriticReturn, Objective, QFn, named
 from tt.search.plan import beam_plan, check_config, check_memory, pad_prefixes, search_rows
 
 
@@ -32,15 +32,16 @@ class Plan:
 
 
 def critic_objective(critic_dir: str, run: Run, config: PlanConfig, device: torch.device) -> CriticReturn:
-    """TT+Q's objective for `run` from the critic in `critic_dir`, checked against the run: the return
-    objective, the same observation and action sizes, the same data set."""
-    from tt.checkpoint import load_critic
-    from tt.tasks import resolve_dataset_id
+    """TT+Q's objective for `run` from the critic in `critic_dir`, checked against the run (the return
+    objective, the same observation and action sizes, the same data set, the plan's discount). The
+    critic learned Q of rewards scaled and shifted for IQL (`tt.iql.critic_defaults`): its values are
+    taken back to the data's rewards, the units of the rewards the plan predicts."""
+    from tt.tasks import resolve_dataset_id  # here: tt.tasks imports the environments
 
     if config.objective != "return":
         raise ValueError(f"--critic guides the return search (TT+Q); it cannot be used with the {config.objective} "
                          "objective")
-    critic, _, _ = load_critic(critic_dir, device)
+    critic, stored, _ = load_critic(critic_dir, device)
     shape, O, A = critic.shape, run.model.config.observation_dim, run.model.config.action_dim
     if (shape.observation_dim, shape.action_dim) != (O, A):
         raise ValueError(f"critic {critic_dir} takes observations of {shape.observation_dim} and actions of "
@@ -49,8 +50,21 @@ def critic_objective(critic_dir: str, run: Run, config: PlanConfig, device: torc
     if shape.dataset_id and ours and resolve_dataset_id(shape.dataset_id) != resolve_dataset_id(ours):
         raise ValueError(f"critic {critic_dir} was trained on {shape.dataset_id}, run {run.path} on {ours}: train a "
                          f"critic on {ours} (tt train-critic --dataset {ours})")
+    trained = stored.get("train_critic", {})
+    discount, scale, shift = trained.get("discount", 0.99), trained.get("reward_scale", 1.0), \
+        trained.get("reward_shift", 0.0)
+    if discount != config.discount:
+        raise ValueError(f"critic {critic_dir} values returns discounted by {discount}, the plan discounts by "
+                         f"{config.discount}: plan with --discount {discount}")
     midpoints = torch.as_tensor(run.discretizer.midpoints, dtype=torch.float32, device=device)
-    return CriticReturn(critic.value, midpoints)
+    return CriticReturn(data_units(critic.value, scale, shift, discount), midpoints)
+
+
+def data_units(q_fn: QFn, scale: float, shift: float, discount: float) -> QFn:
+    """Q of rewards `r * scale + shift` as Q of the rewards r: (Q - shift / (1 - discount)) / scale (the
+    shift summed over an unending future; a constant, which ranks no candidate above another)."""
+    offset = shift / (1.0 - discount) if discount < 1.0 else 0.0
+    return lambda observations, actions: (q_fn(observations, actions) - offset) / scale
 
 
 class Planner:
