@@ -32,3 +32,20 @@ def test_scaling_writes_its_sweeps_and_plot(tmp_path):
     assert all(row["exact"] > 0 and row["cached"] > 0 for row in results["sweeps"]["horizon"])
     assert results["exact_linear_in_horizon"]["seconds_per_step"] > 0
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table1_puts_each_cells_score_beside_its_baselines(tmp_path):
+    """benchmarks/table1.py: a cell with a score.json shows its numbers, the others say they are not run."""
+    import shutil
+
+    cell = tmp_path / "hopper-medium-replay"
+    cell.mkdir()
+    shutil.copy(os.path.join(HERE, "table1", "hopper-medium-replay", "score.json"), cell / "score.json")
+    sys.path.insert(0, HERE)
+    from table1 import main
+
+    table = main(str(tmp_path))
+    (row,) = [line for line in table.splitlines() if line.startswith("| hopper-medium-replay ")]
+    assert "**45.8**" in row and "| 44.3 |" in row and "| 91.5 |" in row
+    assert table.count("not run yet") == 8
+    assert json.loads((tmp_path / "table.json").read_text())[4]["status"] == "done"
