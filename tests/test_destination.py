@@ -80,3 +80,18 @@ def test_an_evaluation_is_replaced_only_when_asked(old_run, tmp_path, capsys):
     assert main([*argv, "--seed", "1", "--overwrite"]) == 0
     assert files_of(out)[Path("eval.json")] != first[Path("eval.json")]  # the new evaluation, whole
     assert sorted(os.listdir(tmp_path)) == ["eval"]
+
+
+def test_a_training_stopped_before_its_first_checkpoint_is_replaced(tmp_path, pendulum_medium):
+    """A `tt train` killed before its first save leaves metrics.jsonl alone (and maybe a staging folder):
+    the next `tt train` into it replaces it instead of refusing a directory of other files."""
+    from tt.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 20, "loss": 7.0}\n')
+    (out / ".step-00000500-x").mkdir()
+    assert kind_of(str(out)) == "unfinished"
+    assert main(["train", "--dataset", "pendulum-medium", "--out", str(out), "--preset", "small", "--steps", "2",
+                 "--batch-size", "8", "--n-transitions", "2", "--device", "cpu"]) == 0
+    assert kind_of(str(out)) == "run" and not (out / ".step-00000500-x").exists()

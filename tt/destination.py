@@ -21,6 +21,7 @@ DESCRIPTIONS = {
     "run": "a tt run (tt train, tt import-reference)",
     "ensemble": "a dynamics ensemble (tt train-dynamics)",
     "critic": "a critic (tt train-critic)",
+    "unfinished": "a training stopped before its first checkpoint (its metrics.jsonl alone)",
     "evaluation": "an evaluation (tt eval)",
     "score": "a score (tt score)",
     "prediction": "a prediction (tt predict)",
@@ -31,8 +32,8 @@ RECORDS = {"eval.json": "evaluation", "goals.json": "evaluation", "score.json": 
 
 
 def kind_of(path: str) -> str | None:
-    """What lies at `path`: None (nothing, or an empty directory), "run", "critic", "ensemble", "file" or
-    "directory"."""
+    """What lies at `path`: None (nothing, or an empty directory), "run", "critic", "unfinished" (a `tt train`
+    or `tt train-critic` stopped before its first checkpoint), "ensemble", "file" or "directory"."""
     if not os.path.lexists(path):
         return None
     if not os.path.isdir(path):
@@ -48,6 +49,8 @@ def kind_of(path: str) -> str | None:
             return "run"
     if {"model.safetensors", "discretizer.safetensors"} <= names:
         return "run"
+    if "metrics.jsonl" in names and all(n == "metrics.jsonl" or n.startswith(".step-") for n in names):
+        return "unfinished"
     if {"config.json", "model.safetensors"} <= names:
         return "ensemble"
     found = {RECORDS[name] for name in names & RECORDS.keys()}
@@ -64,6 +67,8 @@ def check_destination(path: str, makes: str, overwrite: bool, resume: bool = Fal
         return False  # training checks that `path` holds a run it can continue
     if found is None:
         return False
+    if found == "unfinished" and makes in ("run", "critic"):  # nothing to keep but a log: replaced, asked or not
+        return True
     if found != makes:
         raise ValueError(f"{path} holds {DESCRIPTIONS[found]}, not {DESCRIPTIONS[makes]}: nothing was written; "
                          "choose another --out")
