@@ -114,8 +114,9 @@ class CriticReturn(TransitionObjective):
     meaning = "predicted return with a critic: discounted predicted rewards, then discount**t * Q(s_t, a_t)"
 
     def estimate(self, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-        O = candidates.observations.shape[1]
-        tokens = torch.cat([candidates.observations, candidates.actions], 1)
+        observations = candidates.observations  # a property that gathers them: read once
+        O = observations.shape[1]
+        tokens = torch.cat([observations, candidates.actions], 1)
         values = bin_values(self.midpoints[:, : tokens.shape[1]], tokens)
         return candidates.reward, self.q_fn(values[:, :O], values[:, O:]).to(candidates.reward.dtype)
 

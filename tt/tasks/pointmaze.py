@@ -377,15 +377,19 @@ def rollout(env: gym.Env, policy: Policy, start: Cell, goal: Cell, seed: int, rn
     return episode.episode()
 
 
-def generate_maze2d(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
-    """D4RL maze2d's data: episodes of `episode_steps` of the noisy controller from a random cell towards
-    a random goal, a new goal each time one is reached (PointMaze's continuing task), the sparse reward
-    of `Maze2dReward`; and D4RL's reference scores."""
+def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
+    """Episodes (Minari buffer fields) of the noisy controller from a random free cell towards another,
+    and the task's reference scores. Four rooms: each episode ends at its goal (returns 0 or 1:
+    success). A maze2d task (D4RL's recipe): episodes of `episode_steps` in its data environment, a new
+    goal each time one is reached (PointMaze's continuing task), `Maze2dReward`'s sparse reward."""
     from minari.data_collector import EpisodeBuffer
 
+    if episodes is not None and episodes < 1:
+        raise ValueError(f"--episodes must be positive, got {episodes}")
     task = TASKS[name]
+    maze2d = task.eval_goal is not None
     episodes = episodes or task.episodes
-    env = gym.wrappers.TimeLimit(maze2d_env(name), task.episode_steps)
+    env = gym.wrappers.TimeLimit(maze2d_env(name), task.episode_steps) if maze2d else make_env(name)
     maze = maze_of(env)
     act = policies(maze)["data"]
     rng = np.random.default_rng(seed)
@@ -399,31 +403,4 @@ def generate_maze2d(name: str, episodes: int | None, seed: int, progress: bool) 
     bar.close()
     env.close()
     return buffers, {"ref_min_score": task.ref_scores[0], "ref_max_score": task.ref_scores[1],
-                     "algorithm_name": "scripted-waypoint-pd-maze2d"}
-
-
-def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
-    """Episodes (Minari buffer fields) of the noisy controller between random distinct free cells,
-    and the reference scores (returns are 0 or 1: success); a maze2d task's by `generate_maze2d`."""
-    from minari.data_collector import EpisodeBuffer
-
-    if episodes is not None and episodes < 1:
-        raise ValueError(f"--episodes must be positive, got {episodes}")
-    if TASKS[name].eval_goal is not None:
-        return generate_maze2d(name, episodes, seed, progress)
-    episodes = episodes or TASKS[name].episodes
-    env = make_env(name)
-    maze = maze_of(env)
-    act = policies(maze)["data"]
-    rng = np.random.default_rng(seed)
-    buffers = []
-    bar = progress_bar(episodes, f"generating pointmaze-{name}", progress)
-    for _ in range(episodes):
-        start, goal = (maze.free_cells[i] for i in rng.choice(len(maze.free_cells), size=2, replace=False))
-        episode = rollout(env, act, start, goal, seed=int(rng.integers(2**31)), rng=rng)
-        buffers.append(EpisodeBuffer(id=len(buffers), **episode))
-        bar.update()
-    bar.close()
-    env.close()
-    return buffers, {"ref_min_score": 0.0, "ref_max_score": 1.0, "algorithm_name": "scripted-waypoint-pd"}
-
+                     "algorithm_name": "scripted-waypoint-pd" + ("-maze2d" if maze2d else "")}
