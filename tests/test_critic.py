@@ -1,5 +1,6 @@
 """TT+Q: the return search guided by a learned critic (`tt.search.CriticReturn`), IQL's critic trained with
-TorchRL's loss (`tt.iql`), and the command line around them (`tt train-critic`, `tt eval --critic`)."""
+TorchRL's loss (`tt.iql`), and the command line around them (`tt train-critic`, `tt eval --critic`, `tt eval
+--iql-policy`)."""
 
 import json
 import os
@@ -198,6 +199,33 @@ def test_train_critic_then_eval_with_it(run_and_critic, capsys):
     assert "holds a critic" in capsys.readouterr().err
 
 
+def test_the_iql_policy_is_evaluated_as_a_planner_is(run_and_critic):
+    """`tt eval --iql-policy`: the critic's policy, its mean action, in the same episodes as a planner's (episode k
+    reset with seed + k): the returns equal a plain loop's."""
+    from tt.data import load_dataset
+
+    root, _, critic_dir = run_and_critic
+    out = str(root / "policy-eval")
+    assert main(["eval", "--iql-policy", critic_dir, "--episodes", "3", "--envs", "2", "--seed", "5", "--out", out,
+                 "--device", "cpu"]) == 0
+    with open(os.path.join(out, "eval.json")) as f:
+        results = json.load(f)
+    assert results["policy"] == "iql" and results["critic"] == critic_dir and os.path.isfile(os.path.join(out,
+                                                                                                          "returns.png"))
+    critic = load_critic(critic_dir)[0]
+    env = load_dataset("pendulum-medium").recover_environment(eval_env=True)
+    expected = []
+    for k in range(3):
+        obs, _ = env.reset(seed=5 + k)
+        total, done = 0.0, False
+        while not done:
+            action = critic.act(torch.from_numpy(np.asarray(obs, np.float64))[None])[0].double().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action.astype(env.action_space.dtype))
+            total, done = total + reward, terminated or truncated
+        expected.append(total)
+    np.testing.assert_allclose(results["returns"], expected, rtol=1e-6)
+
+
 def test_the_critic_is_read_in_the_units_of_the_data_rewards(run_and_critic):
     """IQL learned Q of rewards scaled (here by 1000 / (max - min return)) and shifted; the plan adds it to the
     predicted rewards in the data's units: (Q - shift / (1 - discount)) / scale."""
@@ -254,6 +282,12 @@ def test_a_wrong_critic_is_a_clear_one_line_error(run_and_critic, tmp_path, caps
         capsys, [*base, "--critic", critic, "--discount", "0.9"])
     with pytest.raises(CheckpointError, match="holds no critic"):
         load_critic(run)
+    policy = ["eval", "--iql-policy", critic, "--episodes", "1", "--device", "cpu"]
+    assert "--iql-policy acts without planning: --critic --horizon" in one_line_error(
+        capsys, [*policy, "--critic", critic, "--horizon", "3"])
+    assert "no run directory" in one_line_error(capsys, [*policy[:2], str(tmp_path / "missing"), *policy[3:]])
+    assert "holds no critic" in one_line_error(capsys, [*policy[:2], run, *policy[3:]])
+    assert "not allowed with argument" in one_line_error(capsys, [*policy, "--run", run])
 
 
 def antmaze_like_dataset(dataset_id: str = "D4RL/antmaze/umaze-v1", episodes: int = 3, steps: int = 40):
@@ -322,3 +356,6 @@ def test_the_antmaze_path_end_to_end(tmp_path, capsys):
     with open(os.path.join(out, "eval.json")) as f:
         results = json.load(f)
     assert results["dataset_id"] == dataset_id and results["lengths"] == [30] and results["critic"] == critic
+    assert main(["eval", "--iql-policy", critic, "--episodes", "1", "--device", "cpu", "--out", out + "-iql"]) == 0
+    with open(os.path.join(out + "-iql", "eval.json")) as f:
+        assert json.load(f)["lengths"] == [30]

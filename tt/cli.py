@@ -181,6 +181,8 @@ def cmd_eval(args) -> None:
     from tt.checkpoint import open_run
     from tt.eval.episodes import evaluate
 
+    if args.iql_policy:
+        return eval_policy(args)
     out = args.out or os.path.join(args.run, "eval")
     run = open_run(args.run)  # loaded once, here
     if run.goal_conditioned:  # a goal task: success rate and steps to the goal over pairs of rooms
@@ -202,9 +204,32 @@ def cmd_eval(args) -> None:
                            device=args.device, video=args.video, critic=args.critic, **plan_overrides(args))
         is_main = distributed.is_main()
     if is_main:
-        print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
-              f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
-              f"{1000 * results['plan_seconds_per_env_step']:.1f} ms planning per environment step; written to {out}")
+        print_returns(results, "planning", out)
+
+
+def eval_policy(args) -> None:
+    """`tt eval --iql-policy CRITIC`: the critic's own policy, rolled out as a planner would be."""
+    from tt import distributed
+    from tt.eval.episodes import evaluate_policy
+
+    planning = [f"--{name.replace('_', '-')}" for name in plan_overrides(args)]
+    if args.critic or planning:
+        raise ValueError(f"--iql-policy acts without planning: {' '.join(['--critic'] * bool(args.critic) + planning)} "
+                         "does not apply")
+    out = args.out or os.path.join(args.iql_policy, "eval")
+    with destination(out, "evaluation", args.overwrite, writes=is_first_rank()) as where, \
+            distributed.process_group(args.device):
+        results = evaluate_policy(args.iql_policy, episodes=args.episodes, n_envs=args.envs, seed=args.seed,
+                                  out=where, device=args.device, video=args.video)
+        is_main = distributed.is_main()
+    if is_main:
+        print_returns(results, "acting", out)
+
+
+def print_returns(results: dict, doing: str, out: str) -> None:
+    print(f"{results['dataset_id']}: return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
+          f"{results['episodes']} episodes, normalized score {results['mean_normalized_score']:.3f}, "
+          f"{1000 * results['plan_seconds_per_env_step']:.1f} ms {doing} per environment step; written to {out}")
 
 
 def cmd_train_critic(args) -> None:
@@ -381,7 +406,10 @@ def add_import_reference_command(sub) -> None:
 
 def add_eval_command(sub) -> None:
     ev = sub.add_parser("eval", help="plan in the data set's environment and report returns")
-    ev.add_argument("--run", required=True, help="run directory")
+    agent = ev.add_mutually_exclusive_group(required=True)
+    agent.add_argument("--run", help="run directory")
+    agent.add_argument("--iql-policy", metavar="CRITIC", help="evaluate the IQL policy of a critic directory (tt "
+                       "train-critic) instead of a planner: the baseline TT+Q is read against")
     ev.add_argument("--episodes", type=int, default=10, help="episodes played")  # evaluate() refuses < 1
     ev.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
     ev.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")

@@ -1,4 +1,5 @@
-"""Evaluation: plan in the data set's environment, vectorized, and report returns and scores.
+"""Evaluation: plan in the data set's environment, vectorized, and report returns and scores (a critic's
+IQL policy, the baseline of TT+Q, is rolled out alike: `evaluate_policy`).
 
 Writes `eval.json` (per-episode returns, normalized scores, planning time per step) and two
 plots: `returns.png` (the planner's episodes against the data set's return distribution) and
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from tt import distributed
 from tt.checkpoint import Run, open_run
 from tt.data import check_environment, episode_returns, load_dataset
+from tt.eval.agents import Agent, PolicyAgent
 from tt.goal_data import flat_observations, prepends_position
 from tt.io import save_figure, write_json
 from tt.progress import progress as progress_bar
@@ -43,34 +44,75 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
     `video`: also render the first environment's first episode to this .mp4 or .gif file (`results["video"]`).
     `critic`: a critic directory guiding the return search (TT+Q; `tt.Planner.load`'s `critic`).
     """
-    import minari
-
-    if episodes < 1 or n_envs < 1:
-        raise ValueError(f"need at least one episode and one environment, got episodes={episodes}, envs={n_envs}")
-    if video:
-        check_video_path(video)  # a wrong suffix or a missing writer fails now, not after the episode
     wall_started = time.perf_counter()
-
+    _check_request(episodes, n_envs, video)
     run = open_run(run)
     dataset_id = run.data.get("dataset_id")
     if dataset_id is None:
         raise ValueError(f"run {run.path} names no data set (imported with --thresholds): evaluation needs the data "
                          "set for its environment and returns; import it again with --dataset ID")
     planner = Planner.from_run(run, device=distributed.local_device(device), seed=seed, critic=critic, **plan_overrides)
-    n_envs = min(n_envs, episodes)
-    planner.check_memory(n_envs)  # every environment plans in one batch: refused now, not at the first plan
+    planner.check_memory(min(n_envs, episodes))  # all environments plan in one batch: refused now, not at a plan
     dataset = load_dataset(dataset_id)
     check_environment(dataset, run.config, run.path)
-    data_returns = episode_returns(dataset)
+    results, trace, data_returns = play(planner, dataset, episodes, n_envs, seed, progress, video)
+    results = {"run": run.path, **results, "plan_config": planner.config.to_dict(), "critic": critic,
+               "wall_seconds": time.perf_counter() - wall_started}
+    if out and distributed.is_main():
+        _write(results, data_returns, out, "Trajectory Transformer")
+        plot_plan_vs_actual(trace, planner, os.path.join(out, "plan_vs_actual.png"))
+    return results
 
+
+def evaluate_policy(critic: str, episodes: int = 10, n_envs: int = 2, seed: int = 0, out: str | None = None,
+                    device: str | None = None, progress: bool = True, video: str | None = None) -> dict:
+    """Roll out the IQL policy of a critic directory (`tt train-critic`) as `evaluate` rolls out a planner
+    (same rounds, seeds and results), in the environment of the data set it was trained on: the
+    baseline TT+Q is read against. The policy acts with its mean action, as IQL evaluates it."""
+    wall_started = time.perf_counter()
+    _check_request(episodes, n_envs, video)
+    agent = PolicyAgent.load(critic, distributed.local_device(device))
+    dataset = load_dataset(agent.dataset_id)
+    results, _, data_returns = play(agent, dataset, episodes, n_envs, seed, progress, video)
+    results = {"critic": critic, "policy": "iql", **results, "wall_seconds": time.perf_counter() - wall_started}
+    if out and distributed.is_main():
+        _write(results, data_returns, out, "IQL policy")
+    return results
+
+
+def _check_request(episodes: int, n_envs: int, video: str | None) -> None:
+    if episodes < 1 or n_envs < 1:
+        raise ValueError(f"need at least one episode and one environment, got episodes={episodes}, envs={n_envs}")
+    if video:
+        check_video_path(video)  # a wrong suffix or a missing writer fails now, not after the episode
+
+
+def _write(results: dict, data_returns: np.ndarray, out: str, label: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "eval.json"), results)
+    plot_returns(results, data_returns, os.path.join(out, "returns.png"), label)
+
+
+def play(agent: Agent, dataset, episodes: int, n_envs: int, seed: int, progress: bool = True,
+         video: str | None = None) -> tuple[dict, dict | None, np.ndarray]:
+    """Play `episodes` episodes of `dataset`'s environment with `agent` in rounds (see `evaluate`).
+
+    Returns (results: returns, lengths, normalized scores and their summaries, seconds per step in
+    `agent.act`; the trace of the first episode for `plot_plan_vs_actual` (rank 0, else None); the
+    data set's episode returns).
+    """
+    import minari
+
+    n_envs = min(n_envs, episodes)
+    data_returns = episode_returns(dataset)
     rounds = [range(first, min(first + n_envs, episodes)) for first in range(0, episodes, n_envs)]
     mine = distributed.shard(len(rounds))  # rank 0's include round 0: the trace and the video
     local, bar = [], None
     for j in mine:
-        envs, obs, recorder = _open_round(planner, dataset, rounds[j], seed, video if j == 0 else None)
+        envs, obs, recorder = _open_round(agent, dataset, rounds[j], seed, video if j == 0 else None)
         if bar is None:  # after the first reset: an environment that cannot start says so before any bar
             bar = progress_bar(sum(len(rounds[k]) for k in mine), "evaluating", progress and distributed.is_main())
-        local.append(_play_round(planner, envs, obs, recorder, j, seed, bar))
+        local.append(_play_round(agent, envs, obs, recorder, j, seed, bar))
     if bar is not None:
         bar.close()
     trace = local[0][1] if local and mine.start == 0 else None
@@ -84,8 +126,7 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
         scores = np.full_like(returns, np.nan)
     meta = dataset.storage.metadata
     results = {
-        "run": run.path, "dataset_id": dataset.spec.dataset_id, "episodes": int(len(returns)),
-        "n_envs": n_envs, "seed": seed, "plan_config": planner.config.to_dict(), "critic": critic,
+        "dataset_id": dataset.spec.dataset_id, "episodes": int(len(returns)), "n_envs": n_envs, "seed": seed,
         "returns": returns.tolist(), "lengths": [x for r in played for x in r["lengths"]],
         "normalized_scores": [float(s) for s in scores],
         "mean_return": float(returns.mean()), "std_return": float(returns.std()),
@@ -94,16 +135,10 @@ def evaluate(run: str | Run, episodes: int = 10, n_envs: int = 2, seed: int = 0,
         "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
         "plan_seconds_per_step": float(np.mean(plan_seconds)),
         "plan_seconds_per_env_step": float(np.mean(plan_seconds) / n_envs),
-        "wall_seconds": time.perf_counter() - wall_started,
     }
     if video:
         results["video"] = played[0]["video"]
-    if out and distributed.is_main():
-        os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "eval.json"), results)
-        plot_returns(results, data_returns, os.path.join(out, "returns.png"))
-        plot_plan_vs_actual(trace, planner, os.path.join(out, "plan_vs_actual.png"))
-    return results
+    return results, trace, data_returns
 
 
 def observation_part(env: gym.Env, prepend: bool) -> gym.Env:
@@ -116,7 +151,7 @@ def observation_part(env: gym.Env, prepend: bool) -> gym.Env:
                                              gym.spaces.Box(-np.inf, np.inf, (n,), np.float64))
 
 
-def _open_round(planner: Planner, dataset, episodes: range, seed: int,
+def _open_round(agent: Agent, dataset, episodes: range, seed: int,
                 video: str | None) -> tuple[gym.vector.SyncVectorEnv, np.ndarray, EpisodeVideo | None]:
     """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
     environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
@@ -132,7 +167,7 @@ def _open_round(planner: Planner, dataset, episodes: range, seed: int,
         env_fns[0] = lambda: observed(recorder)
     envs = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     try:
-        planner.check_env(envs)
+        agent.check_env(envs)
         obs, _ = envs.reset(seed=seed + episodes.start)
     except Exception:
         envs.close()
@@ -140,29 +175,29 @@ def _open_round(planner: Planner, dataset, episodes: range, seed: int,
     return envs, obs, recorder
 
 
-def _play_round(planner: Planner, envs: gym.vector.SyncVectorEnv, obs: np.ndarray, recorder: EpisodeVideo | None,
+def _play_round(agent: Agent, envs: gym.vector.SyncVectorEnv, obs: np.ndarray, recorder: EpisodeVideo | None,
                 index: int, seed: int, bar: tqdm) -> tuple[dict, dict]:
     """Play round `index` in `envs` (from `_open_round`) until each environment's episode has ended once;
     closes them. Returns the round's record (returns, lengths, planning seconds per step, the video
     written) and the trace of its first environment (first plan, rollout) for `plot_plan_vs_actual`."""
     n = envs.num_envs
-    planner.reset()
-    planner.rng.state.copy_(torch.tensor([seed, index * ROUND_DRAWS]))  # in place: captured graphs read it
+    agent.reset()
+    agent.reseed(seed, index * ROUND_DRAWS)
     returns, lengths = [None] * n, [None] * n
     running, steps = np.zeros(n), np.zeros(n, dtype=int)
     plan_seconds, trace = [], {"actual": [], "plan": None}
     try:
         while None in returns:
             started = time.perf_counter()
-            actions = planner.act(obs)
+            actions = agent.act(obs)
             plan_seconds.append(time.perf_counter() - started)
             if trace["plan"] is None:
-                trace["plan"] = planner.current_plans[0]
+                trace["plan"] = agent.current_plans[0]
             if returns[0] is None:
                 trace["actual"].append(np.concatenate([obs[0], actions[0]]))
             obs, reward, terminated, truncated, _ = envs.step(actions.astype(envs.single_action_space.dtype))
             done = terminated | truncated
-            planner.observe(reward, done)
+            agent.observe(reward, done)
             running += reward
             steps += 1
             for i in np.flatnonzero(done):
@@ -192,14 +227,14 @@ def _save(fig, path: str) -> None:
     save_figure(fig, path)
 
 
-def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:
+def plot_returns(results: dict, data_returns: np.ndarray, path: str, label: str = "Trajectory Transformer") -> None:
     fig = _figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     ax.hist(data_returns, bins=30, color="0.75", label="data set episodes")
     for r in results["returns"]:
         ax.axvline(r, color="tab:blue", alpha=0.6, lw=1.5)
     ax.axvline(results["dataset_mean_return"], color="0.3", ls="--", label="data set mean")
-    ax.axvline(results["mean_return"], color="tab:blue", lw=3, label="Trajectory Transformer (mean)")
+    ax.axvline(results["mean_return"], color="tab:blue", lw=3, label=f"{label} (mean)")
     if results.get("ref_max_score") is not None:
         ax.axvline(results["ref_max_score"], color="tab:green", ls=":", label="expert reference")
     ax.set_xlabel("episode return")
@@ -209,8 +244,11 @@ def plot_returns(results: dict, data_returns: np.ndarray, path: str) -> None:
     _save(fig, path)
 
 
-def plot_plan_vs_actual(trace: dict, planner: Planner, path: str) -> None:
-    """The first plan of the first episode (observations and actions) against the actual rollout."""
+def plot_plan_vs_actual(trace: dict | None, planner: Planner, path: str) -> None:
+    """The first plan of the first episode (observations and actions) against the actual rollout (nothing
+    without a trace: another rank played the first round)."""
+    if trace is None:
+        return
     actual = np.array(trace["actual"])
     planned = trace["plan"].transitions[:, : planner.O + planner.A]
     dims = actual.shape[1]

@@ -67,6 +67,17 @@ def data_units(q_fn: QFn, scale: float, shift: float, discount: float) -> QFn:
     return lambda observations, actions: (q_fn(observations, actions) - offset) / scale
 
 
+def check_env_sizes(env, observation_dim: int, action_dim: int, who: str) -> None:
+    """Refuse a Gymnasium environment (single or vector) whose observation or action space is not a vector
+    of these sizes: a ValueError naming both, led by `who` ("the model plans")."""
+    spaces = {"observation": getattr(env, "single_observation_space", env.observation_space),
+              "action": getattr(env, "single_action_space", env.action_space)}
+    for kind, size in (("observation", observation_dim), ("action", action_dim)):
+        shape = getattr(spaces[kind], "shape", None)
+        if shape is None or len(shape) != 1 or shape[0] != size:
+            raise ValueError(f"{who} {kind}s of size {size}, the environment's {kind} space is {spaces[kind]}")
+
+
 class Planner:
     """Drop-in planner for a Gymnasium loop: `act(obs)`, step the environment, `observe(reward, done)`.
 
@@ -143,13 +154,7 @@ class Planner:
     def check_env(self, env) -> None:
         """Refuse a Gymnasium environment (single or vector) whose observation or action size is not the
         model's: a ValueError that names both sizes."""
-        spaces = {"observation": getattr(env, "single_observation_space", env.observation_space),
-                  "action": getattr(env, "single_action_space", env.action_space)}
-        for kind, size in (("observation", self.O), ("action", self.A)):
-            shape = getattr(spaces[kind], "shape", None)
-            if shape is None or len(shape) != 1 or shape[0] != size:
-                raise ValueError(f"the model plans {kind}s of size {size}, the environment's {kind} space is "
-                                 f"{spaces[kind]}")
+        check_env_sizes(env, self.O, self.A, "the model plans")
 
     def reset(self, n_envs: int | None = None) -> None:
         """Forget every environment's context and plan."""
@@ -158,6 +163,11 @@ class Planner:
         self._plans: list[Plan | None] = [None] * (n_envs or 0)
         self._age = [0] * (n_envs or 0)
         self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def reseed(self, seed: int, offset: int = 0) -> None:
+        """Draw from Philox stream `seed` at `offset` from now on (the state is set in place: captured
+        CUDA graphs read it)."""
+        self.rng.state.copy_(torch.tensor([seed, offset]))
 
     def set_goal(self, goal: np.ndarray, env: int | None = None) -> None:
         """The goal observation `[O]` to plan towards: of environment `env`, or of every environment
