@@ -136,7 +136,10 @@ def cases():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
+    parser.add_argument("--shard", default="0/1", help="K/N: compile only cases K, K+N, K+2N, ... (N processes "
+                        "share the work)")
     args = parser.parse_args()
+    k, n = map(int, args.shard.split("/"))
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter never compiles")
     from tt.kernels import attention, decode
@@ -146,7 +149,7 @@ def main() -> int:
     compile_instead_of_launch(kernels, compiled)
     triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
     failures = 0
-    for name, launch in cases():
+    for name, launch in list(cases())[k::n]:
         log = tempfile.TemporaryFile(mode="w+")
         saved = os.dup(1)
         sys.stdout.flush()

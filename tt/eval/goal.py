@@ -221,6 +221,20 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
     return results
 
 
+def maze_task_of(run: Run) -> tuple[str, np.ndarray]:
+    """(maze name, goal columns) of a goal-conditioned run trained on a tt pointmaze task; a ValueError otherwise."""
+    from tt.tasks.pointmaze import TASKS
+
+    data = run.data
+    if not run.goal_conditioned:
+        raise ValueError(f"run {run.path} is not goal-conditioned (train it with --goal-conditioned)")
+    mazes = [name for name in TASKS if name in str(data.get("dataset_id", ""))]
+    if not mazes or data.get("goal_columns") is None:
+        raise ValueError(f"run {run.path} was trained on {data.get('dataset_id')!r}, not a tt pointmaze task "
+                         f"({', '.join(TASKS)})")
+    return mazes[0], np.asarray(data["goal_columns"], dtype=np.int64)
+
+
 def evaluate_goals(run: str | Run, n_goals: int = 50, seed: int = 0, out: str | None = None,
                    device: str | None = None, n_envs: int = 10, progress: bool = True, **plan_overrides) -> dict:
     """A goal-conditioned run on `n_goals` (start, goal) pairs in different rooms of its maze (the
@@ -229,17 +243,9 @@ def evaluate_goals(run: str | Run, n_goals: int = 50, seed: int = 0, out: str | 
     standard error, mean steps to the goal; with `out`, goals.json (no paths) and goal_paths.png
     (driven paths solid, each episode's first plan dashed)."""
     from tt.search import Planner
-    from tt.tasks.pointmaze import TASKS
 
     run = open_run(run)
-    data = run.data
-    if not run.goal_conditioned:
-        raise ValueError(f"run {run.path} is not goal-conditioned (train it with --goal-conditioned)")
-    mazes = [name for name in TASKS if name in str(data.get("dataset_id", ""))]
-    if not mazes or data.get("goal_columns") is None:
-        raise ValueError(f"run {run.path} was trained on {data.get('dataset_id')!r}, not a tt pointmaze task "
-                         f"({', '.join(TASKS)})")
-    maze_name = mazes[0]
+    maze_name, columns = maze_task_of(run)
     planner = Planner.from_run(run, device=device, seed=seed, **{"objective": "likelihood", **plan_overrides})
     planner.check_memory(min(n_envs, n_goals))
     env = make_env(maze_name)
@@ -247,7 +253,7 @@ def evaluate_goals(run: str | Run, n_goals: int = 50, seed: int = 0, out: str | 
     env.close()
     pairs = maze.evaluation_pairs(n_goals, seed)
     started = time.perf_counter()
-    result = evaluate_planner(planner, data["goal_columns"], pairs, seed, maze_name, n_envs, f"TT on {maze_name}",
+    result = evaluate_planner(planner, columns, pairs, seed, maze_name, n_envs, f"TT on {maze_name}",
                               progress)
     result.update(plan=planner.config.to_dict(), n_envs=n_envs, seconds=time.perf_counter() - started)
     if out is not None:

@@ -1,0 +1,99 @@
+"""The goal-dependence measurement of a goal-conditioned model (`tt.eval.goal_dependence`): the exact joint of
+the first action's tokens, the data policy's, and the command on a trained run."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_goal import pointmaze_tiny  # noqa: F401  (the fixture)
+from test_planner import random_discretizer
+
+from tt.eval.goal_dependence import (
+    data_action_distribution,
+    expected_action,
+    first_action_distribution,
+    main,
+    total_variation,
+)
+from tt.model import GPTConfig, TrajectoryTransformer
+
+O, N = 4, 7
+
+
+def goal_model(seed: int = 0) -> TrajectoryTransformer:
+    torch.manual_seed(seed)
+    model = TrajectoryTransformer(GPTConfig(O, 2, n_bins=N, n_transitions=3, n_layer=2, n_head=2, n_embd=16,
+                                            goal_conditioned=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model.eval().double()
+
+
+def test_the_joint_first_action_is_the_product_of_single_forwards():
+    model, discretizer = goal_model(), random_discretizer(N, O + 4, seed=1)
+    rng = np.random.default_rng(0)
+    observation, goal = rng.normal(size=O), rng.normal(size=O)
+    joint = first_action_distribution(model, discretizer, observation, goal)
+    assert joint.shape == (N, N) and math.isclose(joint.sum(), 1.0, rel_tol=1e-12)
+    obs = torch.as_tensor(discretizer.discretize(observation, columns=slice(0, O)))
+    g = torch.as_tensor(discretizer.discretize(goal, columns=slice(0, O)))[None]
+    with torch.no_grad():
+        first = model(obs[None], goal=g)[0, O - 1, :N].softmax(-1)
+        for j, k in [(0, 0), (3, 5), (N - 1, 2), (6, 6)]:
+            second = model(torch.cat([obs, torch.tensor([j])])[None], goal=g)[0, O, :N].softmax(-1)
+            assert math.isclose(joint[j, k], float(first[j] * second[k]), rel_tol=1e-10)
+
+
+def test_a_model_blind_to_its_goal_measures_zero():
+    model, discretizer = goal_model(), random_discretizer(N, O + 4, seed=1)
+    rng = np.random.default_rng(1)
+    observation, g1, g2 = rng.normal(size=(3, O))
+    assert total_variation(first_action_distribution(model, discretizer, observation, g1),
+                           first_action_distribution(model, discretizer, observation, g2)) > 0.01
+    with torch.no_grad():
+        model.goal_emb.weight.zero_()  # every goal embeds alike: the goal cannot move the action
+    assert total_variation(first_action_distribution(model, discretizer, observation, g1),
+                           first_action_distribution(model, discretizer, observation, g2)) < 1e-12
+
+
+def test_the_data_policy_distribution_is_the_clipped_noise_binned():
+    from scipy.stats import norm
+
+    thresholds = np.zeros((N + 1, O + 4))
+    thresholds[:, O : O + 2] = np.linspace(-1.0, 1.0, N + 1)[:, None]
+    from tt.discretize import Discretizer
+
+    discretizer = Discretizer(thresholds)
+    action = np.array([0.3, -0.8])
+    exact = data_action_distribution(discretizer, O, action, 0.0, np.random.default_rng(0), draws=10)
+    assert exact.sum() == 1.0 and exact[discretizer.discretize(action, columns=slice(O, O + 2))[0],
+                                        discretizer.discretize(action, columns=slice(O, O + 2))[1]] == 1.0
+    noisy = data_action_distribution(discretizer, O, action, 0.5, np.random.default_rng(0))
+    for d, marginal in enumerate((noisy.sum(1), noisy.sum(0))):  # bins of clip(a + e): the last holds +1 and above
+        cdf = norm.cdf(thresholds[1:-1, O + d], loc=action[d], scale=0.5)
+        expected = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+        np.testing.assert_allclose(marginal, expected, atol=0.012)
+    clipped_mean = np.clip(action + np.random.default_rng(1).normal(0.0, 0.5, (100_000, 2)), -1, 1).mean(0)
+    np.testing.assert_allclose(expected_action(noisy, discretizer, O), clipped_mean, atol=1 / N)  # half a bin
+
+
+@pytest.mark.slow
+def test_the_measurement_on_a_trained_run(tmp_path, pointmaze_tiny, capsys):  # noqa: F811
+    from tt.cli import main as tt_main
+
+    run = str(tmp_path / "run")
+    assert tt_main(["train", "--dataset", "pointmaze-fourrooms", "--out", run, "--preset", "small", "--steps", "2",
+                    "--batch-size", "4", "--n-transitions", "2", "--goal-conditioned",
+                    "--device", "cpu"]) == 0
+    out = tmp_path / "dependence"
+    main(["--run", run, "--states", "3", "--out", str(out)])
+    assert "mean total variation between two goals' first actions" in capsys.readouterr().out
+    result = json.loads((out / "goal_dependence.json").read_text())
+    assert len(result["records"]) == 3 and (out / "goal_dependence.png").stat().st_size > 0
+    for record in result["records"]:
+        assert 0.0 <= record["model_tv"] <= 1.0 and 0.0 <= record["data_tv"] <= 1.0
+        assert len(record["goals"]) == 2 and record["goals"][0] != record["goals"][1]
+    assert result["data_cosine"] > 0.8  # the noisy controller's expected action points as the controller's

@@ -1,0 +1,172 @@
+"""Does a goal-conditioned model act on its goal? The first action's distribution, one state, two goals.
+
+    python -m tt.eval.goal_dependence --run RUN --states 50 --seed 0 --out DIR
+
+For each of `states` evaluation starts of the run's maze (the pairs and reset seeds of `tt eval`'s
+goal evaluation) the model sees the start's observation alone (an episode's first step) with two
+goals in different rooms: the pair's own and one drawn from a third room. It reports, per state and
+averaged, how far apart the two first-action distributions are (total variation over the joint of the
+action tokens, computed exactly: one forward for the first action dimension, one batched forward for
+the second given each first), and the same for the data's policy (the waypoint controller with the
+data's action noise, discretized by the run's bins). A model whose distributions barely move while
+the data's do has not learned to act on the goal; the cosine between the model's expected action and
+the noiseless controller's says whether it moves the right way. DIR gets goal_dependence.json and
+goal_dependence.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tt.checkpoint import Run, open_run
+from tt.discretize import Discretizer
+from tt.eval.goal import episode_seed, maze_task_of
+from tt.goal_data import goal_observations
+from tt.io import save_figure, write_json
+from tt.model import TrajectoryTransformer
+from tt.tasks.pointmaze import ACTION_NOISE, EpisodeRecorder, WaypointController, make_env, maze_of
+
+DATA_DRAWS = 20_000  # noise draws estimating the data policy's token distribution per (state, goal)
+
+
+@torch.no_grad()
+def first_action_distribution(model: TrajectoryTransformer, discretizer: Discretizer, observation: np.ndarray,
+                              goal: np.ndarray) -> np.ndarray:
+    """The model's distribution of the first action's tokens `[N, N]` (two action dimensions) for an
+    episode's first observation `[O]` and a goal observation `[O]`: p(a0) p(a1 | a0), over the N bins (the
+    stop token's mass left out and each factor renormalized, as a plan's action never holds it)."""
+    c = model.config
+    O, N = c.observation_dim, c.n_bins
+    if c.action_dim != 2:
+        raise ValueError(f"the joint first action is computed for two action dimensions, the model has {c.action_dim}")
+    device = next(model.parameters()).device
+    obs = torch.as_tensor(discretizer.discretize(observation, columns=slice(0, O)), device=device)
+    goal_tokens = torch.as_tensor(discretizer.discretize(goal, columns=slice(0, O)), device=device)
+    first = model(obs[None], goal=goal_tokens[None])[0, O - 1, :N].double().softmax(-1)
+    rows = torch.cat([obs.expand(N, O), torch.arange(N, device=device)[:, None]], 1)
+    second = model(rows, goal=goal_tokens.expand(N, O))[:, O, :N].double().softmax(-1)
+    return (first[:, None] * second).cpu().numpy()
+
+
+def data_action_distribution(discretizer: Discretizer, observation_dim: int, action: np.ndarray,
+                             noise: float, rng: np.random.Generator, draws: int = DATA_DRAWS) -> np.ndarray:
+    """The data policy's distribution of action tokens `[N, N]`: clip(action + N(0, noise)) to [-1, 1],
+    discretized by the run's action bins (estimated from `draws` draws; exact when `noise` is 0)."""
+    N, O = discretizer.n_bins, observation_dim
+    samples = np.clip(action + rng.normal(0.0, noise, size=(draws, 2)), -1.0, 1.0)
+    tokens = discretizer.discretize(samples, columns=slice(O, O + 2))
+    counts = np.zeros((N, N))
+    np.add.at(counts, (tokens[:, 0], tokens[:, 1]), 1.0)
+    return counts / draws
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def expected_action(joint: np.ndarray, discretizer: Discretizer, observation_dim: int) -> np.ndarray:
+    """The mean action `[2]` of a token distribution `[N, N]`, each token at its bin's midpoint."""
+    mids = discretizer.midpoints[:, observation_dim : observation_dim + 2]
+    return np.array([joint.sum(1) @ mids[:, 0], joint.sum(0) @ mids[:, 1]])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norm = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norm) if norm > 0 else 0.0
+
+
+def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: float = ACTION_NOISE) -> dict:
+    """The measurement of the module's docstring: per state the two goals, the model's and the data's
+    total variation between the goals' first-action distributions, the cosine of each expected action
+    with the noiseless controller's, and the model's mass on the action bounds' bins; their means."""
+    run = open_run(run)
+    maze_name, columns = maze_task_of(run)
+    model, discretizer, O = run.model, run.discretizer, run.model.config.observation_dim
+    env = make_env(maze_name)
+    maze = maze_of(env)
+    controller = WaypointController(maze)
+    rooms = maze.rooms
+    rng = np.random.default_rng(seed)
+    records = []
+    try:
+        for i, (start, goal) in enumerate(maze.evaluation_pairs(n_states, seed)):
+            obs = EpisodeRecorder(env, start, goal, episode_seed(seed, i)).obs
+            third = [c for c in sorted(rooms) if rooms[c] not in (rooms[start], rooms[goal])]
+            other = third[rng.integers(len(third))]
+            record = {"start": list(start), "goals": [list(goal), list(other)], "model": [], "data": []}
+            for goal_xy in (np.asarray(obs["desired_goal"], np.float64), maze.cell_center(other)):
+                state = {"observation": obs["observation"], "desired_goal": goal_xy}
+                action = controller(state)
+                model_p = first_action_distribution(model, discretizer, obs["observation"],
+                                                    goal_observations(goal_xy, columns, O))
+                data_p = data_action_distribution(discretizer, O, action, noise, rng)
+                for who, p in (("model", model_p), ("data", data_p)):
+                    record[who].append(p)
+                record.setdefault("controller", []).append(action.tolist())
+            for who in ("model", "data"):
+                p, q = record.pop(who)
+                record[f"{who}_tv"] = total_variation(p, q)
+                record[f"{who}_cosine"] = [cosine(expected_action(x, discretizer, O), np.asarray(a))
+                                           for x, a in zip((p, q), record["controller"])]
+                record[f"{who}_bound_mass"] = float(np.mean([x[[0, -1]].sum() + x[:, [0, -1]].sum()
+                                                             - x[[0, -1]][:, [0, -1]].sum() for x in (p, q)]))
+            records.append(record)
+    finally:
+        env.close()
+    summary = {f"{who}_{key}": float(np.mean([np.mean(r[f"{who}_{key}"]) for r in records]))
+               for who in ("model", "data") for key in ("tv", "cosine", "bound_mass")}
+    return {"run": run.path, "maze": maze_name, "seed": seed, "states": n_states, "noise": noise, **summary,
+            "records": records}
+
+
+def plot(result: dict, path: str) -> None:
+    """Per state: the model's total variation between its two goals against the data's; and the
+    cosines of the expected actions with the controller's."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
+    records = result["records"]
+    left.scatter([r["data_tv"] for r in records], [r["model_tv"] for r in records], s=14)
+    left.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
+    left.set_xlabel("data's policy: TV between the two goals' first actions")
+    left.set_ylabel("model: TV between the two goals' first actions")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.set_title(f"goal dependence: model {result['model_tv']:.2f}, data {result['data_tv']:.2f} (mean TV)",
+                   fontsize=9)
+    bins = np.linspace(-1, 1, 21)
+    right.hist([c for r in records for c in r["data_cosine"]], bins=bins, alpha=0.6, label="data's policy")
+    right.hist([c for r in records for c in r["model_cosine"]], bins=bins, alpha=0.6, label="model")
+    right.set_xlabel("cosine(expected first action, noiseless controller's)")
+    right.set_ylabel("(state, goal)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a goal-conditioned run on a tt maze")
+    parser.add_argument("--states", type=int, default=50, help="evaluation starts measured (default 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="directory for goal_dependence.json and goal_dependence.png")
+    args = parser.parse_args(argv)
+    result = goal_dependence(args.run, args.states, args.seed)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "goal_dependence.json"), result)
+        plot(result, os.path.join(args.out, "goal_dependence.png"))
+    print(f"mean total variation between two goals' first actions: model {result['model_tv']:.3f}, data "
+          f"{result['data_tv']:.3f}; cosine with the controller's action: model {result['model_cosine']:.2f}, data "
+          f"{result['data_cosine']:.2f}; mass on the bounds' bins: model {result['model_bound_mass']:.2f}, data "
+          f"{result['data_bound_mass']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
