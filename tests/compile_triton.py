@@ -5,7 +5,9 @@ ptxas) instead of launched, and ptxas' register and spill counts are printed per
 The interpreter that runs the kernels in the CPU tests accepts programs the compiler rejects;
 this catches those without a GPU. Run with TRITON_INTERPRET unset:
 
-    python tests/compile_triton.py [--arch 90]
+    python tests/compile_triton.py [--arch 90] [--shard K/N]
+
+(`--shard K/N`: cases K, K+N, ... only, for N processes sharing the work.)
 
 Prints one line per compiled kernel (`name dtype: N registers, S bytes spilled`) and exits 1 if
 any launcher fails to compile.
@@ -140,7 +142,12 @@ def main() -> int:
     parser.add_argument("--shard", default="0/1", help="K/N: compile only cases K, K+N, K+2N, ... (N processes "
                         "share the work)")
     args = parser.parse_args()
-    k, n = map(int, args.shard.split("/"))
+    try:
+        k, n = map(int, args.shard.split("/"))
+    except ValueError:
+        parser.error(f"--shard takes K/N, got {args.shard!r}")
+    if not 0 <= k < n:
+        parser.error(f"--shard K/N needs 0 <= K < N, got {args.shard}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("unset TRITON_INTERPRET: the interpreter never compiles")
     from tt.kernels import attention, decode

@@ -226,6 +226,26 @@ def test_the_iql_policy_is_evaluated_as_a_planner_is(run_and_critic):
     np.testing.assert_allclose(results["returns"], expected, rtol=1e-6)
 
 
+def test_the_iql_policy_refuses_what_it_cannot_act_on(run_and_critic, tmp_path, capsys):
+    import gymnasium as gym
+
+    from tt.eval.agents import PolicyAgent
+
+    root, _, critic_dir = run_and_critic
+    agent = PolicyAgent.load(critic_dir)
+    with pytest.raises(ValueError, match="the IQL policy takes observations of size 3, the environment's"):
+        agent.check_env(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        agent.act(np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match=r"observations must be \[3\] or \[n, 3\]"):
+        agent.act(np.zeros((2, 4)))
+    out = str(tmp_path / "policy")
+    assert main(["eval", "--iql-policy", critic_dir, "--episodes", "1", "--out", out, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert "holds an evaluation of a critic's iql policy, not of a run" in one_line_error(
+        capsys, ["score", "--from-evals", out, "--out", str(tmp_path / "score")])
+
+
 def test_the_critic_is_read_in_the_units_of_the_data_rewards(run_and_critic):
     """IQL learned Q of rewards scaled (here by 1000 / (max - min return)) and shifted; the plan adds it to the
     predicted rewards in the data's units: (Q - shift / (1 - discount)) / scale."""

@@ -10,7 +10,9 @@ import torch
 from test_goal import pointmaze_tiny  # noqa: F401  (the fixture)
 from test_planner import random_discretizer
 
+from tt.discretize import Discretizer
 from tt.eval.goal_dependence import (
+    bound_mass,
     data_action_distribution,
     expected_action,
     first_action_distribution,
@@ -64,20 +66,36 @@ def test_the_data_policy_distribution_is_the_clipped_noise_binned():
 
     thresholds = np.zeros((N + 1, O + 4))
     thresholds[:, O : O + 2] = np.linspace(-1.0, 1.0, N + 1)[:, None]
-    from tt.discretize import Discretizer
-
     discretizer = Discretizer(thresholds)
     action = np.array([0.3, -0.8])
-    exact = data_action_distribution(discretizer, O, action, 0.0, np.random.default_rng(0), draws=10)
-    assert exact.sum() == 1.0 and exact[discretizer.discretize(action, columns=slice(O, O + 2))[0],
-                                        discretizer.discretize(action, columns=slice(O, O + 2))[1]] == 1.0
-    noisy = data_action_distribution(discretizer, O, action, 0.5, np.random.default_rng(0))
+    exact = data_action_distribution(discretizer, O, action, 0.0)
+    token = discretizer.discretize(action, columns=slice(O, O + 2))
+    assert exact.sum() == 1.0 and exact[token[0], token[1]] == 1.0
+    noisy = data_action_distribution(discretizer, O, action, 0.5)
     for d, marginal in enumerate((noisy.sum(1), noisy.sum(0))):  # bins of clip(a + e): the last holds +1 and above
         cdf = norm.cdf(thresholds[1:-1, O + d], loc=action[d], scale=0.5)
-        expected = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-        np.testing.assert_allclose(marginal, expected, atol=0.012)
+        np.testing.assert_allclose(marginal, np.diff(np.concatenate([[0.0], cdf, [1.0]])), atol=1e-12)
     clipped_mean = np.clip(action + np.random.default_rng(1).normal(0.0, 0.5, (100_000, 2)), -1, 1).mean(0)
     np.testing.assert_allclose(expected_action(noisy, discretizer, O), clipped_mean, atol=1 / N)  # half a bin
+
+
+def test_quantile_bins_of_clipped_actions_hold_the_bounds_where_they_repeat():
+    """The run's bins are quantiles of the data's clipped noisy actions: thresholds repeat at -1 and +1. The
+    data policy's exact distribution and its mass at the bounds agree with draws binned by `discretize`."""
+    rng = np.random.default_rng(0)
+    data_actions = np.clip(rng.uniform(-1, 1, (20_000, 2)) + rng.normal(0, 0.5, (20_000, 2)), -1, 1)
+    transitions = np.concatenate([rng.normal(size=(20_000, O)), data_actions, rng.normal(size=(20_000, 2))], 1)
+    discretizer = Discretizer.fit(transitions, n_bins=40)
+    assert (discretizer.thresholds[:, O] == -1.0).sum() > 2  # repeated: -1 is not in bin 0
+    action = np.array([-0.7, 0.9])
+    exact = data_action_distribution(discretizer, O, action, 0.5)
+    draws = np.clip(action + rng.normal(0.0, 0.5, (400_000, 2)), -1, 1)
+    tokens = discretizer.discretize(draws, columns=slice(O, O + 2))
+    sampled = np.zeros_like(exact)
+    np.add.at(sampled, (tokens[:, 0], tokens[:, 1]), 1.0 / len(draws))
+    assert math.isclose(exact.sum(), 1.0, rel_tol=1e-12) and total_variation(exact, sampled) < 0.02
+    at_bound = (np.abs(draws) == 1.0).any(1).mean()
+    assert bound_mass(exact, discretizer, O) == pytest.approx(at_bound, abs=0.005) and at_bound > 0.3
 
 
 @pytest.mark.slow

@@ -359,20 +359,22 @@ def umaze_data():
 
 def test_maze2d_data_wander_between_goals_with_d4rls_sparse_reward(umaze_data):
     """pointmaze-umaze: episodes of 300 steps (truncated, never terminated) in Minari's D4RL/pointmaze
-    layout; reward 1 exactly where the ball ends a step within 0.5 of the goal it headed for; the
-    controller reaches several goals per episode (the goal moves on once reached); D4RL's reference
-    scores."""
+    layout; the controller reaches several goals per episode (the goal moves on once reached); the reward
+    relabelled as D4RL's released data: 1 exactly where the ball starts a step within 0.5 of the evaluation
+    goal's centre, whatever goal it headed for; D4RL's reference scores."""
     assert umaze_data.total_episodes == 6 and umaze_data.total_steps == 6 * 300
     meta = umaze_data.storage.metadata
     assert (meta["ref_min_score"], meta["ref_max_score"]) == (23.85, 161.86)
-    goals_reached = 0
+    goals_reached, rewarded = 0, 0
+    evaluation_goal = np.array([-1.0, 1.0])  # D4RL's cell (1, 1) of the 5 x 5 map, 1 m cells centred on (0, 0)
     for episode in umaze_data.iterate_episodes():
         obs = episode.observations
         assert not episode.terminations.any() and episode.truncations[-1]
-        distance = np.linalg.norm(obs["achieved_goal"][1:] - obs["desired_goal"][:-1], axis=1)
+        distance = np.linalg.norm(obs["achieved_goal"][:-1] - evaluation_goal, axis=1)
         np.testing.assert_array_equal(episode.rewards, (distance <= 0.5).astype(float))
         goals_reached += int((np.linalg.norm(np.diff(obs["desired_goal"], axis=0), axis=1) > 0).sum())
-    assert goals_reached >= 6
+        rewarded += int(episode.rewards.sum() > 0)
+    assert goals_reached >= 6 and rewarded >= 1
 
 
 def test_maze2d_evaluation_plays_towards_d4rls_fixed_goal(umaze_data):

@@ -20,11 +20,15 @@ def test_every_triton_kernel_compiles_for_sm90():
     shards = [subprocess.Popen([sys.executable, script, "--arch", "90", "--shard", f"{k}/{n}"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(n)]
     lines = []
-    for shard in shards:
-        stdout, stderr = shard.communicate(timeout=600)
-        assert shard.returncode == 0, stdout[-4000:] + stderr[-4000:]
-        out = stdout.strip().splitlines()
-        assert out[-1].endswith(", 0 failed") and not any(line.startswith("FAILED") for line in out)
-        lines += out
+    try:
+        for shard in shards:
+            stdout, stderr = shard.communicate(timeout=600)
+            assert shard.returncode == 0, stdout[-4000:] + stderr[-4000:]
+            out = stdout.strip().splitlines()
+            assert out[-1].endswith(", 0 failed") and not any(line.startswith("FAILED") for line in out)
+            lines += out
+    finally:
+        for shard in shards:
+            shard.kill()
     per_case = [line for line in lines if "compiled for sm_90" in line]
     assert len(per_case) == 28 and all("0 kernel(s)" not in line for line in per_case), "\n".join(lines)

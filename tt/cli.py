@@ -414,7 +414,7 @@ def add_eval_command(sub) -> None:
     ev.add_argument("--envs", type=int, default=2, help="environments stepped in parallel")
     ev.add_argument("--seed", type=int, default=0, help="seed of the environments and the planner")
     ev.add_argument("--device", help="auto | cpu | cuda (default: auto)")
-    ev.add_argument("--out", help="results directory (default RUN/eval)")
+    ev.add_argument("--out", help="results directory (default RUN/eval, or CRITIC/eval)")
     ev.add_argument("--overwrite", action="store_true", help="replace the evaluation in --out once this one is done")
     ev.add_argument("--video", help="render the first episode to this .mp4 or .gif file")
     ev.add_argument("--critic", help="a critic directory (tt train-critic) that guides the return search in place "

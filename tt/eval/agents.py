@@ -13,7 +13,7 @@ import torch
 
 from tt.checkpoint import load_critic
 from tt.critic import Critic
-from tt.search.planner import check_env_sizes
+from tt.search.planner import check_env_sizes, check_observations
 
 
 class Agent(Protocol):
@@ -43,8 +43,9 @@ class PolicyAgent:
     """A critic directory's IQL policy as an `Agent`: the mean action of its Gaussian, as IQL evaluates
     it, for observations as the critic's data set is read. Deterministic: `reseed` changes nothing."""
 
-    def __init__(self, critic: Critic, dataset_id: str, device: torch.device | str = "cpu"):
-        self.critic, self.dataset_id, self.device = critic.to(device), dataset_id, torch.device(device)
+    def __init__(self, critic: Critic, dataset_id: str):
+        self.critic, self.dataset_id = critic, dataset_id
+        self.device = critic.action_low.device
         self.O, self.A = critic.shape.observation_dim, critic.shape.action_dim
         self._n = 0
 
@@ -54,7 +55,7 @@ class PolicyAgent:
         critic, _, _ = load_critic(critic_dir, device)
         if critic.shape.dataset_id is None:
             raise ValueError(f"critic {critic_dir} names no data set: its policy has no environment to act in")
-        return cls(critic, critic.shape.dataset_id, device)
+        return cls(critic, critic.shape.dataset_id)
 
     def check_env(self, env) -> None:
         check_env_sizes(env, self.O, self.A, "the IQL policy takes")
@@ -66,13 +67,7 @@ class PolicyAgent:
         pass
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, dtype=np.float64)
-        single = obs.ndim == 1
-        obs = obs[None] if single else obs
-        if obs.ndim != 2 or obs.shape[1] != self.O:
-            raise ValueError(f"observations must be [{self.O}] or [n, {self.O}], got shape {tuple(obs.shape)}")
-        if not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or infinite values")
+        obs, single = check_observations(obs, self.O)
         self._n = len(obs)
         actions = self.critic.act(torch.from_numpy(obs).to(self.device)).double().cpu().numpy()
         return actions[0] if single else actions

@@ -1,8 +1,8 @@
 """Evaluation: plan in the data set's environment, vectorized, and report returns and scores (a critic's
 IQL policy, the baseline of TT+Q, is rolled out alike: `evaluate_policy`).
 
-Writes `eval.json` (per-episode returns, normalized scores, planning time per step) and two
-plots: `returns.png` (the planner's episodes against the data set's return distribution) and
+Writes `eval.json` (per-episode returns, normalized scores, planning time per step) and the plots
+`returns.png` (the episodes against the data set's return distribution) and, for a planner,
 `plan_vs_actual.png` (one plan against what then happened).
 """
 
@@ -153,7 +153,7 @@ def observation_part(env: gym.Env, prepend: bool) -> gym.Env:
 
 def _open_round(agent: Agent, dataset, episodes: range, seed: int,
                 video: str | None) -> tuple[gym.vector.SyncVectorEnv, np.ndarray, EpisodeVideo | None]:
-    """The vector environment of a round (see `evaluate`), checked against the planner and reset: one
+    """The vector environment of a round (see `evaluate`), checked against the agent and reset: one
     environment per episode, episode k's seeded with seed + k. Returns it, its observations and the
     recorder of its first environment (`video`), if any."""
     observed = lambda env: env  # noqa: E731
@@ -246,7 +246,7 @@ def plot_returns(results: dict, data_returns: np.ndarray, path: str, label: str 
 
 def plot_plan_vs_actual(trace: dict | None, planner: Planner, path: str) -> None:
     """The first plan of the first episode (observations and actions) against the actual rollout (nothing
-    without a trace: another rank played the first round)."""
+    without a trace; rank 0, which draws it, always plays the first round)."""
     if trace is None:
         return
     actual = np.array(trace["actual"])

@@ -8,7 +8,7 @@ goals in different rooms: the pair's own and one drawn from a third room. It rep
 averaged, how far apart the two first-action distributions are (total variation over the joint of the
 action tokens, computed exactly: one forward for the first action dimension, one batched forward for
 the second given each first), and the same for the data's policy (the waypoint controller with the
-data's action noise, discretized by the run's bins). A model whose distributions barely move while
+data's action noise, binned by the run's bins: exact). A model whose distributions barely move while
 the data's do has not learned to act on the goal; the cosine between the model's expected action and
 the noiseless controller's says whether it moves the right way. DIR gets goal_dependence.json and
 goal_dependence.png.
@@ -26,12 +26,11 @@ import torch
 from tt.checkpoint import Run, open_run
 from tt.discretize import Discretizer
 from tt.eval.goal import episode_seed, maze_task_of
+from tt.eval.score import standard_error
 from tt.goal_data import goal_observations
 from tt.io import save_figure, write_json
 from tt.model import TrajectoryTransformer
 from tt.tasks.pointmaze import ACTION_NOISE, EpisodeRecorder, WaypointController, make_env, maze_of
-
-DATA_DRAWS = 20_000  # noise draws estimating the data policy's token distribution per (state, goal)
 
 
 @torch.no_grad()
@@ -54,15 +53,32 @@ def first_action_distribution(model: TrajectoryTransformer, discretizer: Discret
 
 
 def data_action_distribution(discretizer: Discretizer, observation_dim: int, action: np.ndarray,
-                             noise: float, rng: np.random.Generator, draws: int = DATA_DRAWS) -> np.ndarray:
-    """The data policy's distribution of action tokens `[N, N]`: clip(action + N(0, noise)) to [-1, 1],
-    discretized by the run's action bins (estimated from `draws` draws; exact when `noise` is 0)."""
-    N, O = discretizer.n_bins, observation_dim
-    samples = np.clip(action + rng.normal(0.0, noise, size=(draws, 2)), -1.0, 1.0)
-    tokens = discretizer.discretize(samples, columns=slice(O, O + 2))
-    counts = np.zeros((N, N))
-    np.add.at(counts, (tokens[:, 0], tokens[:, 1]), 1.0)
-    return counts / draws
+                             noise: float) -> np.ndarray:
+    """The data policy's exact distribution of action tokens `[N, N]`: clip(action + N(0, noise)) to [-1, 1]
+    per dimension, independently, binned by the run's action bins (the clip's point masses at -1 and +1
+    fall in the bins that hold them, whatever the thresholds repeat)."""
+    O = observation_dim
+    marginals = []
+    for d in range(2):
+        inner = torch.as_tensor(discretizer.thresholds[1:-1, O + d], dtype=torch.float64)
+        if noise > 0:
+            below = torch.special.ndtr((inner - float(action[d])) / noise)  # P(a + noise < t)
+        else:
+            below = (inner > float(action[d])).double()
+        below = torch.where(inner <= -1.0, 0.0, torch.where(inner > 1.0, 1.0, below))  # the clip: P(x < t)
+        marginals.append(torch.diff(below, prepend=torch.zeros(1), append=torch.ones(1)).numpy())
+    return np.outer(*marginals)
+
+
+def bound_mass(joint: np.ndarray, discretizer: Discretizer, observation_dim: int) -> float:
+    """Mass of a token distribution `[N, N]` on actions at a bound (-1 or +1 in either dimension): the tokens
+    of the bins holding the bounds and beyond (quantile bins of clipped actions repeat thresholds at the
+    bounds, so those bins need not be the first and the last)."""
+    columns = slice(observation_dim, observation_dim + 2)
+    low, high = (discretizer.discretize(np.full(2, bound), columns=columns) for bound in (-1.0, 1.0))
+    tokens = np.arange(joint.shape[0])
+    at_bound = [(tokens <= low[d]) | (tokens >= high[d]) for d in range(2)]
+    return float(joint[at_bound[0][:, None] | at_bound[1][None, :]].sum())
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
@@ -83,7 +99,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: float = ACTION_NOISE) -> dict:
     """The measurement of the module's docstring: per state the two goals, the model's and the data's
     total variation between the goals' first-action distributions, the cosine of each expected action
-    with the noiseless controller's, and the model's mass on the action bounds' bins; their means."""
+    with the noiseless controller's, and the mass on actions at the bounds; their means over states and
+    standard errors (`*_se`, None below two states)."""
     run = open_run(run)
     maze_name, columns = maze_task_of(run)
     model, discretizer, O = run.model, run.discretizer, run.model.config.observation_dim
@@ -91,7 +108,10 @@ def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: fl
     maze = maze_of(env)
     controller = WaypointController(maze)
     rooms = maze.rooms
-    rng = np.random.default_rng(seed)
+    if len(set(rooms.values())) < 3:
+        raise ValueError(f"the {maze_name} maze has fewer than three rooms: the second goal is drawn from a room "
+                         "neither the start's nor the first goal's")
+    rng = np.random.default_rng([seed, 1])  # the second goals' stream, apart from the pairs' (seed)
     records = []
     try:
         for i, (start, goal) in enumerate(maze.evaluation_pairs(n_states, seed)):
@@ -104,7 +124,7 @@ def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: fl
                 action = controller(state)
                 model_p = first_action_distribution(model, discretizer, obs["observation"],
                                                     goal_observations(goal_xy, columns, O))
-                data_p = data_action_distribution(discretizer, O, action, noise, rng)
+                data_p = data_action_distribution(discretizer, O, action, noise)
                 for who, p in (("model", model_p), ("data", data_p)):
                     record[who].append(p)
                 record.setdefault("controller", []).append(action.tolist())
@@ -113,13 +133,16 @@ def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: fl
                 record[f"{who}_tv"] = total_variation(p, q)
                 record[f"{who}_cosine"] = [cosine(expected_action(x, discretizer, O), np.asarray(a))
                                            for x, a in zip((p, q), record["controller"])]
-                record[f"{who}_bound_mass"] = float(np.mean([x[[0, -1]].sum() + x[:, [0, -1]].sum()
-                                                             - x[[0, -1]][:, [0, -1]].sum() for x in (p, q)]))
+                record[f"{who}_bound_mass"] = float(np.mean([bound_mass(x, discretizer, O) for x in (p, q)]))
             records.append(record)
     finally:
         env.close()
-    summary = {f"{who}_{key}": float(np.mean([np.mean(r[f"{who}_{key}"]) for r in records]))
-               for who in ("model", "data") for key in ("tv", "cosine", "bound_mass")}
+    summary = {}
+    for who in ("model", "data"):
+        for key in ("tv", "cosine", "bound_mass"):
+            per_state = [float(np.mean(r[f"{who}_{key}"])) for r in records]
+            summary[f"{who}_{key}"] = float(np.mean(per_state))
+            summary[f"{who}_{key}_se"] = standard_error(per_state)
     return {"run": run.path, "maze": maze_name, "seed": seed, "states": n_states, "noise": noise, **summary,
             "records": records}
 

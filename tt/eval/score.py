@@ -236,6 +236,9 @@ def combine_evaluations(folders: list[str], out: str | None = None) -> dict:
             raise ValueError(f"{folder} holds no eval.json: pass the folders `tt eval` or `tt score` wrote")
         with open(path) as f:
             evals.append(json.load(f))
+        if evals[-1].get("policy"):
+            raise ValueError(f"{folder} holds an evaluation of a critic's {evals[-1]['policy']} policy, not of a run: "
+                             "the score combines runs' evaluations")
     settings = [(len(e["returns"]), e["n_envs"], e["seed"], e["plan_config"]) for e in evals]
     for folder, setting in zip(folders, settings):
         if setting != settings[0]:

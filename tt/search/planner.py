@@ -78,6 +78,20 @@ def check_env_sizes(env, observation_dim: int, action_dim: int, who: str) -> Non
             raise ValueError(f"{who} {kind}s of size {size}, the environment's {kind} space is {spaces[kind]}")
 
 
+def check_observations(obs, observation_dim: int) -> tuple[np.ndarray, bool]:
+    """Observations `[O]` or `[n, O]` as float64 `[n, O]`, and whether one was given alone; a ValueError
+    for another shape or a NaN or infinite value."""
+    obs = np.asarray(obs, dtype=np.float64)
+    single = obs.ndim == 1
+    obs = obs[None] if single else obs
+    if obs.ndim != 2 or obs.shape[1] != observation_dim:
+        raise ValueError(f"observations must be [{observation_dim}] or [n, {observation_dim}], got "
+                         f"{tuple(np.shape(obs))}")
+    if not np.isfinite(obs).all():
+        raise ValueError("observation contains NaN or infinite values")
+    return obs, single
+
+
 class Planner:
     """Drop-in planner for a Gymnasium loop: `act(obs)`, step the environment, `observe(reward, done)`.
 
@@ -254,13 +268,7 @@ class Planner:
     # ------------------------------------------------------------------ internals
 
     def _check_obs(self, obs) -> tuple[np.ndarray, bool]:
-        obs = np.asarray(obs, dtype=np.float64)
-        single = obs.ndim == 1
-        obs = obs[None] if single else obs
-        if obs.ndim != 2 or obs.shape[1] != self.O:
-            raise ValueError(f"observations must be [{self.O}] or [n, {self.O}], got {tuple(np.shape(obs))}")
-        if not np.isfinite(obs).all():
-            raise ValueError("observation contains NaN or infinite values")
+        obs, single = check_observations(obs, self.O)
         if self._n is None:
             self.reset(len(obs))
         elif len(obs) != self._n:

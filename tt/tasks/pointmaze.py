@@ -377,11 +377,20 @@ def rollout(env: gym.Env, policy: Policy, start: Cell, goal: Cell, seed: int, rn
     return episode.episode()
 
 
+def maze2d_rewards(positions: np.ndarray, maze: Maze, task: MazeTask) -> list[float]:
+    """D4RL's maze2d rewards of a data episode (its `relabel_maze2d_rewards`, sparse): 1 where the position
+    a step is taken from lies within MAZE2D_RADIUS of the evaluation goal's cell centre, else 0. The
+    data's observations hold no goal, so only the evaluation's goal gives the rewards a meaning."""
+    goal = maze.cell_center(task.eval_goal)
+    return (np.linalg.norm(np.asarray(positions) - goal, axis=1) <= MAZE2D_RADIUS).astype(float).tolist()
+
+
 def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tuple[list, dict]:
     """Episodes (Minari buffer fields) of the noisy controller from a random free cell towards another,
     and the task's reference scores. Four rooms: each episode ends at its goal (returns 0 or 1:
     success). A maze2d task (D4RL's recipe): episodes of `episode_steps` in its data environment, a new
-    goal each time one is reached (PointMaze's continuing task), `Maze2dReward`'s sparse reward."""
+    goal each time one is reached (PointMaze's continuing task), the sparse rewards relabelled as in
+    D4RL's released data (`maze2d_rewards`: towards the evaluation goal, not the goals headed for)."""
     from minari.data_collector import EpisodeBuffer
 
     if episodes is not None and episodes < 1:
@@ -398,6 +407,8 @@ def generate(name: str, episodes: int | None, seed: int, progress: bool) -> tupl
     for _ in range(episodes):
         start, goal = (maze.free_cells[i] for i in rng.choice(len(maze.free_cells), size=2, replace=False))
         episode = rollout(env, act, start, goal, seed=int(rng.integers(2**31)), rng=rng)
+        if maze2d:
+            episode["rewards"] = maze2d_rewards(episode["observations"]["achieved_goal"][:-1], maze, task)
         buffers.append(EpisodeBuffer(id=len(buffers), **episode))
         bar.update()
     bar.close()
