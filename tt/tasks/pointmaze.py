@@ -259,9 +259,9 @@ def make_env(env: str | gym.envs.registration.EnvSpec = "fourrooms", **kwargs) -
 
 
 class Maze2dReward(gym.Wrapper):
-    """D4RL maze2d's reward: 1 where the ball ends a step within MAZE2D_RADIUS of the goal it was heading
-    for (the previous observation's `desired_goal`), else 0; never terminating (PointMaze's continuing
-    task)."""
+    """D4RL maze2d's environment reward: 1 where the ball ends a step within MAZE2D_RADIUS of the goal it
+    was heading for (the previous observation's `desired_goal`: in evaluation, the fixed goal), else 0;
+    never terminating (PointMaze's continuing task). The data's rewards are relabelled (`maze2d_rewards`)."""
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
