@@ -316,6 +316,10 @@ def check_tt(args: list[str], where: str, line: str) -> None:
         for action in sub._actions:
             if action.required and action.option_strings and not set(action.option_strings) & set(rest):
                 rest = [*rest, action.option_strings[0], {"dataset": "pendulum-medium"}.get(action.dest, "runs/x")]
+        for group in sub._mutually_exclusive_groups:  # one of them required: its first, unless one is given
+            options = [o for a in group._group_actions for o in a.option_strings]
+            if group.required and not set(options) & set(rest):
+                rest = [*rest, options[0], "runs/x"]
     parsed = parse(parser, path + rest, line)
     check_exact_options(sub, rest, line)
     names = [getattr(parsed, "dataset", None), getattr(parsed, "name", None)]
@@ -352,7 +356,7 @@ def check_script(key: str, args: list[str], line: str, monkeypatch) -> None:
     pytest.fail(f"{key}'s main() returned without parsing arguments")
 
 
-SCRIPTS = {"tt.eval.goal", "scripts/train_policies.py", "benchmarks/profile_train.py"}  # checked by check_script
+SCRIPTS = {"tt.eval.goal", "tt.eval.goal_dependence", "scripts/train_policies.py", "benchmarks/profile_train.py"}  # checked by check_script
 
 
 def torchrun_args(argv: list[str], line: str) -> list[str]:
