@@ -49,3 +49,23 @@ def test_table1_puts_each_cells_score_beside_its_baselines(tmp_path):
     assert "**45.8**" in row and "| 44.3 |" in row and "| 91.5 |" in row
     assert table.count("not run yet") == 8
     assert json.loads((tmp_path / "table.json").read_text())[4]["status"] == "done"
+
+
+def test_ttq_table_shows_each_agent_that_ran(tmp_path):
+    """benchmarks/ttq.py: an agent with an eval.json shows its episodes, goals reached and score; the rest say
+    they are not run; the bar plot is written."""
+    import shutil
+
+    agent = tmp_path / "pointmaze-medium" / "iql"
+    agent.mkdir(parents=True)
+    shutil.copy(os.path.join(HERE, "ttq", "pointmaze-medium", "iql", "eval.json"), agent / "eval.json")
+    sys.path.insert(0, HERE)
+    from ttq import main
+
+    table = main(str(tmp_path))
+    (line,) = [line for line in table.splitlines() if "IQL policy" in line and "pointmaze-medium" in line]
+    evaluation = json.loads((agent / "eval.json").read_text())
+    reached = sum(r > 0 for r in evaluation["returns"])
+    assert f"| {len(evaluation['returns'])} | {reached} |" in line
+    assert f"**{100 * sum(evaluation['normalized_scores']) / len(evaluation['returns']):.1f}**" in line
+    assert table.count("not run yet") == 5 and (tmp_path / "ttq.png").read_bytes()[:4] == b"\x89PNG"
