@@ -15,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tt.io import write_json  # noqa: E402
+from tt.io import write_json, write_text  # noqa: E402
 
 TASKS = ("halfcheetah", "hopper", "walker2d")
 VARIANTS = ("medium", "medium-replay", "medium-expert")
@@ -65,11 +65,8 @@ def main(root: str = os.path.join(HERE, "table1")) -> str:
         lines.append(f"| {r['data set']} | {fmt(r.get('data set mean'))} | {fmt(r['best behaviour'])} | {tt} | {size} "
                      f"| {fmt(r['paper (D4RL data)'])} |")
     table = "\n".join(lines) + "\n"
-    os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, "table.json"), rows)
-    with open(os.path.join(root, "table.md.tmp"), "w") as f:
-        f.write(table)
-    os.replace(os.path.join(root, "table.md.tmp"), os.path.join(root, "table.md"))
+    write_text(os.path.join(root, "table.md"), table)
     return table
 
 

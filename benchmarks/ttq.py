@@ -9,7 +9,6 @@ and agent from the `tt eval` results committed under benchmarks/ttq/<maze>/<agen
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -18,7 +17,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
-from tt.io import save_figure, write_json  # noqa: E402
+from tt.eval.score import standard_error  # noqa: E402
+from tt.io import save_figure, write_json, write_text  # noqa: E402
 
 MAZES = ("pointmaze-medium", "pointmaze-large")
 AGENTS = {"tt": "TT (value tokens)", "ttq": "TT+Q (IQL critic)", "iql": "IQL policy"}
@@ -34,7 +34,7 @@ def row(maze: str, agent: str, root: str) -> dict:
     n = len(scores)
     return {"maze": maze, "agent": AGENTS[agent], "status": "done", "episodes": n,
             "reached the goal": int((returns > 0).sum()), "mean return": float(returns.mean()),
-            "score": float(scores.mean()), "s.e.": float(scores.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+            "score": float(scores.mean()), "s.e.": standard_error(scores),
             "data set mean return": e["dataset_mean_return"], "plan": e.get("plan_config"),
             "critic": e.get("critic"), "run": e.get("run")}
 
@@ -70,11 +70,8 @@ def main(root: str = os.path.join(HERE, "ttq")) -> str:
         lines.append(f"| {r['maze']} | {r['agent']} | {r['episodes']} | {r['reached the goal']} | "
                      f"{r['mean return']:.1f} | **{r['score']:.1f}** ± {se} |")
     table = "\n".join(lines) + "\n"
-    os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, "table.json"), rows)
-    with open(os.path.join(root, "table.md.tmp"), "w") as f:
-        f.write(table)
-    os.replace(os.path.join(root, "table.md.tmp"), os.path.join(root, "table.md"))
+    write_text(os.path.join(root, "table.md"), table)
     plot(rows, os.path.join(root, "ttq.png"))
     return table
 

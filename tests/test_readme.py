@@ -356,7 +356,8 @@ def check_script(key: str, args: list[str], line: str, monkeypatch) -> None:
     pytest.fail(f"{key}'s main() returned without parsing arguments")
 
 
-SCRIPTS = {"tt.eval.goal", "tt.eval.goal_dependence", "scripts/train_policies.py", "benchmarks/profile_train.py"}  # checked by check_script
+# checked by check_script
+SCRIPTS = {"tt.eval.goal", "tt.eval.goal_dependence", "scripts/train_policies.py", "benchmarks/profile_train.py"}
 
 
 def torchrun_args(argv: list[str], line: str) -> list[str]:

@@ -60,6 +60,11 @@ def write_json(path: str, obj: Any) -> None:
         f.write("\n")
 
 
+def write_text(path: str, text: str) -> None:
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
 def read_json(path: str) -> Any:
     try:
         with open(path) as f:

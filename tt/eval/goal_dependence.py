@@ -118,21 +118,18 @@ def goal_dependence(run: str | Run, n_states: int = 50, seed: int = 0, noise: fl
             obs = EpisodeRecorder(env, start, goal, episode_seed(seed, i)).obs
             third = [c for c in sorted(rooms) if rooms[c] not in (rooms[start], rooms[goal])]
             other = third[rng.integers(len(third))]
-            record = {"start": list(start), "goals": [list(goal), list(other)], "model": [], "data": []}
-            for goal_xy in (np.asarray(obs["desired_goal"], np.float64), maze.cell_center(other)):
-                state = {"observation": obs["observation"], "desired_goal": goal_xy}
-                action = controller(state)
-                model_p = first_action_distribution(model, discretizer, obs["observation"],
-                                                    goal_observations(goal_xy, columns, O))
-                data_p = data_action_distribution(discretizer, O, action, noise)
-                for who, p in (("model", model_p), ("data", data_p)):
-                    record[who].append(p)
-                record.setdefault("controller", []).append(action.tolist())
-            for who in ("model", "data"):
-                p, q = record.pop(who)
+            goals_xy = (np.asarray(obs["desired_goal"], np.float64), maze.cell_center(other))
+            actions = [controller({"observation": obs["observation"], "desired_goal": g}) for g in goals_xy]
+            distributions = {
+                "model": [first_action_distribution(model, discretizer, obs["observation"],
+                                                    goal_observations(g, columns, O)) for g in goals_xy],
+                "data": [data_action_distribution(discretizer, O, a, noise) for a in actions]}
+            record = {"start": list(start), "goals": [list(goal), list(other)],
+                      "controller": [a.tolist() for a in actions]}
+            for who, (p, q) in distributions.items():
                 record[f"{who}_tv"] = total_variation(p, q)
-                record[f"{who}_cosine"] = [cosine(expected_action(x, discretizer, O), np.asarray(a))
-                                           for x, a in zip((p, q), record["controller"])]
+                record[f"{who}_cosine"] = [cosine(expected_action(x, discretizer, O), a)
+                                           for x, a in zip((p, q), actions)]
                 record[f"{who}_bound_mass"] = float(np.mean([bound_mass(x, discretizer, O) for x in (p, q)]))
             records.append(record)
     finally:
