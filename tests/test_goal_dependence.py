@@ -16,6 +16,7 @@ from tt.eval.goal_dependence import (
     data_action_distribution,
     expected_action,
     first_action_distribution,
+    first_action_policy,
     main,
     total_variation,
 )
@@ -98,6 +99,27 @@ def test_quantile_bins_of_clipped_actions_hold_the_bounds_where_they_repeat():
     assert bound_mass(exact, discretizer, O) == pytest.approx(at_bound, abs=0.005) and at_bound > 0.3
 
 
+def test_the_played_policies_act_on_the_first_action_distribution():
+    from types import SimpleNamespace
+
+    model, discretizer = goal_model(3), random_discretizer(N, O + 4, seed=4)
+    run, columns = SimpleNamespace(model=model, discretizer=discretizer), np.array([0, 1])
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        obs = {"observation": rng.normal(size=O), "desired_goal": rng.normal(size=2)}
+        goal = np.zeros(O)
+        goal[columns] = obs["desired_goal"]
+        joint = first_action_distribution(model, discretizer, obs["observation"], goal)
+        mean = first_action_policy(run, columns, "mean")(obs, rng)
+        np.testing.assert_allclose(mean, expected_action(joint, discretizer, O))
+        first, second = np.unravel_index(np.argmax(joint), joint.shape)
+        mids = discretizer.midpoints
+        np.testing.assert_array_equal(first_action_policy(run, columns, "mode")(obs, rng),
+                                      [mids[first, O], mids[second, O + 1]])
+    with pytest.raises(ValueError, match="unknown policy 'median'"):
+        first_action_policy(run, columns, "median")
+
+
 @pytest.mark.slow
 def test_the_measurement_on_a_trained_run(tmp_path, pointmaze_tiny, capsys):  # noqa: F811
     from tt.cli import main as tt_main
@@ -107,10 +129,18 @@ def test_the_measurement_on_a_trained_run(tmp_path, pointmaze_tiny, capsys):  # 
                     "--batch-size", "4", "--n-transitions", "2", "--goal-conditioned",
                     "--device", "cpu"]) == 0
     out = tmp_path / "dependence"
-    main(["--run", run, "--states", "3", "--out", str(out)])
-    assert "mean total variation between two goals' first actions" in capsys.readouterr().out
+    main(["--run", run, "--states", "3", "--play", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "mean total variation between two goals' first actions" in printed
+    assert "the mode first action as a policy: success" in printed
     result = json.loads((out / "goal_dependence.json").read_text())
     assert len(result["records"]) == 3 and (out / "goal_dependence.png").stat().st_size > 0
+    assert sorted(result["play"]) == ["mean first action", "mode first action"]
+    for played in result["play"].values():  # the same two pairs, the paths drawn, not written
+        assert played["n"] == 2 and [e["goal"] for e in played["episodes"]] == [r["goals"][0] for r in
+                                                                                 result["records"][:2]]
+        assert all("path" not in e for e in played["episodes"])
+    assert (out / "play_paths.png").stat().st_size > 0
     for record in result["records"]:
         assert 0.0 <= record["model_tv"] <= 1.0 and 0.0 <= record["data_tv"] <= 1.0
         assert len(record["goals"]) == 2 and record["goals"][0] != record["goals"][1]

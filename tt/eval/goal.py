@@ -191,6 +191,26 @@ def draw_paths(target, maze: Maze, paths: Sequence[np.ndarray], goals: Sequence 
     return ax
 
 
+def draw_results(path: str, maze: Maze, results: dict[str, dict]) -> None:
+    """The paths of several policies' `evaluate` results side by side, one panel per policy, as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0 * len(results), 5.2))
+    for ax, (name, r) in zip(np.atleast_1d(fig.subplots(1, len(results))), results.items()):
+        eps = r["episodes"]
+        draw_paths(ax, maze, [e["path"] for e in eps], [e["goal_xy"] for e in eps],
+                   reached=[e["success"] for e in eps],
+                   title=f"{name}: success {100 * r['success_rate']:.0f} % of {r['n']} goals in another room")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def without_paths(results: dict[str, dict]) -> dict[str, dict]:
+    """Several policies' `evaluate` results with their episodes' driven paths left out (for JSON)."""
+    return {name: {**r, "episodes": [{k: v for k, v in e.items() if k != "path"} for e in r["episodes"]]}
+            for name, r in results.items()}
+
+
 def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = None, maze_name: str = "fourrooms",
                         progress: bool = True) -> dict:
     """The data's controller (noiseless and noisy) and a random policy on `n_goals` pairs of
@@ -203,21 +223,10 @@ def evaluate_controller(n_goals: int = 50, seed: int = 0, out_dir: str | None = 
     results = {name: evaluate(lambda name=name: pols[name], pairs, seed, maze_name, f"{name} on {maze_name}",
                               progress) for name in BASELINES}
     if out_dir is not None:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(5.0 * len(BASELINES), 5.2))
-        for ax, (name, r) in zip(fig.subplots(1, len(BASELINES)), results.items()):
-            eps = r["episodes"]
-            draw_paths(ax, maze, [e["path"] for e in eps], [e["goal_xy"] for e in eps],
-                       reached=[e["success"] for e in eps],
-                       title=f"{name}: success {100 * r['success_rate']:.0f} % of {r['n']} goals in another room")
-        fig.tight_layout()
         os.makedirs(out_dir, exist_ok=True)
-        save_figure(fig, os.path.join(out_dir, "controller_paths.png"))
-        strip = {name: {**r, "episodes": [{k: v for k, v in e.items() if k != "path"} for e in r["episodes"]]}
-                 for name, r in results.items()}
+        draw_results(os.path.join(out_dir, "controller_paths.png"), maze, results)
         write_json(os.path.join(out_dir, "controller.json"),
-                   {"maze": maze_name, "seed": seed, "n_goals": n_goals, "results": strip})
+                   {"maze": maze_name, "seed": seed, "n_goals": n_goals, "results": without_paths(results)})
     return results
 
 

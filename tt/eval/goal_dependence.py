@@ -12,6 +12,12 @@ data's action noise, binned by the run's bins: exact). A model whose distributio
 the data's do has not learned to act on the goal; the cosine between the model's expected action and
 the noiseless controller's says whether it moves the right way. DIR gets goal_dependence.json and
 goal_dependence.png.
+
+With `--play EPISODES` the same distribution is also played as two policies on `tt eval`'s pairs, each step
+from the current observation alone: its most likely token pair (what a likelihood search's argmax picks)
+and its expected action. Where the expected action reaches goals the most likely tokens miss, the model
+knows the way and the mode of its distribution (the bounds' bins) is what fails; the results and paths go
+to goal_dependence.json and play_paths.png.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import torch
 
 from tt.checkpoint import Run, open_run
 from tt.discretize import Discretizer
-from tt.eval.goal import episode_seed, maze_task_of
+from tt.eval.goal import draw_results, episode_seed, evaluate, maze_task_of, without_paths
 from tt.eval.score import standard_error
 from tt.goal_data import goal_observations
 from tt.io import save_figure, write_json
 from tt.model import TrajectoryTransformer
-from tt.tasks.pointmaze import ACTION_NOISE, EpisodeRecorder, WaypointController, make_env, maze_of
+from tt.tasks.pointmaze import ACTION_NOISE, EpisodeRecorder, Policy, WaypointController, make_env, maze_of
+
+PLAYED = ("mode", "mean")  # the policies made of the first action's distribution
 
 
 @torch.no_grad()
@@ -89,6 +97,38 @@ def expected_action(joint: np.ndarray, discretizer: Discretizer, observation_dim
     """The mean action `[2]` of a token distribution `[N, N]`, each token at its bin's midpoint."""
     mids = discretizer.midpoints[:, observation_dim : observation_dim + 2]
     return np.array([joint.sum(1) @ mids[:, 0], joint.sum(0) @ mids[:, 1]])
+
+
+def first_action_policy(run: Run, columns: np.ndarray, kind: str) -> Policy:
+    """A policy acting on the run's first-action distribution for the current observation and the
+    episode's goal: its most likely token pair at the bins' midpoints (`mode`) or its mean (`mean`)."""
+    if kind not in PLAYED:
+        raise ValueError(f"unknown policy {kind!r}; expected one of {', '.join(PLAYED)}")
+    model, discretizer, O = run.model, run.discretizer, run.model.config.observation_dim
+    mids = discretizer.midpoints[:, O : O + 2]
+
+    def act(obs: dict, rng: np.random.Generator) -> np.ndarray:
+        joint = first_action_distribution(model, discretizer, obs["observation"],
+                                          goal_observations(obs["desired_goal"], columns, O))
+        if kind == "mean":
+            return expected_action(joint, discretizer, O)
+        first, second = np.unravel_index(np.argmax(joint), joint.shape)
+        return np.array([mids[first, 0], mids[second, 1]])
+
+    return act
+
+
+def play(run: str | Run, n_goals: int = 50, seed: int = 0, progress: bool = True) -> dict:
+    """Each of `PLAYED`'s policies on `tt eval`'s first `n_goals` pairs and reset seeds: what
+    `tt.eval.goal.evaluate` returns, per policy."""
+    run = open_run(run)
+    maze_name, columns = maze_task_of(run)
+    env = make_env(maze_name)
+    pairs = maze_of(env).evaluation_pairs(n_goals, seed)
+    env.close()
+    return {f"{kind} first action": evaluate(lambda kind=kind: first_action_policy(run, columns, kind), pairs, seed,
+                                             maze_name, desc=f"the {kind} first action", progress=progress)
+            for kind in PLAYED}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -175,17 +215,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run", required=True, help="a goal-conditioned run on a tt maze")
     parser.add_argument("--states", type=int, default=50, help="evaluation starts measured (default 50)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--play", type=int, default=0, metavar="EPISODES",
+                        help="also play the first action's mode and mean as policies on this many goals (default 0)")
     parser.add_argument("--out", help="directory for goal_dependence.json and goal_dependence.png")
     args = parser.parse_args(argv)
+    if args.play < 0:
+        parser.error(f"--play must be >= 0, got {args.play}")
     result = goal_dependence(args.run, args.states, args.seed)
+    played = play(args.run, args.play, args.seed) if args.play else {}
+    if played:
+        result["play"] = without_paths(played)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         write_json(os.path.join(args.out, "goal_dependence.json"), result)
         plot(result, os.path.join(args.out, "goal_dependence.png"))
+        if played:
+            env = make_env(result["maze"])
+            draw_results(os.path.join(args.out, "play_paths.png"), maze_of(env), played)
+            env.close()
     print(f"mean total variation between two goals' first actions: model {result['model_tv']:.3f}, data "
           f"{result['data_tv']:.3f}; cosine with the controller's action: model {result['model_cosine']:.2f}, data "
           f"{result['data_cosine']:.2f}; mass on the bounds' bins: model {result['model_bound_mass']:.2f}, data "
           f"{result['data_bound_mass']:.2f}")
+    for kind, r in result.get("play", {}).items():
+        print(f"the {kind} as a policy: success {100 * r['success_rate']:.1f} % (s.e. "
+              f"{100 * r['se']:.1f}) over {r['n']} goals")
 
 
 if __name__ == "__main__":
