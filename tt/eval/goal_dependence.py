@@ -118,17 +118,21 @@ def first_action_policy(run: Run, columns: np.ndarray, kind: str) -> Policy:
     return act
 
 
-def play(run: str | Run, n_goals: int = 50, seed: int = 0, progress: bool = True) -> dict:
+def play(run: str | Run, n_goals: int = 50, seed: int = 0, out_dir: str | None = None, progress: bool = True) -> dict:
     """Each of `PLAYED`'s policies on `tt eval`'s first `n_goals` pairs and reset seeds: what
-    `tt.eval.goal.evaluate` returns, per policy."""
+    `tt.eval.goal.evaluate` returns, per policy; with `out_dir`, their paths in play_paths.png."""
     run = open_run(run)
     maze_name, columns = maze_task_of(run)
     env = make_env(maze_name)
-    pairs = maze_of(env).evaluation_pairs(n_goals, seed)
+    maze = maze_of(env)
     env.close()
-    return {f"{kind} first action": evaluate(lambda kind=kind: first_action_policy(run, columns, kind), pairs, seed,
-                                             maze_name, desc=f"the {kind} first action", progress=progress)
-            for kind in PLAYED}
+    pairs = maze.evaluation_pairs(n_goals, seed)
+    results = {f"{kind} first action": evaluate(lambda kind=kind: first_action_policy(run, columns, kind), pairs,
+                                                seed, maze_name, desc=f"the {kind} first action", progress=progress)
+               for kind in PLAYED}
+    if out_dir is not None:
+        draw_results(os.path.join(out_dir, "play_paths.png"), maze, results)
+    return results
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -221,18 +225,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.play < 0:
         parser.error(f"--play must be >= 0, got {args.play}")
-    result = goal_dependence(args.run, args.states, args.seed)
-    played = play(args.run, args.play, args.seed) if args.play else {}
-    if played:
-        result["play"] = without_paths(played)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
+    run = open_run(args.run)
+    result = goal_dependence(run, args.states, args.seed)
+    if args.play:
+        result["play"] = without_paths(play(run, args.play, args.seed, args.out))
+    if args.out:
         write_json(os.path.join(args.out, "goal_dependence.json"), result)
         plot(result, os.path.join(args.out, "goal_dependence.png"))
-        if played:
-            env = make_env(result["maze"])
-            draw_results(os.path.join(args.out, "play_paths.png"), maze_of(env), played)
-            env.close()
     print(f"mean total variation between two goals' first actions: model {result['model_tv']:.3f}, data "
           f"{result['data_tv']:.3f}; cosine with the controller's action: model {result['model_cosine']:.2f}, data "
           f"{result['data_cosine']:.2f}; mass on the bounds' bins: model {result['model_bound_mass']:.2f}, data "
